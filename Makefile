@@ -1,0 +1,43 @@
+# AccelGen — one entry point for people and CI.
+#   make run    set up, then run the main job (the simulator benchmark on workloads/mixed.yaml)
+#   make test   set up, then lint, type-check, check import boundaries and run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Extras installed into the project's virtual environment.
+EXTRAS ?= dev
+
+.PHONY: venv run test lint typecheck imports pytest bench-planner clean
+
+$(BIN)/.installed-$(EXTRAS): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+venv: $(BIN)/.installed-$(EXTRAS)
+
+run: venv
+	$(BIN)/accelgen bench sim workloads/mixed.yaml --json results/mixed.json
+
+bench-planner: venv
+	$(BIN)/accelgen bench planner
+
+lint: venv
+	$(BIN)/ruff check sidecar operator tests
+
+typecheck: venv
+	$(BIN)/mypy sidecar/accelgen
+
+imports: venv
+	$(BIN)/lint-imports
+
+pytest: venv
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck imports pytest
+
+clean:
+	rm -rf $(VENV) results .mypy_cache .ruff_cache .pytest_cache
