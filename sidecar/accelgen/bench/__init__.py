@@ -1,0 +1,1 @@
+"""Benchmark drivers (``accelgen bench ...``), their reports and plots."""

@@ -1,0 +1,268 @@
+"""Iteration latency models: predict how long one engine iteration takes, and invert that.
+
+An iteration's cost is described by :class:`BatchShape`. Two models share the
+:class:`LatencyModel` interface:
+
+* :class:`ProfileLatencyModel` — token-proportional time from measured per-operator GPU
+  profiles (the non-attention part of a layer, times the layer count) plus analytic
+  attention terms and a fixed per-iteration overhead;
+* :class:`FittedLatencyModel` — least squares on measured ``(shape, duration)`` samples,
+  with its fit error, for calibrating against a running engine.
+
+Both are monotone in every field of the shape, so :func:`max_prefill_tokens_within` can
+invert them by bisection.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from accelgen.core.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class BatchShape:
+    """What an iteration computes.
+
+    Args:
+        num_prefill_tokens: Prompt (or recompute) tokens in prefill chunks.
+        num_decodes: Requests decoding one token each.
+        prefill_attention_pairs: Σ over prefill chunks of chunk × (context before it +
+            chunk / 2): the query-key pairs prefill attention computes.
+        decode_kv_tokens: Σ over decodes of their context length: KV tokens read.
+    """
+
+    num_prefill_tokens: int = 0
+    num_decodes: int = 0
+    prefill_attention_pairs: float = 0.0
+    decode_kv_tokens: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decodes
+
+    def plus_prefill(self, num_tokens: int, *, context_tokens: int) -> BatchShape:
+        """This shape with one more prefill chunk of ``num_tokens`` after ``context_tokens``."""
+        return BatchShape(
+            num_prefill_tokens=self.num_prefill_tokens + num_tokens,
+            num_decodes=self.num_decodes,
+            prefill_attention_pairs=self.prefill_attention_pairs
+            + attention_pairs(num_tokens, context_tokens),
+            decode_kv_tokens=self.decode_kv_tokens,
+        )
+
+    def plus_decode(self, *, context_tokens: int) -> BatchShape:
+        return BatchShape(
+            num_prefill_tokens=self.num_prefill_tokens,
+            num_decodes=self.num_decodes + 1,
+            prefill_attention_pairs=self.prefill_attention_pairs,
+            decode_kv_tokens=self.decode_kv_tokens + context_tokens,
+        )
+
+
+def attention_pairs(chunk_tokens: int, context_tokens: int) -> float:
+    """Query-key pairs of causal attention for a chunk that follows ``context_tokens``."""
+    return chunk_tokens * (context_tokens + chunk_tokens / 2.0)
+
+
+class LatencyModel(Protocol):
+    """Predicts the wall time of one iteration."""
+
+    name: str
+
+    def predict_s(self, shape: BatchShape) -> float:
+        """Seconds one iteration of ``shape`` takes (> 0)."""
+        ...
+
+
+def max_prefill_tokens_within(
+    model: LatencyModel,
+    limit_s: float,
+    *,
+    base: BatchShape,
+    context_tokens: int,
+    cap_tokens: int,
+) -> int:
+    """Largest chunk ``s`` ≤ ``cap_tokens`` with ``predict(base + chunk s) ≤ limit_s``.
+
+    Returns 0 when even the base alone does not fit (the caller decides what to drop).
+    """
+    if cap_tokens <= 0 or model.predict_s(base) > limit_s:
+        return 0
+    if model.predict_s(base.plus_prefill(cap_tokens, context_tokens=context_tokens)) <= limit_s:
+        return cap_tokens
+    lo, hi = 0, cap_tokens  # predict(lo) fits, predict(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if model.predict_s(base.plus_prefill(mid, context_tokens=context_tokens)) <= limit_s:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileLatencyModel:
+    """Measured token-proportional time plus analytic attention and a fixed overhead.
+
+    Args:
+        name: Registry name, e.g. ``h100-llama-2-7b``.
+        mlp_points: ``(num_tokens, seconds)`` for the non-attention part of the whole
+            model (all layers), sorted by tokens; interpolated linearly, and extrapolated
+            past the largest batch with the least-squares slope of the upper half.
+        prefill_pair_s: Seconds per query-key pair of prefill attention (all layers).
+        decode_kv_token_s: Seconds per KV token read by decode attention (all layers).
+        overhead_s: Fixed cost of every iteration (scheduling, sampling, launches).
+        kv_bytes_per_token: KV cache bytes one token holds (for capacity planning).
+    """
+
+    name: str
+    mlp_points: tuple[tuple[int, float], ...]
+    prefill_pair_s: float
+    decode_kv_token_s: float
+    overhead_s: float
+    kv_bytes_per_token: int = 0
+    _xs: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _tail_slope: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.mlp_points) < 2:
+            raise ConfigError("a profile needs at least two batch sizes", field="mlp_points")
+        object.__setattr__(self, "_xs", tuple(p[0] for p in self.mlp_points))
+        upper = [p for p in self.mlp_points if p[0] >= self.mlp_points[-1][0] / 2]
+        if len(upper) < 2:
+            upper = list(self.mlp_points[-2:])
+        slope = float(np.polyfit([p[0] for p in upper], [p[1] for p in upper], 1)[0])
+        object.__setattr__(self, "_tail_slope", max(slope, 0.0))
+
+    def mlp_s(self, num_tokens: int) -> float:
+        pts = self.mlp_points
+        i = bisect.bisect_left(self._xs, num_tokens)
+        if i == 0:
+            return pts[0][1]
+        if i >= len(pts):
+            last_x, last_y = pts[-1]
+            return last_y + self._tail_slope * (num_tokens - last_x)
+        (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+        return y0 + (y1 - y0) * (num_tokens - x0) / (x1 - x0)
+
+    def predict_s(self, shape: BatchShape) -> float:
+        tokens = shape.num_prefill_tokens + shape.num_decodes
+        if tokens == 0:
+            return self.overhead_s
+        return (
+            self.overhead_s
+            + self.mlp_s(tokens)
+            + self.prefill_pair_s * shape.prefill_attention_pairs
+            + self.decode_kv_token_s * shape.decode_kv_tokens
+        )
+
+
+_FEATURES = ("intercept_s", "per_token_s", "per_decode_s", "per_attention_pair_s", "per_kv_token_s")
+
+
+def _features(shape: BatchShape) -> tuple[float, float, float, float, float]:
+    return (
+        1.0,
+        float(shape.num_prefill_tokens + shape.num_decodes),
+        float(shape.num_decodes),
+        shape.prefill_attention_pairs,
+        float(shape.decode_kv_tokens),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FittedLatencyModel:
+    """A linear model fitted to measured iterations, coefficients kept non-negative.
+
+    ``fit_error`` is the mean absolute percentage error on the samples it was fitted on;
+    ``p90_error`` the 90th percentile of the per-sample relative error.
+    """
+
+    coefficients: tuple[float, float, float, float, float]
+    num_samples: int = 0
+    fit_error: float = 0.0
+    p90_error: float = 0.0
+    name: str = "fitted"
+
+    def predict_s(self, shape: BatchShape) -> float:
+        c = self.coefficients
+        return (
+            c[0]
+            + c[1] * (shape.num_prefill_tokens + shape.num_decodes)
+            + c[2] * shape.num_decodes
+            + c[3] * shape.prefill_attention_pairs
+            + c[4] * shape.decode_kv_tokens
+        )
+
+    @classmethod
+    def fit(
+        cls, samples: Sequence[tuple[BatchShape, float]], *, name: str = "fitted"
+    ) -> FittedLatencyModel:
+        """Non-negative least squares on ``(shape, seconds)`` samples.
+
+        Columns with no variation in the samples are left out (coefficient 0), so a
+        decode-only calibration does not invent a prefill cost.
+        """
+        if len(samples) < 2:
+            raise ValueError("need at least two samples to fit a latency model")
+        x = np.array([_features(s) for s, _ in samples], dtype=float)
+        y = np.array([d for _, d in samples], dtype=float)
+        active = [0] + [j for j in range(1, x.shape[1]) if np.ptp(x[:, j]) > 0]
+        coef = np.zeros(x.shape[1])
+        # Active-set NNLS: refit without the columns whose coefficients come out negative.
+        while True:
+            # Scale columns so tiny per-pair costs are not lost to conditioning.
+            scale = np.maximum(np.abs(x[:, active]).max(axis=0), 1e-12)
+            sol = np.linalg.lstsq(x[:, active] / scale, y, rcond=None)[0] / scale
+            negative = {j for j, v in zip(active, sol, strict=True) if v < 0 and j != 0}
+            if not negative:
+                break
+            active = [j for j in active if j not in negative]
+        coef[active] = sol
+        coef[0] = max(coef[0], 0.0)
+        pred = x @ coef
+        rel = np.abs(pred - y) / np.maximum(y, 1e-12)
+        return cls(
+            coefficients=(
+                float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), float(coef[4])
+            ),
+            num_samples=len(samples),
+            fit_error=float(rel.mean()),
+            p90_error=float(np.quantile(rel, 0.9)),
+            name=name,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "coefficients": dict(zip(_FEATURES, self.coefficients, strict=True)),
+            "num_samples": self.num_samples,
+            "fit_error": self.fit_error,
+            "p90_error": self.p90_error,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> FittedLatencyModel:
+        coeffs = raw.get("coefficients")
+        if not isinstance(coeffs, Mapping) or set(coeffs) != set(_FEATURES):
+            raise ConfigError(f"needs exactly the keys {list(_FEATURES)}", field="coefficients")
+        values = []
+        for key in _FEATURES:
+            v = coeffs[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"must be a non-negative number, got {v!r}", field=f"coefficients.{key}")
+            values.append(float(v))
+        return cls(
+            coefficients=(values[0], values[1], values[2], values[3], values[4]),
+            num_samples=int(raw.get("num_samples", 0)),
+            fit_error=float(raw.get("fit_error", 0.0)),
+            p90_error=float(raw.get("p90_error", 0.0)),
+            name=str(raw.get("name", "fitted")),
+        )

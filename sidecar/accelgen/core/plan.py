@@ -1,0 +1,70 @@
+"""What a policy decides for one iteration, and the engine limits it decides within."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from accelgen.core.latency import BatchShape
+from accelgen.core.request import Request
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """Capacities of one engine replica.
+
+    Args:
+        num_kv_blocks: KV cache capacity in blocks.
+        block_size_tokens: Tokens per KV block.
+        max_num_batched_tokens: Most tokens one iteration may process (sizes the
+            engine's buffers; fixed-budget baselines use it as their budget).
+        max_num_seqs: Most requests holding KV at once.
+    """
+
+    num_kv_blocks: int
+    block_size_tokens: int = 16
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("num_kv_blocks", "block_size_tokens", "max_num_batched_tokens", "max_num_seqs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledChunk:
+    """``num_tokens`` of ``request`` computed this iteration, after ``context_tokens``."""
+
+    request: Request
+    num_tokens: int
+    context_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class IterationPlan:
+    """One iteration: the chunks to run and what was given up to make room.
+
+    Args:
+        chunks: Work for the engine, in the policy's priority order.
+        preempted: Requests whose KV was freed (they recompute later).
+        dropped: Requests the policy refused for good (only admission-controlling
+            policies such as the oracle drop anything).
+        budget_tokens: The token budget S_b the policy planned against.
+        shape: The batch shape of ``chunks``.
+        predicted_s: The policy's latency model's prediction for ``shape``.
+    """
+
+    chunks: tuple[ScheduledChunk, ...]
+    preempted: tuple[Request, ...] = ()
+    dropped: tuple[Request, ...] = ()
+    budget_tokens: int = 0
+    shape: BatchShape = BatchShape()
+    predicted_s: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.shape.num_tokens
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks

@@ -1,0 +1,127 @@
+"""Per-request and per-tier metrics, computed once, the way ACCELGEN.md defines them.
+
+* TTFT = first token − arrival; a TBT gap = time between consecutive tokens;
+* a token is on time if its gap (the TTFT for the first) is within the target;
+* a request meets its SLO if TTFT is on time and at most max(1, ⌈1 % of output⌉)
+  tokens are late; offline requests if they complete before their deadline;
+* attainment = requests meeting SLO / all requests; token attainment = on-time tokens /
+  tokens of online requests; goodput = SLO-meeting requests (and their output tokens)
+  per second; throughput = the same over all completed requests. Rates are over the
+  run's span, first arrival to last completion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from accelgen.core.request import late_tokens_allowed
+from accelgen.core.tiers import SLOTier, TierSet
+from accelgen.sim.workload import SimRequest
+
+
+@dataclass(slots=True)
+class _Record:
+    tier: SLOTier
+    arrival_s: float
+    first_token_s: float | None = None
+    last_token_s: float | None = None
+    num_tokens: int = 0
+    num_late: int = 0
+    finish_s: float | None = None
+    dropped: bool = False
+    preemptions: int = 0
+
+    def meets_slo(self) -> bool:
+        if self.finish_s is None:
+            return False
+        if self.tier.deadline_s is not None:
+            return self.finish_s - self.arrival_s <= self.tier.deadline_s
+        assert self.first_token_s is not None and self.tier.ttft_slo_s is not None
+        ttft_ok = self.first_token_s - self.arrival_s <= self.tier.ttft_slo_s
+        return ttft_ok and self.num_late <= late_tokens_allowed(self.num_tokens)
+
+
+@dataclass(slots=True)
+class Recorder:
+    """Collects token times as the engine emits them."""
+
+    requests: Sequence[SimRequest]
+    tiers: TierSet
+    records: dict[str, _Record] = field(init=False)
+    gaps_s: dict[str, list[float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records = {r.request_id: _Record(self.tiers.get(r.tier), r.arrival_s) for r in self.requests}
+        self.gaps_s = {t.name: [] for t in self.tiers}
+
+    def token(self, request_id: str, now: float) -> None:
+        rec = self.records[request_id]
+        tier = rec.tier
+        if rec.last_token_s is None:
+            rec.first_token_s = now
+            if tier.ttft_slo_s is not None and now - rec.arrival_s > tier.ttft_slo_s:
+                rec.num_late += 1
+        else:
+            gap = now - rec.last_token_s
+            self.gaps_s[tier.name].append(gap)
+            if tier.tbt_slo_s is not None and gap > tier.tbt_slo_s:
+                rec.num_late += 1
+        rec.last_token_s = now
+        rec.num_tokens += 1
+
+    def finished(self, request_id: str, now: float) -> None:
+        self.records[request_id].finish_s = now
+
+    def dropped(self, request_id: str) -> None:
+        self.records[request_id].dropped = True
+
+    def preempted(self, request_id: str) -> None:
+        self.records[request_id].preemptions += 1
+
+    def summary(self) -> dict[str, Any]:
+        """The metrics of ``accelgen bench sim --json``, overall and under ``tiers``."""
+        recs = list(self.records.values())
+        starts = [r.arrival_s for r in recs]
+        ends = [r.finish_s for r in recs if r.finish_s is not None]
+        span = (max(ends) - min(starts)) if ends else 0.0
+        out = _summarize(recs, [g for gaps in self.gaps_s.values() for g in gaps], span)
+        out["tiers"] = {
+            t.name: _summarize([r for r in recs if r.tier.name == t.name], self.gaps_s[t.name], span)
+            for t in self.tiers
+        }
+        return out
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else 0.0
+
+
+def _summarize(recs: Sequence[_Record], gaps: Sequence[float], span_s: float) -> dict[str, Any]:
+    done = [r for r in recs if r.finish_s is not None]
+    met = [r for r in done if r.meets_slo()]
+    online = [r for r in recs if r.tier.deadline_s is None]
+    tokens = sum(r.num_tokens for r in online)
+    late = sum(r.num_late for r in online)
+    ttfts = [r.first_token_s - r.arrival_s for r in recs if r.first_token_s is not None]
+    rate = (lambda x: x / span_s) if span_s > 0 else (lambda x: 0.0)
+    return {
+        "requests": len(recs),
+        "completed": len(done),
+        "slo_met": len(met),
+        "dropped": sum(r.dropped for r in recs),
+        "throughput_rps": rate(len(done)),
+        "throughput_tokens_per_s": rate(sum(r.num_tokens for r in done)),
+        "goodput_rps": rate(len(met)),
+        "goodput_tokens_per_s": rate(sum(r.num_tokens for r in met)),
+        "attainment": len(met) / len(recs) if recs else 1.0,
+        "token_attainment": (tokens - late) / tokens if tokens else 1.0,
+        "ttft_p50_s": _pct(ttfts, 50),
+        "ttft_p99_s": _pct(ttfts, 99),
+        "tbt_p99_s": _pct(gaps, 99),
+        "latency_mean_s": float(np.mean([r.finish_s - r.arrival_s for r in done])) if done else 0.0,  # type: ignore[operator]
+        "preemptions": sum(r.preemptions for r in recs),
+    }

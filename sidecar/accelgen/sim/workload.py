@@ -1,0 +1,302 @@
+"""Workload files: what to simulate, on which engine, with which policies.
+
+A workload is a YAML file users write (see ``workloads/mixed.yaml``)::
+
+    name: mixed
+    seed: 42
+    duration_s: 600            # or num_requests: N
+    arrivals: {process: poisson, rate_rps: 5.0}   # or {process: replay, time_scale: 1.0}
+    sources:
+      - {trace: azure_conv_2023.csv, weight: 0.65, tier: interactive}
+      - {trace: arxiv_summarization_lengths.csv, weight: 0.35,
+         tiers: {summarize: 0.7, batch: 0.3}}
+    tiers: {default_tier: interactive, tiers: [...]}     # the core's tier format
+    engine: {latency_model: h100-llama-2-7b, num_kv_blocks: auto, block_size_tokens: 16,
+             max_num_batched_tokens: 8192, max_num_seqs: 256, latency_noise: 0.0}
+    scheduler: {gamma_s: 0.75}                           # PolicyConfig fields
+    policies: [accelgen, sarathi, vllm-fcfs]
+    sweep: {rate_rps: [2, 4, 6]}                         # optional
+
+Trace paths are relative to ``<data dir>/traces`` unless absolute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from accelgen.core.config import PolicyConfig, parse_policy_config
+from accelgen.core.errors import ConfigError
+from accelgen.core.plan import EngineLimits
+from accelgen.core.policies import get_spec
+from accelgen.core.tiers import TierSet, parse_tiers
+from accelgen.sim.traces import Trace, read_trace
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    trace: str
+    weight: float
+    tiers: tuple[tuple[str, float], ...]  # (tier name, probability)
+    max_prompt_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    latency_model: str
+    num_kv_blocks: int | None  # None = derive from the model and GPU memory
+    block_size_tokens: int = 16
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    latency_noise: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    seed: int
+    duration_s: float | None
+    num_requests: int | None
+    process: str  # poisson | replay
+    rate_rps: float | None
+    time_scale: float
+    sources: tuple[Source, ...]
+    tiers: TierSet
+    engine: EngineSpec
+    scheduler: PolicyConfig
+    policies: tuple[str, ...]
+    sweep_rates: tuple[float, ...] = ()
+    max_tokens: int = 2048
+
+    def with_rate(self, rate_rps: float) -> Workload:
+        return dataclasses.replace(self, rate_rps=rate_rps, process="poisson")
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    """One request of a generated workload (lengths are the truth the simulator uses)."""
+
+    request_id: str
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    tier: str
+
+
+class _Reader:
+    """Pops typed fields from a mapping, naming the field in every error."""
+
+    def __init__(self, raw: object, path: str) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError("must be a mapping", field=path or None)
+        self.raw = dict(raw)
+        self.path = path
+
+    def field(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, positive: bool = False) -> Any:
+        if key not in self.raw:
+            if default is ...:
+                raise ConfigError("missing required field", field=self.field(key))
+            return default
+        value = self.raw.pop(key)
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise ConfigError(f"expected {_kind_name(kind)}, got {value!r}", field=self.field(key))
+        if not isinstance(value, kind):
+            raise ConfigError(f"expected {_kind_name(kind)}, got {value!r}", field=self.field(key))
+        if positive and not value > 0:
+            raise ConfigError(f"must be positive, got {value!r}", field=self.field(key))
+        return value
+
+    def done(self) -> None:
+        if self.raw:
+            key = sorted(map(str, self.raw))[0]
+            raise ConfigError("unknown field", field=self.field(key))
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({"int": "integer", "float": "number", "str": "string"}.get(k.__name__, k.__name__) for k in kinds)
+
+
+_NUM = (int, float)
+
+
+def parse_workload(raw: object) -> Workload:
+    """Validate a workload mapping; ConfigError names the offending field."""
+    top = _Reader(raw, "")
+    name = top.get("name", str, "workload")
+    seed = top.get("seed", int, 0)
+    duration_s = top.get("duration_s", _NUM, None, positive=True)
+    num_requests = top.get("num_requests", int, None, positive=True)
+    if (duration_s is None) == (num_requests is None):
+        raise ConfigError("give exactly one of duration_s and num_requests", field="duration_s")
+    max_tokens = top.get("max_tokens", int, 2048, positive=True)
+
+    arr = _Reader(top.get("arrivals", dict), "arrivals")
+    process = arr.get("process", str, "poisson")
+    if process not in ("poisson", "replay"):
+        raise ConfigError(f"must be poisson or replay, got {process!r}", field="arrivals.process")
+    rate = arr.get("rate_rps", _NUM, None, positive=True)
+    if process == "poisson" and rate is None:
+        raise ConfigError("poisson arrivals need rate_rps", field="arrivals.rate_rps")
+    time_scale = float(arr.get("time_scale", _NUM, 1.0, positive=True))
+    arr.done()
+
+    try:
+        tiers = parse_tiers(top.get("tiers", dict))
+    except ConfigError as err:
+        raise err.within(prefix="tiers") from None
+
+    raw_sources = top.get("sources", list)
+    if not raw_sources:
+        raise ConfigError("needs at least one source", field="sources")
+    sources = tuple(_parse_source(s, f"sources[{i}]", tiers) for i, s in enumerate(raw_sources))
+
+    eng = _Reader(top.get("engine", dict), "engine")
+    kv = eng.get("num_kv_blocks", (int, str), "auto")
+    if isinstance(kv, str) and kv != "auto" or isinstance(kv, int) and kv <= 0:
+        raise ConfigError(f"must be a positive integer or 'auto', got {kv!r}", field="engine.num_kv_blocks")
+    engine = EngineSpec(
+        latency_model=eng.get("latency_model", str),
+        num_kv_blocks=None if kv == "auto" else kv,
+        block_size_tokens=eng.get("block_size_tokens", int, 16, positive=True),
+        max_num_batched_tokens=eng.get("max_num_batched_tokens", int, 8192, positive=True),
+        max_num_seqs=eng.get("max_num_seqs", int, 256, positive=True),
+        latency_noise=float(eng.get("latency_noise", _NUM, 0.0)),
+    )
+    eng.done()
+    if not 0 <= engine.latency_noise < 1:
+        raise ConfigError("must be in [0, 1)", field="engine.latency_noise")
+
+    try:
+        scheduler = parse_policy_config(top.get("scheduler", dict, None))
+    except ConfigError as err:
+        raise err.within(prefix="scheduler") from None
+
+    policies = top.get("policies", list)
+    for i, p in enumerate(policies):
+        if not isinstance(p, str):
+            raise ConfigError(f"expected a policy name, got {p!r}", field=f"policies[{i}]")
+        try:
+            get_spec(p)
+        except ConfigError as err:
+            raise err.within(prefix=f"policies[{i}]") from None
+    if not policies:
+        raise ConfigError("name at least one policy", field="policies")
+
+    sweep_rates: tuple[float, ...] = ()
+    if "sweep" in top.raw:
+        sw = _Reader(top.get("sweep", dict), "sweep")
+        rates = sw.get("rate_rps", list)
+        if not rates or not all(isinstance(r, _NUM) and not isinstance(r, bool) and r > 0 for r in rates):
+            raise ConfigError("must be a non-empty list of positive rates", field="sweep.rate_rps")
+        sweep_rates = tuple(float(r) for r in rates)
+        sw.done()
+    top.done()
+    return Workload(
+        name=name, seed=seed, duration_s=None if duration_s is None else float(duration_s),
+        num_requests=num_requests, process=process, rate_rps=None if rate is None else float(rate),
+        time_scale=time_scale, sources=sources, tiers=tiers, engine=engine, scheduler=scheduler,
+        policies=tuple(policies), sweep_rates=sweep_rates, max_tokens=max_tokens,
+    )
+
+
+def _parse_source(raw: object, path: str, tiers: TierSet) -> Source:
+    src = _Reader(raw, path)
+    trace = src.get("trace", str)
+    weight = float(src.get("weight", _NUM, 1.0, positive=True))
+    single = src.get("tier", str, None)
+    mix = src.get("tiers", dict, None)
+    max_prompt = src.get("max_prompt_tokens", int, None, positive=True)
+    src.done()
+    if (single is None) == (mix is None):
+        raise ConfigError("give exactly one of tier and tiers", field=f"{path}.tier")
+    pairs = [(single, 1.0)] if single is not None else list((mix or {}).items())
+    total = 0.0
+    for tier_name, share in pairs:
+        if tier_name not in tiers:
+            raise ConfigError(f"unknown tier {tier_name!r}; tiers: {[t.name for t in tiers]}", field=f"{path}.tier")
+        if isinstance(share, bool) or not isinstance(share, _NUM) or share <= 0:
+            raise ConfigError(f"share must be positive, got {share!r}", field=f"{path}.tiers.{tier_name}")
+        total += share
+    return Source(trace, weight, tuple((t, s / total) for t, s in pairs), max_prompt)
+
+
+def engine_limits(workload: Workload, *, num_kv_blocks: int) -> EngineLimits:
+    e = workload.engine
+    return EngineLimits(
+        num_kv_blocks=num_kv_blocks,
+        block_size_tokens=e.block_size_tokens,
+        max_num_batched_tokens=e.max_num_batched_tokens,
+        max_num_seqs=e.max_num_seqs,
+    )
+
+
+def generate_requests(
+    workload: Workload, traces: Sequence[Trace], *, max_request_tokens: int | None = None
+) -> list[SimRequest]:
+    """The request sequence, identical for every policy (deterministic for the seed).
+
+    Args:
+        workload: The parsed workload.
+        traces: One trace per source, in order.
+        max_request_tokens: Clip prompt + output to this (the KV capacity).
+    """
+    rng = np.random.default_rng(workload.seed)
+    weights = np.array([s.weight for s in workload.sources])
+    weights /= weights.sum()
+    if workload.process == "replay":
+        timed = next((t for t in traces if t.arrivals_s is not None), None)
+        if timed is None:
+            raise ConfigError("replay needs a source whose trace has arrived_at", field="arrivals.process")
+        base = np.array(timed.arrivals_s) - timed.arrivals_s[0] if timed.arrivals_s else np.zeros(0)
+        arrivals = base * workload.time_scale
+    else:
+        assert workload.rate_rps is not None
+        expected = workload.num_requests or int(workload.rate_rps * (workload.duration_s or 0) * 1.2) + 16
+        gaps = rng.exponential(1.0 / workload.rate_rps, size=expected)
+        arrivals = np.cumsum(gaps) - gaps[0]
+    if workload.duration_s is not None:
+        arrivals = arrivals[arrivals < workload.duration_s]
+    if workload.num_requests is not None:
+        arrivals = arrivals[: workload.num_requests]
+    which = rng.choice(len(traces), size=len(arrivals), p=weights)
+    requests = []
+    replay_row = 0
+    for i, (t, k) in enumerate(zip(arrivals, which, strict=True)):
+        source, trace = workload.sources[k], traces[k]
+        if workload.process == "replay" and trace.arrivals_s is not None and len(workload.sources) == 1:
+            row = replay_row % len(trace)  # exact replay of a single timed trace
+            replay_row += 1
+        else:
+            row = int(rng.integers(len(trace)))
+        prompt, output = trace.prompt_tokens[row], trace.output_tokens[row]
+        if source.max_prompt_tokens is not None:
+            prompt = min(prompt, source.max_prompt_tokens)
+        if max_request_tokens is not None and prompt + output > max_request_tokens:
+            prompt = max(max_request_tokens - output, 1)
+            output = min(output, max_request_tokens - prompt)
+        names = [n for n, _ in source.tiers]
+        tier = names[0] if len(names) == 1 else names[int(rng.choice(len(names), p=[p for _, p in source.tiers]))]
+        requests.append(SimRequest(f"r{i}", float(t), prompt, output, tier))
+    return requests
+
+
+def load_source_traces(workload: Workload, data_dir: Path) -> list[Trace]:
+    traces = []
+    for i, source in enumerate(workload.sources):
+        path = Path(source.trace)
+        if not path.is_absolute():
+            path = data_dir / "traces" / path
+        try:
+            traces.append(read_trace(path))
+        except ConfigError as err:
+            raise ConfigError(err.message, field=f"sources[{i}].trace", source=err.source) from None
+    return traces
