@@ -1,0 +1,221 @@
+"""Per-tier queues, admission and release to the engine (the request-level half of AccelGen).
+
+A request waits in the sidecar until the engine has room, so it never just queues
+inside vLLM where the sidecar could no longer reorder or shed it::
+
+    arrive ──feasible?──► tier queue ──(engine has room, least slack first)──► engine
+              │ no: 429 now      │ TTFT already lost / pushed out by a tighter tier: 503 (shed)
+
+Order key: the latest time the request may start, ``deadline − predicted prefill``
+(for offline tiers ``deadline − predicted service``): least slack first. When the
+queues are full, the queued request with the most slack (a looser tier) is shed to make
+room for a tighter one, so looser tiers shed first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from accelgen.core.tiers import SLOTier
+from accelgen.server.engine_state import EngineState
+from accelgen.server.errors import ApiError
+from accelgen.server.speed import Speed
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One request's place in the sidecar (identity semantics)."""
+
+    tier: SLOTier
+    arrival_s: float
+    num_prompt_tokens: int
+    max_tokens: int
+    deadline_s: float  # TTFT deadline (online) or completion deadline (offline)
+    key_s: float  # latest start time: release order, least first
+    seq: int
+    released: asyncio.Future[None] = field(repr=False)
+    queued: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    """Bounds and watermarks of admission and release."""
+
+    max_queue_per_tier: int = 256
+    max_queue_total: int = 1024
+    max_in_flight: int = 64  # requests released to the engine and not yet finished
+    kv_high_watermark: float = 0.95  # hold releases above this engine KV usage
+    waiting_limit: int = 1  # hold while the engine reports this many waiting...
+    settle_s: float = 0.05  # ...in a snapshot taken this long after our last release
+    shed_late: bool = True  # drop queued online requests whose TTFT is already lost
+
+
+class Admission:
+    """Admits, queues, sheds and releases requests; the handlers await :meth:`enter`."""
+
+    def __init__(
+        self,
+        config: AdmissionConfig,
+        speed: Speed,
+        engine: EngineState,
+        *,
+        on_shed: Callable[[Ticket], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.speed = speed
+        self.engine = engine
+        self.on_shed = on_shed
+        self.clock = clock
+        self.in_flight = 0
+        self.depth: dict[str, int] = {}
+        self._heap: list[tuple[float, int, Ticket]] = []
+        self._seq = itertools.count()
+        self._last_release_s = -1e9
+        self._done_s: deque[float] = deque(maxlen=256)  # completion times, for the rate
+
+    def queued(self) -> int:
+        return sum(self.depth.values())
+
+    def _completion_rate(self, now_s: float) -> float:
+        """Requests the engine finishes per second: observed, else predicted."""
+        recent = [t for t in self._done_s if now_s - t <= 10.0]
+        if len(recent) >= 8:
+            return len(recent) / max(0.5, now_s - recent[0])
+        slots = self.config.max_in_flight
+        return slots / max(1e-3, 64 * self.speed.decode_step_s(slots))
+
+    def _predicted_wait_s(self, key_s: float, now_s: float) -> float:
+        ahead = sum(1 for k, _, t in self._heap if t.queued and k <= key_s)
+        free = self.config.max_in_flight - self.in_flight
+        return max(0, ahead + 1 - free) / self._completion_rate(now_s)
+
+    def make_ticket(self, tier: SLOTier, num_prompt_tokens: int, max_tokens: int) -> Ticket:
+        now_s = self.clock()
+        running = max(1, self.in_flight)
+        if tier.is_offline:
+            deadline_s = now_s + (tier.deadline_s or 0.0)
+            need_s = self.speed.service_s(num_prompt_tokens, max_tokens, num_running=running)
+        else:
+            deadline_s = now_s + (tier.ttft_slo_s or 0.0)
+            need_s = self.speed.prefill_s(num_prompt_tokens, num_running=running)
+        return Ticket(
+            tier=tier,
+            arrival_s=now_s,
+            num_prompt_tokens=num_prompt_tokens,
+            max_tokens=max_tokens,
+            deadline_s=deadline_s,
+            key_s=deadline_s - need_s,
+            seq=next(self._seq),
+            released=asyncio.get_running_loop().create_future(),
+        )
+
+    def admit(self, ticket: Ticket) -> None:
+        """Queue ``ticket``, or raise the ApiError (429) that rejects it at once."""
+        now_s = ticket.arrival_s
+        wait_s = self._predicted_wait_s(ticket.key_s, now_s)
+        if now_s + wait_s > ticket.key_s:
+            raise ApiError(
+                429,
+                f"tier {ticket.tier.name!r}: its target cannot be met now "
+                f"(predicted wait {wait_s:.3f}s); retry later",
+                code="slo_infeasible",
+                retry_after_s=wait_s,
+            )
+        name = ticket.tier.name
+        full_tier = self.depth.get(name, 0) >= self.config.max_queue_per_tier
+        if full_tier or self.queued() >= self.config.max_queue_total:
+            victim = self._loosest(name if full_tier else None)
+            if victim is None or victim.key_s <= ticket.key_s:
+                raise ApiError(
+                    429,
+                    f"tier {name!r}: queue full; retry later",
+                    code="queue_full",
+                    retry_after_s=max(1.0, wait_s),
+                )
+            self._shed(victim, "pushed out by a tighter request")
+        self.depth[name] = self.depth.get(name, 0) + 1
+        heapq.heappush(self._heap, (ticket.key_s, ticket.seq, ticket))
+
+    def _loosest(self, tier: str | None) -> Ticket | None:
+        live = [t for _, _, t in self._heap if t.queued and (tier is None or t.tier.name == tier)]
+        return max(live, key=lambda t: (t.key_s, t.seq), default=None)
+
+    def _dequeue(self, ticket: Ticket) -> None:
+        if ticket.queued:
+            ticket.queued = False
+            self.depth[ticket.tier.name] -= 1
+
+    def _shed(self, ticket: Ticket, why: str) -> None:
+        self._dequeue(ticket)
+        self.on_shed(ticket)
+        if not ticket.released.done():
+            ticket.released.set_exception(
+                ApiError(
+                    503,
+                    f"tier {ticket.tier.name!r}: request shed ({why}); retry later",
+                    code="shed",
+                    retry_after_s=1.0,
+                )
+            )
+
+    async def wait(self, ticket: Ticket) -> None:
+        """Wait until released to the engine; ApiError(503) if shed meanwhile.
+
+        The caller must call :meth:`leave` once it is done with the engine (released
+        tickets only). A cancelled waiter leaves the queue.
+        """
+        self.pump()
+        try:
+            await ticket.released
+        except asyncio.CancelledError:
+            self._dequeue(ticket)
+            if (
+                ticket.released.done()
+                and not ticket.released.cancelled()
+                and ticket.released.exception() is None
+            ):
+                self.leave(ticket)  # released at the very moment it was cancelled
+            raise
+
+    def leave(self, ticket: Ticket) -> None:
+        """A released request has finished with the engine (any outcome)."""
+        self.in_flight -= 1
+        self._done_s.append(self.clock())
+        self.pump()
+
+    def _has_room(self, now_s: float) -> bool:
+        cfg, eng = self.config, self.engine
+        if self.in_flight >= cfg.max_in_flight:
+            return False
+        if eng.kv_usage >= cfg.kv_high_watermark and self.in_flight > 0:
+            return False
+        settled = eng.updated_s - self._last_release_s >= cfg.settle_s
+        return not (settled and eng.waiting >= cfg.waiting_limit and self.in_flight > 0)
+
+    def pump(self) -> None:
+        """Shed what is already lost, then release least-slack-first while there is room."""
+        now_s = self.clock()
+        while self._heap:
+            _, _, head = self._heap[0]
+            if not head.queued:
+                heapq.heappop(self._heap)
+                continue
+            lost = now_s > head.deadline_s if head.tier.is_offline else now_s > head.key_s
+            if self.config.shed_late and lost:
+                heapq.heappop(self._heap)
+                self._shed(head, "its deadline passed while queued")
+                continue
+            if not self._has_room(now_s):
+                break
+            heapq.heappop(self._heap)
+            self._dequeue(head)
+            self.in_flight += 1
+            self._last_release_s = now_s
+            head.released.set_result(None)

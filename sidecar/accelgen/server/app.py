@@ -1,0 +1,157 @@
+"""The aiohttp application: routes, the error middleware and the background tasks.
+
+Every error leaves as the OpenAI error JSON shape, whatever raised it (our checks,
+aiohttp's 404/405/413, or a bug: a 500 that is logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from accelgen.server.errors import ApiError, error_body
+from accelgen.server.proxy import StreamFailed, generate
+from accelgen.server.reload import TierReloader
+from accelgen.server.state import Sidecar
+
+log = logging.getLogger("accelgen.server")
+SIDECAR = web.AppKey("sidecar", Sidecar)
+_MAX_BODY_BYTES = 4 * 1024 * 1024
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return web.json_response(err.body(), status=err.status, headers=err.headers())
+    except StreamFailed as failed:
+        return failed.response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason if exc.status != 404 else f"no route {request.method} {request.path}"
+        return web.json_response(error_body(exc.status, message), status=exc.status)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return web.json_response(error_body(500, "internal error in the sidecar"), status=500)
+
+
+def _openapi() -> dict[str, object]:
+    text = resources.files("accelgen.server").joinpath("openapi.json").read_text("utf-8")
+    doc: dict[str, object] = json.loads(text)
+    return doc
+
+
+def build_app(sidecar: Sidecar, *, tiers_path: str | None = None) -> web.Application:
+    """The sidecar's web application; its background tasks start and stop with it."""
+    app = web.Application(middlewares=[_errors], client_max_size=_MAX_BODY_BYTES)
+    app[SIDECAR] = sidecar
+    openapi = _openapi()
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        return await generate(request, sidecar, chat=False)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await generate(request, sidecar, chat=True)
+
+    async def models(request: web.Request) -> web.Response:
+        sidecar.authenticate(request.headers.get("Authorization"))
+        try:
+            return web.json_response(await sidecar.engine.get_json("/v1/models"))
+        except Exception as err:  # any engine failure is the same answer to the client
+            raise ApiError(
+                503,
+                f"engine unavailable: {type(err).__name__}",
+                code="engine_unavailable",
+                retry_after_s=1.0,
+            ) from None
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        state = sidecar.engine.state
+        if state.ready:
+            return web.json_response({"ready": True})
+        return web.json_response(
+            {**error_body(503, state.error or "engine not ready"), "ready": False}, status=503
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        sidecar.refresh_gauges()
+        body = generate_latest(sidecar.metrics.registry) + sidecar.engine.state.vllm_text.encode()
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def stats(_: web.Request) -> web.Response:
+        state = sidecar.engine.state
+        return web.json_response(
+            {
+                "pool": sidecar.config.pool,
+                "window_s": sidecar.stats.window_s,
+                "tiers": sidecar.stats.snapshot([t.name for t in sidecar.tiers], time.monotonic()),
+                "engine": {
+                    "ready": state.ready,
+                    "running": state.running,
+                    "waiting": state.waiting,
+                    "kv_usage": state.kv_usage,
+                },
+            }
+        )
+
+    async def openapi_doc(_: web.Request) -> web.Response:
+        return web.json_response(openapi)
+
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/openapi.json", openapi_doc)
+    app.cleanup_ctx.append(_background(sidecar, tiers_path))
+    return app
+
+
+def _background(
+    sidecar: Sidecar, tiers_path: str | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(_: web.Application) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(
+                sidecar.engine.monitor(sidecar.config.poll_interval_s, sidecar.admission.pump)
+            ),
+            asyncio.create_task(_tick(sidecar)),
+        ]
+        if tiers_path is not None:
+            reloader = TierReloader(tiers_path, sidecar.set_tiers)
+            reloader.install_sighup(asyncio.get_running_loop())
+            tasks.append(asyncio.create_task(reloader.watch()))
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await sidecar.engine.close()
+
+    return run
+
+
+async def _tick(sidecar: Sidecar, interval_s: float = 0.02) -> None:
+    """Shed queued requests whose deadline passed even when nothing else happens."""
+    while True:
+        await asyncio.sleep(interval_s)
+        sidecar.admission.pump()

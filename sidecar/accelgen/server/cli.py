@@ -1,0 +1,100 @@
+"""``accelgen serve``: the sidecar in front of an engine (vLLM by default, or the sim engine).
+
+Top-level imports stay light (argparse only) so ``accelgen --help`` never loads aiohttp.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+# The tiers used when no --tiers file is given (same shape as the YAML file).
+DEFAULT_TIERS: dict[str, Any] = {
+    "default_tier": "standard",
+    "tiers": [
+        {
+            "name": "interactive",
+            "ttft_ms": 500,
+            "tbt_ms": 100,
+            "priority": 0,
+            "attainment_target": 0.95,
+        },
+        {"name": "standard", "ttft_ms": 2000, "tbt_ms": 250, "priority": 1},
+        {"name": "batch", "deadline_s": 3600, "priority": 2},
+    ],
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``accelgen serve``."""
+    parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument(
+        "--tiers",
+        metavar="FILE",
+        help="tier configuration YAML (reloaded on "
+        "SIGHUP or change; default: interactive/standard/batch)",
+    )
+    parser.add_argument(
+        "--keys",
+        metavar="FILE",
+        help="tenants' API key hashes (YAML); without it no key is required",
+    )
+    parser.add_argument("--engine-url", metavar="URL", help="a running vLLM OpenAI server")
+    parser.add_argument(
+        "--engine",
+        choices=("sim", "vllm"),
+        help="engine to start when no "
+        "--engine-url: vllm (default, AccelGen's scheduler) or sim (simulated)",
+    )
+    parser.add_argument("--pool", metavar="NAME", help="pool label on every metric")
+    parser.add_argument(
+        "--model",
+        metavar="DIR",
+        help="model directory for the embedded vLLM "
+        "(default: the tiny random-weight model, created once)",
+    )
+    parser.add_argument(
+        "--latency-model",
+        metavar="NAME",
+        help="latency model of the sim engine "
+        "and of admission's speed estimate (e.g. h100-llama-2-7b)",
+    )
+    parser.add_argument(
+        "--max-running",
+        type=int,
+        default=64,
+        help="requests released to the engine at once (default 64)",
+    )
+    parser.add_argument("--max-queue", type=int, default=256, help="queued requests per tier")
+    parser.add_argument("--sim-max-num-seqs", type=int, default=32)
+    parser.add_argument(
+        "--sim-time-scale",
+        type=float,
+        default=1.0,
+        help="slow the sim engine's iterations down by this factor",
+    )
+    parser.add_argument(
+        "--token-timeout-s",
+        type=float,
+        default=30.0,
+        help="longest wait for the engine's next token",
+    )
+    parser.add_argument("--log-level", default="INFO")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the configuration (ConfigError → exit 2), start the engine and serve."""
+    import asyncio
+    import logging
+
+    from accelgen.server.serve import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop  # faster event loop; optional
+    except ImportError:
+        return asyncio.run(serve(args))
+    return uvloop.run(serve(args))

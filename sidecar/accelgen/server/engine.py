@@ -1,0 +1,161 @@
+"""The HTTP client to the engine (a vLLM OpenAI server, or the sim engine on loopback).
+
+Every generation is streamed from the engine, so the sidecar sees each token's time.
+Timeouts: ``connect_timeout_s`` to open a connection and ``token_timeout_s`` between
+two reads of a stream; neither failure ever hangs the client. Closing the response
+closes the connection, which is how vLLM learns the client went away and aborts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+
+from accelgen.server.engine_state import EngineState, parse_engine_metrics
+from accelgen.server.errors import ApiError, normalize_engine_error
+
+log = logging.getLogger("accelgen.server")
+
+
+class EngineClient:
+    """Streams generations from one engine and keeps :class:`EngineState` fresh."""
+
+    def __init__(
+        self, base_url: str, *, connect_timeout_s: float = 3.0, token_timeout_s: float = 30.0
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout_s = connect_timeout_s
+        self.token_timeout_s = token_timeout_s
+        self.state = EngineState()
+        self.send_priority = True  # off once the engine says priority scheduling is off
+        self.default_model: str | None = None  # filled in for requests that name none
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self.connect_timeout_s, sock_read=self.token_timeout_s
+            )
+            # limit=0: the admission layer bounds concurrency, not the connector.
+            connector = aiohttp.TCPConnector(limit=0, force_close=False)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def open_stream(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        """POST a streaming generation; the 200 response, or ApiError (engine's own 4xx kept)."""
+        if not self.send_priority:
+            body.pop("priority", None)
+        try:
+            resp = await self.session.post(self.base_url + path, json=body)
+        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as err:
+            self.state.ready = False
+            raise ApiError(
+                503,
+                f"engine unreachable: {type(err).__name__}",
+                code="engine_unavailable",
+                retry_after_s=1.0,
+            ) from None
+        if resp.status == 200:
+            return resp
+        try:
+            payload: object = await resp.json(content_type=None)
+        except (ValueError, aiohttp.ClientError, TimeoutError):
+            payload = None
+        finally:
+            resp.release()
+        error = normalize_engine_error(resp.status, payload)
+        message = str(error["error"].get("message", ""))
+        if resp.status == 400 and "priority" in message.lower() and "priority" in body:
+            # NOTE: vLLM refuses a non-zero priority unless started with priority scheduling.
+            log.warning("engine refuses request priority; forwarding without it from now on")
+            self.send_priority = False
+            return await self.open_stream(path, body)
+        status = resp.status if 400 <= resp.status < 500 else 502
+        raise ApiError(
+            status,
+            f"engine: {message}" if status == 502 else message,
+            code=str(error["error"].get("code") or "engine_error"),
+        )
+
+    @staticmethod
+    async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
+        """(raw data, JSON) of each SSE event up to ``[DONE]``; ApiError(502) if it breaks."""
+        try:
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    # Read to the end so the connection goes back to the pool for reuse.
+                    await resp.content.read()
+                    return
+                event = json.loads(data)
+                if not isinstance(event, dict):
+                    raise ValueError("event is not a JSON object")
+                if "error" in event:
+                    err = normalize_engine_error(502, event)["error"]
+                    raise ApiError(502, f"engine: {err.get('message')}", code="engine_error")
+                yield data, event
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise ApiError(
+                502, "engine stopped sending tokens (inter-token timeout)", code="engine_timeout"
+            ) from None
+        except (aiohttp.ClientError, ValueError) as err:
+            raise ApiError(
+                502, f"engine stream broke: {type(err).__name__}", code="engine_error"
+            ) from None
+        raise ApiError(502, "engine stream ended without [DONE]", code="engine_error")
+
+    async def get_json(self, path: str) -> Any:
+        async with self.session.get(self.base_url + path) as resp:
+            resp.raise_for_status()
+            return await resp.json(content_type=None)
+
+    async def poll_once(self) -> None:
+        """Refresh :attr:`state` from the engine's ``/health`` and ``/metrics``."""
+        state = self.state
+        try:
+            timeout = aiohttp.ClientTimeout(total=max(1.0, self.connect_timeout_s))
+            async with self.session.get(self.base_url + "/health", timeout=timeout) as resp:
+                healthy = resp.status == 200
+            async with self.session.get(self.base_url + "/metrics", timeout=timeout) as resp:
+                text = await resp.text() if resp.status == 200 else ""
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            if state.ready:
+                log.warning("engine not ready: %s", type(err).__name__)
+            state.ready, state.error = False, f"engine unreachable: {type(err).__name__}"
+            return
+        state.running, state.waiting, state.kv_usage, state.vllm_text = parse_engine_metrics(text)
+        if healthy and self.default_model is None:
+            await self._learn_model()
+        state.updated_s = time.monotonic()
+        if healthy and not state.ready:
+            log.info("engine ready at %s", self.base_url)
+        state.ready, state.error = healthy, "" if healthy else "engine /health not OK"
+
+    async def _learn_model(self) -> None:
+        try:
+            listing = await self.get_json("/v1/models")
+            self.default_model = str(listing["data"][0]["id"])
+        except (aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError, ValueError):
+            pass
+
+    async def monitor(self, interval_s: float, on_update: Callable[[], None]) -> None:
+        """Poll forever (a background task); ``on_update`` runs after each poll."""
+        while True:
+            await self.poll_once()
+            on_update()
+            await asyncio.sleep(interval_s)

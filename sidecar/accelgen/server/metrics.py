@@ -1,0 +1,138 @@
+"""The sidecar's Prometheus metrics: prefix ``accelgen_``, label ``tier`` (and ``pool``).
+
+Counters: ``accelgen_requests_total{outcome}`` with outcome admitted (entered a queue),
+rejected (refused before queueing: infeasible, queue full, tenant forbidden or over
+its limit), shed (dropped from a queue), failed (engine error after admission),
+cancelled (client went away); ``accelgen_requests_completed_total``,
+``accelgen_requests_slo_met_total``, ``accelgen_output_tokens_total``,
+``accelgen_goodput_tokens_total``. Histograms of TTFT, TBT gaps and queue time whose
+bucket edges include every tier's targets (fixed at start: a reload with new targets
+keeps the old edges). Gauges: queue depth, each tier's targets, and the engine as seen.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+from accelgen.core.tiers import SLOTier, TierSet
+
+OUTCOMES = ("admitted", "rejected", "shed", "failed", "cancelled")
+_BASE_EDGES_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _edges(base: tuple[float, ...], targets: list[float | None]) -> list[float]:
+    return sorted(set(base) | {t for t in targets if t is not None})
+
+
+class SidecarMetrics:
+    """All sidecar metrics in their own registry (one per app, so tests can run many)."""
+
+    def __init__(self, tiers: TierSet, *, pool: str | None) -> None:
+        # NOTE: process-wide; the *_created series only double the scrape size.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.pool = pool
+        self.registry = CollectorRegistry()
+        r, names = self.registry, ("pool", "tier") if pool else ("tier",)
+        self.requests = Counter(
+            "accelgen_requests", "Requests by outcome", [*names, "outcome"], registry=r
+        )
+        self.completed = Counter(
+            "accelgen_requests_completed", "Requests completed", names, registry=r
+        )
+        self.slo_met = Counter(
+            "accelgen_requests_slo_met", "Completed requests that met their SLO", names, registry=r
+        )
+        self.output_tokens = Counter(
+            "accelgen_output_tokens", "Output tokens of completed requests", names, registry=r
+        )
+        self.goodput_tokens = Counter(
+            "accelgen_goodput_tokens",
+            "Output tokens of requests that met their SLO",
+            names,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "accelgen_ttft_seconds",
+            "Time to first token (from arrival)",
+            names,
+            buckets=_edges(_BASE_EDGES_S, [t.ttft_slo_s for t in tiers]),
+            registry=r,
+        )
+        self.tbt = Histogram(
+            "accelgen_tbt_seconds",
+            "Gaps between consecutive tokens",
+            names,
+            buckets=_edges(_BASE_EDGES_S, [t.tbt_slo_s for t in tiers]),
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "accelgen_queue_time_seconds",
+            "Time queued in the sidecar",
+            names,
+            buckets=_BASE_EDGES_S,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "accelgen_queue_depth", "Requests queued in the sidecar", names, registry=r
+        )
+        self.target = Gauge(
+            "accelgen_tier_target_seconds",
+            "Each tier's SLO targets",
+            [*names, "target"],
+            registry=r,
+        )
+        enames = ("pool",) if pool else ()
+        self.engine_ready = Gauge(
+            "accelgen_engine_ready", "1 if the engine answers", enames, registry=r
+        )
+        self.engine_running = Gauge(
+            "accelgen_engine_requests_running", "Engine running requests", enames, registry=r
+        )
+        self.engine_waiting = Gauge(
+            "accelgen_engine_requests_waiting", "Engine waiting requests", enames, registry=r
+        )
+        self.engine_kv = Gauge(
+            "accelgen_engine_kv_usage_ratio", "Engine KV cache usage (0..1)", enames, registry=r
+        )
+        self.set_tiers(tiers)
+
+    def labels(self, tier: str) -> dict[str, str]:
+        return {"pool": self.pool, "tier": tier} if self.pool else {"tier": tier}
+
+    def set_tiers(self, tiers: TierSet) -> None:
+        """(Re)publish target gauges and create every tier's series at zero."""
+        self.target.clear()
+        for tier in tiers:
+            self._touch(tier)
+
+    def _touch(self, tier: SLOTier) -> None:
+        lab = self.labels(tier.name)
+        for outcome in OUTCOMES:
+            self.requests.labels(**lab, outcome=outcome)
+        for metric in (
+            self.completed,
+            self.slo_met,
+            self.output_tokens,
+            self.goodput_tokens,
+            self.ttft,
+            self.tbt,
+            self.queue_time,
+            self.queue_depth,
+        ):
+            metric.labels(**lab)
+        for target, value in (
+            ("ttft", tier.ttft_slo_s),
+            ("tbt", tier.tbt_slo_s),
+            ("deadline", tier.deadline_s),
+        ):
+            if value is not None:
+                self.target.labels(**lab, target=target).set(value)
+
+    def count(self, tier: str, outcome: str) -> None:
+        self.requests.labels(**self.labels(tier), outcome=outcome).inc()

@@ -1,0 +1,97 @@
+"""Running the sidecar process: load config, start the engine, serve until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from accelgen.config import load_tiers
+from accelgen.core.tiers import TierSet, parse_tiers
+from accelgen.server.admission import AdmissionConfig
+from accelgen.server.app import build_app
+from accelgen.server.launch import VllmProcess, ensure_tiny_model, free_port, start_sim
+from accelgen.server.sim_engine import SimEngineConfig
+from accelgen.server.speed import Speed, load_latency_model
+from accelgen.server.state import Sidecar, SidecarConfig
+from accelgen.server.tenants import load_keys
+
+
+def load_config(args: argparse.Namespace, engine_url: str) -> SidecarConfig:
+    """The sidecar configuration from CLI flags; ConfigError for a bad file."""
+    from accelgen.server.cli import DEFAULT_TIERS
+
+    tiers: TierSet = load_tiers(args.tiers) if args.tiers else parse_tiers(DEFAULT_TIERS)
+    keys = load_keys(args.keys, tier_names=frozenset(t.name for t in tiers)) if args.keys else None
+    admission = AdmissionConfig(
+        max_queue_per_tier=args.max_queue,
+        max_queue_total=args.max_queue * max(1, len(tiers)),
+        max_in_flight=args.max_running,
+    )
+    return SidecarConfig(
+        tiers=tiers,
+        engine_url=engine_url,
+        keys=keys,
+        pool=args.pool,
+        admission=admission,
+        token_timeout_s=args.token_timeout_s,
+    )
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Start engine and sidecar, print where to send requests, run until told to stop."""
+    latency = load_latency_model(args.latency_model)
+    load_config(args, "http://unused")  # fail fast on bad files before starting an engine
+    cleanup: list[object] = []
+    engine = args.engine or ("url" if args.engine_url else "vllm")
+    if args.engine_url:
+        url = args.engine_url
+    elif engine == "sim":
+        config = SimEngineConfig(max_num_seqs=args.sim_max_num_seqs, time_scale=args.sim_time_scale)
+        url, sim_runner = await start_sim(latency, config)
+        cleanup.append(sim_runner)
+    else:
+        model_dir = Path(args.model) if args.model else ensure_tiny_model()
+        vllm = VllmProcess(model_dir, port=free_port(), tiers_path=args.tiers, extra_args=[])
+        cleanup.append(vllm)
+        print(f"accelgen: starting vLLM on {vllm.url} (this takes a while)...", flush=True)
+        try:
+            await vllm.wait_ready()
+        except RuntimeError as err:
+            vllm.stop()
+            print(f"accelgen: error: {err}", file=sys.stderr)
+            return 1
+        url = vllm.url
+    sidecar = Sidecar(load_config(args, url), Speed(latency))
+    runner = web.AppRunner(
+        build_app(sidecar, tiers_path=args.tiers), handler_cancellation=True, access_log=None
+    )
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(
+        f"accelgen: sidecar on http://{shown}:{args.port} -> engine {url}\n"
+        f"  curl http://{shown}:{args.port}/v1/completions -H 'Content-Type: application/json' "
+        '-d \'{"prompt": "Hello", "max_tokens": 16}\'',
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        for item in cleanup:
+            if isinstance(item, web.AppRunner):
+                await item.cleanup()
+            elif isinstance(item, VllmProcess):
+                with contextlib.suppress(ProcessLookupError):
+                    item.stop()
+    return 0

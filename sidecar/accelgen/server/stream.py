@@ -1,0 +1,171 @@
+"""Watching a generation go by: token times, the SLO verdict, and non-streaming reassembly.
+
+Definitions (shared/ACCELGEN.md): TTFT = first token − arrival; a TBT gap is the time
+between consecutive token events of one request; a token is late when its gap exceeds
+the tier's TBT target; a request meets its SLO when TTFT is within target and at most
+max(1, ⌈1 % of output tokens⌉) tokens are late (offline: completed before its deadline).
+A streamed chunk is one token event (vLLM sends one chunk per engine step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from accelgen.core.tiers import SLOTier
+
+
+def _has_token(event: dict[str, Any]) -> bool:
+    """Does this chunk carry output (not only usage, nor only the chat role)?"""
+    for choice in event.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("text") or choice.get("finish_reason") or choice.get("token_ids"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(
+            delta.get(k) for k in ("content", "reasoning_content", "reasoning", "tool_calls")
+        ):
+            return True
+    return False
+
+
+@dataclass(slots=True)
+class Timing:
+    """Token times of one request, on the sidecar's monotonic clock."""
+
+    tier: SLOTier
+    arrival_s: float
+    first_token_s: float | None = None
+    last_token_s: float | None = None
+    num_events: int = 0
+    num_late: int = 0
+    gaps_s: list[float] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+
+    def observe(self, event: dict[str, Any], now_s: float) -> bool:
+        """Account one engine chunk; True if it carried output."""
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
+            self.output_tokens = usage.get("completion_tokens", self.output_tokens)
+        if not _has_token(event):
+            return False
+        if self.first_token_s is None:
+            self.first_token_s = now_s
+        elif self.last_token_s is not None:
+            gap_s = now_s - self.last_token_s
+            self.gaps_s.append(gap_s)
+            tbt = self.tier.tbt_slo_s
+            if tbt is not None and gap_s > tbt:
+                self.num_late += 1
+        self.last_token_s = now_s
+        self.num_events += 1
+        return True
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.output_tokens if isinstance(self.output_tokens, int) else self.num_events
+
+    def meets_slo(self, end_s: float) -> bool:
+        """The request-level verdict for a completed request."""
+        tier = self.tier
+        if tier.is_offline:
+            return end_s - self.arrival_s <= (tier.deadline_s or math.inf)
+        ttft = self.ttft_s
+        if ttft is None or ttft > (tier.ttft_slo_s or math.inf):
+            return False
+        allowed = max(1, math.ceil(0.01 * self.num_output_tokens))
+        return self.num_late <= allowed
+
+
+@dataclass(slots=True)
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    finish_reason: str | None = None
+    stop_reason: Any = None
+    logprobs: Any = None
+
+
+def _merge_logprobs(old: Any, new: Any) -> Any:
+    """Concatenate streamed logprobs (lists inside a dict, or a chat ``content`` list)."""
+    if old is None or not isinstance(new, dict) or not isinstance(old, dict):
+        return new if old is None else old
+    for key, value in new.items():
+        if isinstance(value, list) and isinstance(old.get(key), list):
+            old[key] = old[key] + value
+        elif key not in old:
+            old[key] = value
+    return old
+
+
+class Assembler:
+    """Rebuilds a non-streaming response from the engine's stream (``chat`` or not)."""
+
+    def __init__(self, *, chat: bool) -> None:
+        self.chat = chat
+        self.head: dict[str, Any] = {}
+        self.choices: dict[int, _Choice] = {}
+        self.usage: Any = None
+
+    def feed(self, event: dict[str, Any]) -> None:
+        for key in ("id", "created", "model", "system_fingerprint"):
+            if key in event and key not in self.head:
+                self.head[key] = event[key]
+        if event.get("usage") is not None:
+            self.usage = event["usage"]
+        for raw in event.get("choices") or ():
+            if not isinstance(raw, dict):
+                continue
+            choice = self.choices.setdefault(int(raw.get("index", 0)), _Choice())
+            delta = raw.get("delta") if self.chat else raw
+            if isinstance(delta, dict):
+                choice.text.append(str(delta.get("content" if self.chat else "text") or ""))
+                choice.reasoning.append(str(delta.get("reasoning_content") or ""))
+                for call in delta.get("tool_calls") or ():
+                    self._merge_call(choice, call)
+            choice.finish_reason = raw.get("finish_reason") or choice.finish_reason
+            choice.stop_reason = raw.get("stop_reason", choice.stop_reason)
+            choice.logprobs = _merge_logprobs(choice.logprobs, raw.get("logprobs"))
+
+    @staticmethod
+    def _merge_call(choice: _Choice, call: Any) -> None:
+        if not isinstance(call, dict):
+            return
+        slot = choice.tool_calls.setdefault(
+            int(call.get("index", 0)),
+            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        slot["id"] = call.get("id") or slot["id"]
+        fn = call.get("function") or {}
+        slot["function"]["name"] += fn.get("name") or ""
+        slot["function"]["arguments"] += fn.get("arguments") or ""
+
+    def result(self) -> dict[str, Any]:
+        choices = []
+        for index in sorted(self.choices):
+            c = self.choices[index]
+            out: dict[str, Any] = {"index": index}
+            if self.chat:
+                message: dict[str, Any] = {"role": "assistant", "content": "".join(c.text)}
+                if any(c.reasoning):
+                    message["reasoning_content"] = "".join(c.reasoning)
+                if c.tool_calls:
+                    message["tool_calls"] = [c.tool_calls[i] for i in sorted(c.tool_calls)]
+                out["message"] = message
+            else:
+                out["text"] = "".join(c.text)
+            out.update(
+                logprobs=c.logprobs, finish_reason=c.finish_reason, stop_reason=c.stop_reason
+            )
+            choices.append(out)
+        obj = "chat.completion" if self.chat else "text_completion"
+        return {**self.head, "object": obj, "choices": choices, "usage": self.usage}
