@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Extras installed into the project's virtual environment.
-EXTRAS ?= dev,operator
+EXTRAS ?= dev,operator,server
 
 .PHONY: venv run test lint typecheck imports pytest bench-planner clean
 
