@@ -1,0 +1,117 @@
+"""A real sidecar (and, unless told otherwise, a real in-process sim engine) on loopback.
+
+The stack runs in its own thread and event loop, so tests drive it with the official
+synchronous ``openai`` client exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from accelgen.core.tiers import TierSet, parse_tiers
+from accelgen.server.admission import AdmissionConfig
+from accelgen.server.app import build_app
+from accelgen.server.sim_engine import SimEngine, SimEngineConfig
+from accelgen.server.sim_server import SIM_ENGINE, build_sim_app
+from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
+from accelgen.server.state import Sidecar, SidecarConfig
+from accelgen.server.tenants import KeyStore
+
+T = TypeVar("T")
+
+TIERS_CONFIG: dict[str, Any] = {
+    "default_tier": "standard",
+    "tiers": [
+        {"name": "interactive", "ttft_ms": 500, "tbt_ms": 100, "priority": 0},
+        {"name": "standard", "ttft_ms": 2000, "tbt_ms": 250, "priority": 1},
+        {"name": "batch", "deadline_s": 60, "priority": 2},
+    ],
+}
+TIERS = parse_tiers(TIERS_CONFIG)
+
+
+@dataclass
+class Stack:
+    """Sidecar + sim engine; ``start()`` then use ``url``; ``stop()`` at the end."""
+
+    tiers: TierSet = TIERS
+    keys: KeyStore | None = None
+    pool: str | None = None
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    sim: SimEngineConfig = field(default_factory=SimEngineConfig)
+    engine_url: str | None = None  # an engine elsewhere instead of the in-process sim
+    token_timeout_s: float = 30.0
+    tiers_path: str | None = None
+    url: str = ""
+    sidecar: Sidecar | None = None
+    engine: SimEngine | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _runners: list[web.AppRunner] = field(default_factory=list)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the stack's loop and return its result."""
+        assert self._loop is not None
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout=60)
+
+    async def _serve(self, app: web.Application) -> str:
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    async def _start(self) -> None:
+        engine_url = self.engine_url
+        if engine_url is None:
+            sim_app = build_sim_app(DEFAULT_SIM_MODEL, self.sim)
+            engine_url = await self._serve(sim_app)
+            self.engine = sim_app[SIM_ENGINE]
+        config = SidecarConfig(tiers=self.tiers, engine_url=engine_url, keys=self.keys,
+                               pool=self.pool, admission=self.admission,
+                               token_timeout_s=self.token_timeout_s, poll_interval_s=0.1)
+        self.sidecar = Sidecar(config, Speed(DEFAULT_SIM_MODEL))
+        self.url = await self._serve(build_app(self.sidecar, tiers_path=self.tiers_path))
+        await self.sidecar.engine.poll_once()
+
+    def start(self) -> Stack:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.run(self._start())
+        return self
+
+    def stop(self) -> None:
+        async def cleanup() -> None:
+            for runner in reversed(self._runners):
+                await runner.cleanup()
+
+        self.run(cleanup())
+        assert self._loop is not None and self._thread is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text; 0.0 if absent."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        got = dict(
+            part.split("=", 1) for part in head[len(name) + 1 : -1].split(",") if "=" in part
+        ) if "{" in head else {}
+        if all(got.get(k) == f'"{v}"' for k, v in labels.items()):
+            return float(value)
+    return 0.0
