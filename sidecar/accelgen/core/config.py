@@ -30,6 +30,13 @@ class PolicyConfig:
         long_prompt_tokens: [ours] Prompts at least this long get exclusive allocation.
         max_window: [ours] Most prefill candidates one best-fit window considers (bounds
             the planner's cost with deep queues).
+        decode_fraction: [ours] Admit a new request only while one decode step of every
+            running request plus it stays within this fraction of the tightest TBT
+            target among them: admitting past that makes every online token late.
+        reserve_kv: [ours] Admit a new request only if the free KV, less what running
+            requests still need for their (predicted) outputs, holds its prompt and its
+            own predicted output: otherwise decodes later run out of blocks and
+            preemptions recompute work already done.
         dynamic_chunking: Size the budget from the tightest running deadline (ablation).
         slo_ordering: Order by slack and admit the urgent set first (ablation).
         best_fit: Two-resource best-fit within the γ window (ablation: first fit).
@@ -44,6 +51,8 @@ class PolicyConfig:
     safety_margin_s: float = 0.005
     long_prompt_tokens: int = 2048
     max_window: int = 32
+    decode_fraction: float = 0.8
+    reserve_kv: bool = True
     dynamic_chunking: bool = True
     slo_ordering: bool = True
     best_fit: bool = True

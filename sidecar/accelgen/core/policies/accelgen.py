@@ -27,7 +27,7 @@ from collections import defaultdict
 from accelgen.core.latency import BatchShape, max_prefill_tokens_within
 from accelgen.core.plan import ScheduledChunk
 from accelgen.core.policy import Policy, SortKey
-from accelgen.core.request import Request
+from accelgen.core.request import Request, blocks_for
 from accelgen.core.slack import latest_start_s
 
 #: Queue key offset that sends requests whose TTFT is lost behind all others.
@@ -61,6 +61,7 @@ class AccelGenPolicy(Policy):
             self.ref_chunk_tokens = max(chunk, 1)
             self.ref_iteration_s = tbt_s
         self._outputs_by_tier: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self._min_iteration_s = self.model.predict_s(BatchShape(num_decodes=1))
 
     # ------------------------------------------------------------------- slack
 
@@ -108,24 +109,30 @@ class AccelGenPolicy(Policy):
     # ---------------------------------------------------------------- planning
 
     def _time_limit_s(self, now: float) -> float:
-        """The invariant: no iteration outlasts any running request's next deadline."""
+        """The invariant: no iteration outlasts any running request's next deadline.
+
+        A deadline closer than the cheapest possible iteration (one lone decode) is
+        already lost and does not constrain.
+        """
         if not self.config.dynamic_chunking:
             return math.inf
-        limit = math.inf
+        shortest = now + self._min_iteration_s + self.config.safety_margin_s
+        earliest = math.inf
         for r in self.running:
             tbt = r.tier.tbt_slo_s
             if tbt is not None and r.last_token_s is not None:
-                remaining = r.last_token_s + tbt - now
-                if 0.0 < remaining < limit:
-                    limit = remaining
-        return limit - self.config.safety_margin_s if limit < math.inf else limit
+                deadline = r.last_token_s + tbt
+                if shortest < deadline < earliest:
+                    earliest = deadline
+        return earliest - now - self.config.safety_margin_s
 
     def _schedule(self, now: float) -> tuple[list[ScheduledChunk], int, list[Request]]:
         limit_s = self._time_limit_s(now)
         cap = self.limits.max_num_batched_tokens
         decodes = [r for r in self.running if r.is_decoding]
-        prefilling = [r for r in self.running if not r.is_decoding]
         chunks, shape = self._schedule_decodes(decodes, now, limit_s, cap)
+        # NOTE: after the decodes, which may have preempted some of these.
+        prefilling = [r for r in self.running if not r.is_decoding]
         left = cap - shape.num_tokens
         if limit_s < math.inf:
             left = max_prefill_tokens_within(
@@ -207,79 +214,33 @@ class AccelGenPolicy(Policy):
         now: float,
     ) -> None:
         cfg = self.config
-        long_tokens = cfg.long_prompt_tokens
-        busy_long = {r for _, r in candidates if r.num_prompt_tokens >= long_tokens and r.num_computed_tokens > 0}
-        left = budget - shape.num_tokens
-        total_blocks = self.limits.num_kv_blocks
-        urgent_s = self.ref_iteration_s if cfg.slo_ordering else -math.inf
+        packer = _Packer(self, chunks, shape, budget, limit_s, candidates)
         pending = list(candidates)
-
-        def eligible(r: Request) -> bool:
-            if r.num_prompt_tokens >= long_tokens and r.num_computed_tokens == 0 and busy_long:
-                return False  # exclusive long-prompt allocation
-            # NOTE: a request holds KV blocks exactly while it is running.
-            return r.num_blocks > 0 or len(self.running) < self.limits.max_num_seqs
-
-        def demand(r: Request) -> int:
-            return min(r.num_new_tokens, left, self._max_tokens_in_free_blocks(r))
-
-        def take(r: Request) -> bool:
-            """Schedule r's next chunk; False when the time limit is reached."""
-            nonlocal shape, left
-            n = demand(r)
-            if limit_s < math.inf:
-                n = max_prefill_tokens_within(
-                    self.model, limit_s, base=shape, context_tokens=r.num_computed_tokens, cap_tokens=n
-                )
-            if n <= 0:
-                return False
-            if r.num_blocks == 0:
-                self._dequeue_at(self._waiting_index(r))
-            chunk = self._allocate(r, n)
-            chunks.append(chunk)
-            shape = shape.plus_prefill(n, context_tokens=chunk.context_tokens)
-            left -= n
-            if r in busy_long and r.num_new_tokens == n:
-                busy_long.discard(r)
-            return True
-
         # Urgent set first, in slack order; KV short → preempt the largest slack.
-        while pending and pending[0][0] < urgent_s and left > 0:
+        urgent_s = self.ref_iteration_s if cfg.slo_ordering else -math.inf
+        while pending and pending[0][0] < urgent_s and packer.left > 0:
             slack, r = pending.pop(0)
-            if not eligible(r):
+            if not packer.eligible(r):
                 continue
-            want = min(r.num_new_tokens, left)
+            want = min(r.num_new_tokens, packer.left)
             if self._max_tokens_in_free_blocks(r) < want:
                 self._make_room(r, want, chunks, now, slack)  # best effort
-            if demand(r) > 0 and not take(r):
-                return
+            if packer.eligible(r):  # still: making room may have changed the picture
+                packer.take(r)
         # Then windows of similar slack, best fit on (tokens, blocks).
-        while pending and left > 0 and self.free_blocks > 0:
+        while pending and packer.left > 0 and self.free_blocks > 0 and not packer.out_of_time:
             head = pending[0][0]
-            end = bisect_right([s for s, _ in pending], head + cfg.gamma_s) if cfg.slo_ordering else len(pending)
-            window = [r for _, r in pending[: min(end, cfg.max_window) or 1]]
+            end = len(pending)
+            if cfg.slo_ordering:
+                end = bisect_right([s for s, _ in pending], head + cfg.gamma_s)
+            window = [r for _, r in pending[: max(min(end, cfg.max_window), 1)]]
             del pending[: len(window)]
-            while window and left > 0:
-                best: Request | None = None
-                best_dist = math.inf
-                for r in window:
-                    if not eligible(r):
-                        continue
-                    d_c = demand(r)
-                    if d_c <= 0:
-                        continue
-                    if not cfg.best_fit:
-                        best = r
-                        break
-                    d_m = self._blocks_needed(r, d_c)
-                    dist = math.hypot((left - d_c) / budget, (self.free_blocks - d_m) / total_blocks)
-                    if dist < best_dist:
-                        best, best_dist = r, dist
+            while window and packer.left > 0 and not packer.out_of_time:
+                best = packer.best_fit(window) if cfg.best_fit else packer.first_fit(window)
                 if best is None:
                     break
                 window.remove(best)
-                if not take(best):
-                    return
+                packer.take(best)
 
     def _waiting_index(self, request: Request) -> int:
         for i, (_, _, r) in enumerate(self._waiting):
@@ -295,20 +256,158 @@ class AccelGenPolicy(Policy):
         now: float,
         slack_s: float | None = None,
     ) -> bool:
-        """Preempt running requests with more slack than ``request`` until it fits."""
+        """Preempt running requests with more slack than ``request`` until it fits.
+
+        [ours] A request that is not running yet may only displace offline work whose
+        slack still covers recomputing it: evicting an online request to admit a new
+        one trades a sure late token (and the recompute) for a maybe, and under KV
+        pressure that trade repeated is thrashing.
+        """
         if slack_s is None:
             slack_s = self._running_slack(request, now)
+        admitting = request.num_blocks == 0
         scheduled = {c.request for c in chunks}
-        victims = sorted(
-            (
-                (self._running_slack(r, now), r)
-                for r in self.running
-                if r is not request and r not in scheduled
-            ),
-            key=lambda v: v[0],
-        )
+        victims = []
+        for r in self.running:
+            if r is request or r in scheduled:
+                continue
+            slack = self._running_slack(r, now)
+            if admitting:
+                if r.tier.deadline_s is None:
+                    continue
+                slack -= self.model.predict_s(
+                    BatchShape().plus_prefill(r.num_computed_tokens, context_tokens=0)
+                )
+            if slack > slack_s:
+                victims.append((slack, r))
+        victims.sort(key=lambda v: v[0])
         while not self._can_allocate(request, num_tokens):
-            if not victims or victims[-1][0] <= slack_s:
+            if not victims:
                 return False
             self._preempt(victims.pop()[1])
         return True
+
+
+class _Packer:
+    """Per-iteration state of prefill packing: what is left of tokens, KV and time.
+
+    Also enforces exclusive long-prompt allocation and the decode-load admission check
+    (see ``PolicyConfig.decode_fraction``).
+    """
+
+    def __init__(
+        self,
+        policy: AccelGenPolicy,
+        chunks: list[ScheduledChunk],
+        shape: BatchShape,
+        budget: int,
+        limit_s: float,
+        candidates: list[tuple[float, Request]],
+    ) -> None:
+        self.policy = policy
+        self.chunks = chunks
+        self.shape = shape
+        self.budget = budget
+        self.left = budget - shape.num_tokens
+        self.limit_s = limit_s
+        self.out_of_time = False
+        # A request preempted while packing is re-queued and may be met again.
+        self.scheduled = {c.request for c in chunks}
+        long_tokens = policy.config.long_prompt_tokens
+        self.long_tokens = long_tokens
+        self.busy_long = {
+            r for _, r in candidates if r.num_prompt_tokens >= long_tokens and r.num_computed_tokens > 0
+        }
+        # Decode load once everything running decodes: every running request, at its
+        # full context, one token each.
+        self.num_decoding = len(policy.running)
+        self.decode_kv_tokens = sum(r.num_tokens for r in policy.running)
+        tbts = [r.tier.tbt_slo_s for r in policy.running if r.tier.tbt_slo_s is not None]
+        self.tightest_tbt_s = min(tbts) if tbts else math.inf
+        # Blocks the running requests will still claim for the rest of their outputs.
+        self.reserved_blocks = (
+            sum(self._future_blocks(r) - r.num_blocks for r in policy.running)
+            if policy.config.reserve_kv
+            else 0
+        )
+
+    def _future_blocks(self, r: Request) -> int:
+        """Blocks ``r`` holds at the end of its predicted output."""
+        remaining = max(self.policy.expected_output_tokens(r) - r.num_output_tokens, 0)
+        return blocks_for(r.num_tokens + remaining, self.policy.limits.block_size_tokens)
+
+    def eligible(self, r: Request) -> bool:
+        policy = self.policy
+        if r in self.scheduled:
+            return False
+        if r.num_blocks > 0:  # NOTE: a request holds KV blocks exactly while it runs
+            return True
+        if r.num_prompt_tokens >= self.long_tokens and r.num_computed_tokens == 0 and self.busy_long:
+            return False  # exclusive long-prompt allocation
+        if len(policy.running) >= policy.limits.max_num_seqs:
+            return False
+        if policy.config.reserve_kv and self._future_blocks(r) > policy.free_blocks - self.reserved_blocks:
+            return False
+        tbt = min(self.tightest_tbt_s, r.tier.tbt_slo_s or math.inf)
+        if tbt == math.inf:
+            return True
+        step = policy.model.predict_s(
+            BatchShape(num_decodes=self.num_decoding + 1, decode_kv_tokens=self.decode_kv_tokens + r.num_tokens)
+        )
+        return step <= policy.config.decode_fraction * tbt
+
+    def demand(self, r: Request) -> int:
+        return min(r.num_new_tokens, self.left, self.policy._max_tokens_in_free_blocks(r))
+
+    def take(self, r: Request) -> None:
+        """Schedule ``r``'s next chunk, cut to tokens, KV and time left."""
+        policy = self.policy
+        n = self.demand(r)
+        if self.limit_s < math.inf and n > 0:
+            n = max_prefill_tokens_within(
+                policy.model, self.limit_s, base=self.shape, context_tokens=r.num_computed_tokens, cap_tokens=n
+            )
+            if n == 0:
+                # Nothing more of this context fits; a fresh short prompt might.
+                self.out_of_time = r.num_computed_tokens == 0
+                return
+        if n <= 0:
+            return
+        if r.num_blocks == 0:
+            policy._dequeue_at(policy._waiting_index(r))
+            self.num_decoding += 1
+            self.decode_kv_tokens += r.num_tokens
+            if r.tier.tbt_slo_s is not None:
+                self.tightest_tbt_s = min(self.tightest_tbt_s, r.tier.tbt_slo_s)
+            if policy.config.reserve_kv:
+                self.reserved_blocks += self._future_blocks(r)
+        blocks_before = r.num_blocks
+        chunk = policy._allocate(r, n)
+        if policy.config.reserve_kv:
+            self.reserved_blocks -= r.num_blocks - blocks_before
+        self.chunks.append(chunk)
+        self.scheduled.add(r)
+        self.shape = self.shape.plus_prefill(n, context_tokens=chunk.context_tokens)
+        self.left -= n
+        if r in self.busy_long and r.num_new_tokens == n:
+            self.busy_long.discard(r)
+
+    def first_fit(self, window: list[Request]) -> Request | None:
+        return next((r for r in window if self.eligible(r) and self.demand(r) > 0), None)
+
+    def best_fit(self, window: list[Request]) -> Request | None:
+        """The candidate whose (tokens, blocks) demand is closest to what remains."""
+        policy = self.policy
+        total_blocks = policy.limits.num_kv_blocks
+        free = policy.free_blocks
+        best: Request | None = None
+        best_dist = math.inf
+        for r in window:
+            d_c = self.demand(r)
+            if d_c <= 0 or not self.eligible(r):
+                continue
+            d_m = policy._blocks_needed(r, d_c)
+            dist = math.hypot((self.left - d_c) / self.budget, (free - d_m) / total_blocks)
+            if dist < best_dist:
+                best, best_dist = r, dist
+        return best
