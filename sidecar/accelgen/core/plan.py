@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from accelgen.core.latency import BatchShape
@@ -68,3 +69,14 @@ class IterationPlan:
     @property
     def is_empty(self) -> bool:
         return not self.chunks
+
+
+def shape_of(chunks: Iterable[ScheduledChunk]) -> BatchShape:
+    """The batch shape of some chunks (a decode is a chunk of one token past its prompt)."""
+    shape = BatchShape()
+    for c in chunks:
+        if c.request.is_decoding:
+            shape = shape.plus_decode(context_tokens=c.context_tokens)
+        else:
+            shape = shape.plus_prefill(c.num_tokens, context_tokens=c.context_tokens)
+    return shape

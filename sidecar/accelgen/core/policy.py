@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 from accelgen.core.config import PolicyConfig
-from accelgen.core.latency import BatchShape, LatencyModel
-from accelgen.core.plan import EngineLimits, IterationPlan, ScheduledChunk
+from accelgen.core.latency import LatencyModel
+from accelgen.core.plan import EngineLimits, IterationPlan, ScheduledChunk, shape_of
 from accelgen.core.request import Request, blocks_for
 from accelgen.core.tiers import TierSet
 
@@ -86,12 +86,7 @@ class Policy(ABC):
         """
         self._preempted_now = []
         chunks, budget, dropped = self._schedule(now)
-        shape = BatchShape()
-        for c in chunks:
-            if c.request.is_decoding:
-                shape = shape.plus_decode(context_tokens=c.context_tokens)
-            else:
-                shape = shape.plus_prefill(c.num_tokens, context_tokens=c.context_tokens)
+        shape = shape_of(chunks)
         return IterationPlan(
             chunks=tuple(chunks),
             preempted=tuple(self._preempted_now),

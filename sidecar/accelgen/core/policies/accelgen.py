@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 
 from accelgen.core.latency import BatchShape, max_prefill_tokens_within
-from accelgen.core.plan import ScheduledChunk
+from accelgen.core.plan import ScheduledChunk, shape_of
 from accelgen.core.policy import Policy, SortKey
 from accelgen.core.request import Request, blocks_for
 from accelgen.core.slack import latest_start_s
@@ -167,15 +168,20 @@ class AccelGenPolicy(Policy):
                     lo, hi = (mid, hi) if fits(mid) else (lo, mid)
                 n = lo
         chunks: list[ScheduledChunk] = []
-        kv_tokens = 0
         for r in decodes[:n]:
             if not r.is_decoding:
                 continue  # preempted to make room for a tighter decode
-            if not self._can_allocate(r, 1) and not self._make_room(r, 1, chunks, now):
+            if not self._can_allocate(r, 1) and not self._make_room(
+                r,
+                chunks,
+                now,
+                self._running_slack(r, now),
+                fits=lambda gone, r=r: self._blocks_needed(r, 1)
+                <= self.free_blocks + sum(v.num_blocks for v in gone),
+            ):
                 continue
             chunks.append(self._allocate(r, 1))
-            kv_tokens += r.num_computed_tokens
-        return chunks, BatchShape(num_decodes=len(chunks), decode_kv_tokens=kv_tokens)
+        return chunks, shape_of(chunks)
 
     def _candidates(
         self, prefilling: list[Request], now: float, dropped: list[Request]
@@ -220,12 +226,14 @@ class AccelGenPolicy(Policy):
         urgent_s = self.ref_iteration_s if cfg.slo_ordering else -math.inf
         while pending and pending[0][0] < urgent_s and packer.left > 0:
             slack, r = pending.pop(0)
-            if not packer.eligible(r):
+            if not packer.eligible(r, check_kv=False):
                 continue
             want = min(r.num_new_tokens, packer.left)
-            if self._max_tokens_in_free_blocks(r) < want:
-                self._make_room(r, want, chunks, now, slack)  # best effort
-            if packer.eligible(r):  # still: making room may have changed the picture
+            if not packer.fits_kv(r, want) and self._make_room(
+                r, chunks, now, slack, fits=lambda gone, r=r, want=want: packer.fits_kv(r, want, gone)
+            ):
+                packer.resync()
+            if packer.eligible(r):
                 packer.take(r)
         # Then windows of similar slack, best fit on (tokens, blocks).
         while pending and packer.left > 0 and self.free_blocks > 0 and not packer.out_of_time:
@@ -251,25 +259,26 @@ class AccelGenPolicy(Policy):
     def _make_room(
         self,
         request: Request,
-        num_tokens: int,
         chunks: list[ScheduledChunk],
         now: float,
-        slack_s: float | None = None,
+        slack_s: float,
+        *,
+        fits: Callable[[list[Request]], bool],
     ) -> bool:
         """Preempt running requests with more slack than ``request`` until it fits.
+
+        ``fits(gone)`` says whether ``request`` would fit were ``gone`` preempted;
+        nobody is preempted unless the victims together make room.
 
         [ours] A request that is not running yet may only displace offline work whose
         slack still covers recomputing it: evicting an online request to admit a new
         one trades a sure late token (and the recompute) for a maybe, and under KV
         pressure that trade repeated is thrashing.
         """
-        if slack_s is None:
-            slack_s = self._running_slack(request, now)
         admitting = request.num_blocks == 0
-        scheduled = {c.request for c in chunks}
         victims = []
         for r in self.running:
-            if r is request or r in scheduled:
+            if r is request:
                 continue
             slack = self._running_slack(r, now)
             if admitting:
@@ -280,11 +289,18 @@ class AccelGenPolicy(Policy):
                 )
             if slack > slack_s:
                 victims.append((slack, r))
-        victims.sort(key=lambda v: v[0])
-        while not self._can_allocate(request, num_tokens):
-            if not victims:
-                return False
-            self._preempt(victims.pop()[1])
+        victims.sort(key=lambda v: v[0], reverse=True)
+        # Decide on the untouched state: the fewest largest-slack victims that suffice.
+        gone: list[Request] = []
+        for _, victim in victims:
+            gone.append(victim)
+            if fits(gone):
+                break
+        else:
+            return False
+        for victim in gone:
+            self._preempt(victim)
+            chunks[:] = [c for c in chunks if c.request is not victim]
         return True
 
 
@@ -324,19 +340,29 @@ class _Packer:
         self.decode_kv_tokens = sum(r.num_tokens for r in policy.running)
         tbts = [r.tier.tbt_slo_s for r in policy.running if r.tier.tbt_slo_s is not None]
         self.tightest_tbt_s = min(tbts) if tbts else math.inf
-        # Blocks the running requests will still claim for the rest of their outputs.
-        self.reserved_blocks = (
-            sum(self._future_blocks(r) - r.num_blocks for r in policy.running)
-            if policy.config.reserve_kv
-            else 0
-        )
+        self.reserved_blocks = 0
+        self.recount_reserved()
+
+    def resync(self) -> None:
+        """After preemptions: recompute the batch, tokens left and KV reservations."""
+        self.shape = shape_of(self.chunks)
+        self.left = self.budget - self.shape.num_tokens
+        self.scheduled = {c.request for c in self.chunks}
+        self.num_decoding = len(self.policy.running)
+        self.decode_kv_tokens = sum(r.num_tokens for r in self.policy.running)
+        self.recount_reserved()
+
+    def recount_reserved(self) -> None:
+        """Blocks the running requests will still claim for the rest of their outputs."""
+        if self.policy.config.reserve_kv:
+            self.reserved_blocks = sum(self._future_blocks(r) - r.num_blocks for r in self.policy.running)
 
     def _future_blocks(self, r: Request) -> int:
         """Blocks ``r`` holds at the end of its predicted output."""
         remaining = max(self.policy.expected_output_tokens(r) - r.num_output_tokens, 0)
         return blocks_for(r.num_tokens + remaining, self.policy.limits.block_size_tokens)
 
-    def eligible(self, r: Request) -> bool:
+    def eligible(self, r: Request, *, check_kv: bool = True) -> bool:
         policy = self.policy
         if r in self.scheduled:
             return False
@@ -346,7 +372,7 @@ class _Packer:
             return False  # exclusive long-prompt allocation
         if len(policy.running) >= policy.limits.max_num_seqs:
             return False
-        if policy.config.reserve_kv and self._future_blocks(r) > policy.free_blocks - self.reserved_blocks:
+        if check_kv and not self.fits_kv(r, 1):
             return False
         tbt = min(self.tightest_tbt_s, r.tier.tbt_slo_s or math.inf)
         if tbt == math.inf:
@@ -355,6 +381,18 @@ class _Packer:
             BatchShape(num_decodes=self.num_decoding + 1, decode_kv_tokens=self.decode_kv_tokens + r.num_tokens)
         )
         return step <= policy.config.decode_fraction * tbt
+
+    def fits_kv(self, r: Request, num_tokens: int, gone: Sequence[Request] = ()) -> bool:
+        """KV for ``num_tokens`` more of ``r`` — and, to admit it, for its whole life —
+        were the requests in ``gone`` preempted."""
+        policy = self.policy
+        free = policy.free_blocks + sum(v.num_blocks for v in gone)
+        if policy._blocks_needed(r, num_tokens) > free:
+            return False
+        if r.num_blocks > 0 or not policy.config.reserve_kv:
+            return True
+        reserved = self.reserved_blocks - sum(self._future_blocks(v) - v.num_blocks for v in gone)
+        return self._future_blocks(r) <= free - reserved
 
     def demand(self, r: Request) -> int:
         return min(r.num_new_tokens, self.left, self.policy._max_tokens_in_free_blocks(r))

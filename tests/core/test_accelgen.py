@@ -1,0 +1,184 @@
+"""AccelGen's mechanisms on hand-built cases whose right answer is worked out here.
+
+The test model costs 10 ms + 0.1 ms per token; the tight tier has TBT 50 ms and the
+default safety margin is 5 ms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from factories import make_limits, make_planner, make_request, make_tiers, place_running
+
+from accelgen.core.config import PolicyConfig
+from accelgen.core.latency import BatchShape
+
+
+def test_budget_follows_tightest_running_deadline() -> None:
+    """S_b = largest s with 10 ms + 0.1 ms·s ≤ (deadline − now − margin)."""
+    tiers = make_tiers()
+    planner = make_planner()
+    place_running(planner, make_request("d", tier=tiers.get("tight"), prompt=50), outputs=3, last_token_s=0.0)
+    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=3000))
+    plan = planner.plan(now=0.0)
+    # limit = 50 ms − 5 ms = 45 ms → s ≤ (0.045 − 0.010) / 0.0001 = 350 tokens (1 decode + 349)
+    assert plan.budget_tokens == 350
+    assert [(c.request.request_id, c.num_tokens) for c in plan.chunks] == [("d", 1), ("p", 349)]
+    assert plan.predicted_s <= 0.045 + 1e-12
+    # 20 ms later the same decode (not yet run) leaves 25 ms: s ≤ 150.
+    assert make_planner_after(20e-3).budget_tokens == 150
+
+
+def make_planner_after(now: float):  # type: ignore[no-untyped-def]
+    tiers = make_tiers()
+    planner = make_planner()
+    place_running(planner, make_request("d", tier=tiers.get("tight"), prompt=50), outputs=3, last_token_s=0.0)
+    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=3000))
+    return planner.plan(now=now)
+
+
+def test_budget_is_full_without_tight_work() -> None:
+    """Only a loose decode (TBT 500 ms): limit 495 ms → 4850 tokens, capped at 4096."""
+    tiers = make_tiers()
+    planner = make_planner()
+    place_running(planner, make_request("d", tier=tiers.get("loose"), prompt=50), outputs=3, last_token_s=0.0)
+    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=6000))
+    plan = planner.plan(now=0.0)
+    assert plan.budget_tokens == 4096
+    assert plan.num_tokens == 4096
+
+
+def test_lost_deadline_stops_constraining() -> None:
+    """A decode already past its deadline does not shrink the budget."""
+    tiers = make_tiers()
+    planner = make_planner()
+    place_running(planner, make_request("late", tier=tiers.get("tight"), prompt=50), outputs=3, last_token_s=0.0)
+    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=6000))
+    plan = planner.plan(now=0.2)  # its deadline was 0.05
+    assert plan.budget_tokens == 4096
+    assert plan.chunks[0].request.request_id == "late"  # still served first
+
+
+def test_no_dynamic_chunking_ablation_uses_fixed_budget() -> None:
+    tiers = make_tiers()
+    planner = make_planner("accelgen-no-chunking")
+    place_running(planner, make_request("d", tier=tiers.get("tight"), prompt=50), outputs=3, last_token_s=0.0)
+    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=6000))
+    assert planner.plan(now=0.0).budget_tokens == 4096
+
+
+def test_best_fit_picks_the_demand_closest_to_what_remains() -> None:
+    """KV 100 blocks × 16, budget 4096, one γ window holding C (100 tok), B (400), A (1500).
+
+    Remaining (1, 1); distances: A (1500 tok, 94 blocks) → |(0.634, 0.06)| = 0.64,
+    B → |(0.902, 0.75)| = 1.17, C → |(0.976, 0.93)| = 1.35: A first. First fit takes
+    the head of the queue: B, whose two chunks' worth of prompt leave it the least slack
+    (0.51 − 2 × 0.05 = 0.41 s latest start, against C's 0.45 s).
+    """
+    tiers = make_tiers()
+    config = PolicyConfig(gamma_s=100.0)
+    picks = {}
+    for name in ("accelgen", "accelgen-no-bestfit"):
+        planner = make_planner(name, limits=make_limits(blocks=100), config=config)
+        planner.add_request(make_request("C", tier=tiers.get("tight"), prompt=100, arrival_s=0.0))
+        planner.add_request(make_request("B", tier=tiers.get("tight"), prompt=400, arrival_s=0.01))
+        planner.add_request(make_request("A", tier=tiers.get("loose"), prompt=1500, arrival_s=0.02))
+        plan = planner.plan(now=0.02)
+        picks[name] = [c.request.request_id for c in plan.chunks]
+        assert sum(c.request.num_blocks for c in plan.chunks) <= 100
+    assert picks["accelgen"][0] == "A"
+    assert picks["accelgen-no-bestfit"][0] == "B"
+
+
+def test_exclusive_long_prompt_allocation() -> None:
+    """While one long prompt is mid-prefill, a new long prompt waits; a short one may go."""
+    tiers = make_tiers()
+    planner = make_planner(limits=make_limits(max_batched=1000), config=PolicyConfig(long_prompt_tokens=1000))
+    first = make_request("L1", tier=tiers.get("loose"), prompt=3000, arrival_s=0.0)
+    planner.add_request(first)
+    plan = planner.plan(now=0.0)
+    assert [(c.request.request_id, c.num_tokens) for c in plan.chunks] == [("L1", 1000)]
+    planner.update(plan, now=0.1)
+    planner.add_request(make_request("L2", tier=tiers.get("tight"), prompt=1200, arrival_s=0.1))
+    planner.add_request(make_request("S", tier=tiers.get("loose"), prompt=200, arrival_s=0.1))
+    plan = planner.plan(now=0.1)
+    ids = [c.request.request_id for c in plan.chunks]
+    assert "L2" not in ids
+    assert "L1" in ids
+
+
+def test_kv_starved_preempts_largest_slack_not_tight() -> None:
+    """KV full: an urgent tight prompt displaces the offline decode (largest slack).
+
+    10 blocks of 16: batch holds 6 (96 tokens), tight 3 (48); "new" needs 4 blocks now
+    and, with its 4 output tokens, 4 for life; tight will still claim 1 more.
+    """
+    tiers = make_tiers()
+    planner = make_planner(limits=make_limits(blocks=10))
+    batch = place_running(
+        planner, make_request("batch", tier=tiers.get("batch"), prompt=95, max_tokens=4), outputs=1, last_token_s=0.0
+    )
+    tight = place_running(
+        planner, make_request("tight", tier=tiers.get("tight"), prompt=47, max_tokens=4), outputs=1, last_token_s=0.0
+    )
+    assert planner.free_blocks == 1
+    # Arrived 0.45 s ago with a 0.5 s TTFT: slack ≈ 0, it must run now.
+    planner.add_request(make_request("new", tier=tiers.get("tight"), prompt=60, arrival_s=-0.45, max_tokens=4))
+    plan = planner.plan(now=0.0)
+    assert [r.request_id for r in plan.preempted] == ["batch"]
+    ids = {c.request.request_id for c in plan.chunks}
+    assert {"tight", "new"} <= ids and "batch" not in ids
+    assert batch.num_blocks == 0 and batch.num_computed_tokens == 0 and tight.num_blocks > 0
+    assert planner.free_blocks >= 0
+
+
+def test_urgent_request_goes_before_looser_ones() -> None:
+    tiers = make_tiers()
+    planner = make_planner(limits=make_limits(max_batched=600))
+    planner.add_request(make_request("loose", tier=tiers.get("loose"), prompt=500, arrival_s=0.0))
+    planner.add_request(make_request("urgent", tier=tiers.get("tight"), prompt=500, arrival_s=0.0))
+    plan = planner.plan(now=0.46)  # tight TTFT deadline 0.5: slack < one iteration
+    assert plan.chunks[0].request.request_id == "urgent"
+    assert plan.chunks[0].num_tokens == 500
+
+
+def test_decode_load_admission_holds_back_new_work() -> None:
+    """If one more decode would push the decode step past 80 % of TBT, do not admit."""
+    tiers = make_tiers()
+    planner = make_planner(limits=make_limits(blocks=10_000))
+    # 10 ms + 0.1 ms per decode: 300 decodes → 40 ms = 80 % of 50 ms. Start 300.
+    for i in range(300):
+        place_running(planner, make_request(f"d{i}", tier=tiers.get("tight"), prompt=10), outputs=1, last_token_s=0.0)
+    planner.add_request(make_request("new", tier=tiers.get("loose"), prompt=10))
+    plan = planner.plan(now=0.0)
+    assert "new" not in {c.request.request_id for c in plan.chunks}
+    assert planner.num_waiting == 1
+
+
+@pytest.mark.parametrize("now", [0.0, 0.01, 0.03])
+def test_planned_iteration_fits_the_tightest_deadline(now: float) -> None:
+    tiers = make_tiers()
+    planner = make_planner()
+    for i, last in enumerate((0.0, 0.01, 0.02)):
+        place_running(planner, make_request(f"d{i}", tier=tiers.get("tight"), prompt=64), outputs=2, last_token_s=last)
+    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=5000))
+    plan = planner.plan(now=now)
+    earliest = min(r.last_token_s + 0.05 for r in planner.running if r.request_id.startswith("d"))  # type: ignore[operator]
+    assert plan.predicted_s <= earliest - now - 0.005 + 1e-12
+    assert not math.isclose(plan.shape.num_prefill_tokens, 0)
+    assert plan.shape == BatchShape(num_prefill_tokens=plan.shape.num_prefill_tokens, num_decodes=3,
+                                    prefill_attention_pairs=plan.shape.prefill_attention_pairs,
+                                    decode_kv_tokens=3 * 65)
+
+
+def test_no_preemption_when_it_cannot_make_room() -> None:
+    """Evicting every candidate would still not fit the request: evict nobody."""
+    tiers = make_tiers()
+    planner = make_planner(limits=make_limits(blocks=10))
+    place_running(planner, make_request("batch", tier=tiers.get("batch"), prompt=31, max_tokens=4), outputs=1, last_token_s=0.0)
+    place_running(planner, make_request("tight", tier=tiers.get("tight"), prompt=111, max_tokens=4), outputs=1, last_token_s=0.0)
+    planner.add_request(make_request("new", tier=tiers.get("tight"), prompt=100, arrival_s=-0.45, max_tokens=4))
+    plan = planner.plan(now=0.0)
+    assert plan.preempted == ()
+    assert "new" not in {c.request.request_id for c in plan.chunks}

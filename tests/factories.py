@@ -1,0 +1,129 @@
+"""Shared factories for tests (as vLLM's tests/v1/core/utils.py): tiers, requests, planners.
+
+The default latency model is linear with round numbers so expected budgets can be
+worked out by hand: an iteration costs 10 ms + 0.1 ms per token (attention free).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from accelgen.core.config import PolicyConfig
+from accelgen.core.latency import FittedLatencyModel
+from accelgen.core.plan import EngineLimits
+from accelgen.core.policies import make_policy
+from accelgen.core.policy import Policy
+from accelgen.core.request import Request
+from accelgen.core.tiers import SLOTier, TierSet, parse_tiers
+
+INTERCEPT_S = 0.010
+PER_TOKEN_S = 0.0001
+
+
+def linear_model(intercept_s: float = INTERCEPT_S, per_token_s: float = PER_TOKEN_S) -> FittedLatencyModel:
+    return FittedLatencyModel(coefficients=(intercept_s, per_token_s, 0.0, 0.0, 0.0), name="linear-test")
+
+
+def make_tiers() -> TierSet:
+    """tight: TTFT 0.5 s / TBT 50 ms; loose: 5 s / 500 ms; batch: 60 s deadline."""
+    return parse_tiers(
+        {
+            "default_tier": "tight",
+            "tiers": [
+                {"name": "tight", "ttft_ms": 500, "tbt_ms": 50, "priority": 0},
+                {"name": "loose", "ttft_ms": 5000, "tbt_ms": 500, "priority": 1},
+                {"name": "batch", "deadline_s": 60, "priority": 2},
+            ],
+        }
+    )
+
+
+def make_request(
+    request_id: str,
+    *,
+    tier: SLOTier,
+    prompt: int = 100,
+    arrival_s: float = 0.0,
+    max_tokens: int = 64,
+    expected_output: int | None = None,
+) -> Request:
+    return Request(
+        request_id=request_id,
+        arrival_s=arrival_s,
+        num_prompt_tokens=prompt,
+        max_tokens=max_tokens,
+        tier=tier,
+        expected_output_tokens=expected_output,
+    )
+
+
+def make_requests(specs: Iterable[tuple[str, int, float]], tiers: TierSet | None = None) -> list[Request]:
+    """Requests from (tier name, prompt tokens, arrival s) triples, ids r0, r1, ..."""
+    tiers = tiers or make_tiers()
+    return [make_request(f"r{i}", tier=tiers.get(t), prompt=p, arrival_s=a) for i, (t, p, a) in enumerate(specs)]
+
+
+def make_limits(*, blocks: int = 1000, block_size: int = 16, max_batched: int = 4096, max_seqs: int = 256) -> EngineLimits:
+    return EngineLimits(
+        num_kv_blocks=blocks, block_size_tokens=block_size, max_num_batched_tokens=max_batched, max_num_seqs=max_seqs
+    )
+
+
+def make_planner(
+    name: str = "accelgen",
+    *,
+    tiers: TierSet | None = None,
+    limits: EngineLimits | None = None,
+    config: PolicyConfig | None = None,
+    model: FittedLatencyModel | None = None,
+) -> Policy:
+    return make_policy(
+        name,
+        tiers=tiers or make_tiers(),
+        latency_model=model or linear_model(),
+        limits=limits or make_limits(),
+        config=config,
+    )
+
+
+def run_until_done(policy: Policy, requests: list[Request], *, output_tokens: int, max_iterations: int = 100_000) -> float:
+    """Drive the real loop (plan → fake engine step → update) until all finish; returns end time."""
+    now = 0.0
+    pending = sorted(requests, key=lambda r: r.arrival_s)
+    i = 0
+    for _ in range(max_iterations):
+        while i < len(pending) and pending[i].arrival_s <= now:
+            policy.add_request(pending[i])
+            i += 1
+        if policy.num_unfinished == 0:
+            if i == len(pending):
+                return now
+            now = pending[i].arrival_s
+            continue
+        plan = policy.plan(now)
+        if plan.is_empty:
+            assert i < len(pending), "nothing runnable and nothing to wait for"
+            now = pending[i].arrival_s
+            continue
+        now += policy.model.predict_s(plan.shape)
+        for r in policy.update(plan, now=now):
+            if r.num_output_tokens >= output_tokens:
+                policy.finish(r, now=now)
+    raise AssertionError("requests did not finish")
+
+
+def place_running(policy: Policy, request: Request, *, outputs: int, last_token_s: float | None) -> Request:
+    """Put ``request`` in ``policy`` as if it had run: prompt computed, ``outputs`` emitted.
+
+    A decoding request has computed every token but the last sampled one.
+    """
+    from accelgen.core.request import blocks_for
+
+    request.num_output_tokens = outputs
+    request.num_computed_tokens = request.num_tokens - (1 if outputs else 0)
+    request.last_token_s = last_token_s
+    request.num_blocks = blocks_for(request.num_computed_tokens, policy.limits.block_size_tokens)
+    policy.free_blocks -= request.num_blocks
+    assert policy.free_blocks >= 0
+    policy.running.append(request)
+    return request
