@@ -1,0 +1,120 @@
+"""One contract, every registered policy: the same checks run over each of them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from factories import make_limits, make_planner, make_request, make_tiers
+
+from accelgen.core.errors import ConfigError
+from accelgen.core.policies import make_policy, policy_names
+from accelgen.core.policy import Policy
+from accelgen.core.request import Request, blocks_for
+
+ALL = policy_names()
+
+
+def check_plan_invariants(policy: Policy) -> None:
+    held = sum(r.num_blocks for r in policy.running)
+    assert policy.free_blocks == policy.limits.num_kv_blocks - held >= 0
+    assert all(r.num_blocks == 0 for r in policy.waiting())
+    assert len(policy.running) <= policy.limits.max_num_seqs
+
+
+def drive(policy: Policy, requests: list[Request], *, outputs: dict[str, int], max_iterations: int = 20_000) -> float:
+    """The real loop with invariant checks after every plan; returns the end time."""
+    now, i = 0.0, 0
+    pending = sorted(requests, key=lambda r: r.arrival_s)
+    for _ in range(max_iterations):
+        while i < len(pending) and pending[i].arrival_s <= now:
+            policy.add_request(pending[i])
+            i += 1
+        if policy.num_unfinished == 0 and i == len(pending):
+            return now
+        plan = policy.plan(now)
+        check_plan_invariants(policy)
+        ids = [c.request.request_id for c in plan.chunks]
+        assert len(ids) == len(set(ids)), "a request scheduled twice in one iteration"
+        assert plan.num_tokens <= policy.limits.max_num_batched_tokens or len(plan.chunks) == 1
+        for c in plan.chunks:
+            assert 0 < c.num_tokens <= c.request.num_new_tokens
+            assert c.request.num_blocks >= blocks_for(c.context_tokens + c.num_tokens, policy.limits.block_size_tokens)
+        if plan.is_empty:
+            assert i < len(pending), f"{policy.name}: nothing runnable and nothing left to arrive"
+            now = pending[i].arrival_s
+            continue
+        now += policy.model.predict_s(plan.shape)
+        for r in policy.update(plan, now=now):
+            if r.num_output_tokens >= outputs[r.request_id]:
+                policy.finish(r, now=now)
+    raise AssertionError(f"{policy.name} did not finish in {max_iterations} iterations")
+
+
+def workload(seed: int, n: int = 40) -> tuple[list[Request], dict[str, int]]:
+    rng = random.Random(seed)
+    tiers = make_tiers()
+    names = ["tight", "loose", "batch"]
+    reqs, outs = [], {}
+    for k in range(n):
+        r = make_request(
+            f"r{k}", tier=tiers.get(rng.choice(names)), prompt=rng.randint(1, 1500),
+            arrival_s=rng.uniform(0, 4), max_tokens=64,
+        )
+        reqs.append(r)
+        outs[r.request_id] = rng.randint(1, 40)
+    return reqs, outs
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_request_completes_under_light_load(name: str) -> None:
+    reqs, outs = workload(seed=1)
+    policy = make_planner(name, limits=make_limits(blocks=400, max_batched=2048))
+    drive(policy, reqs, outputs=outs)
+    if name != "oracle":  # the oracle may drop hopeless requests, nobody else may
+        assert all(r.finished and r.num_output_tokens == outs[r.request_id] for r in reqs)
+    assert policy.free_blocks == policy.limits.num_kv_blocks
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_survives_kv_pressure_with_preemption(name: str) -> None:
+    """A cache that holds only a few requests at once: preempt, recompute, finish."""
+    reqs, outs = workload(seed=2, n=25)
+    policy = make_planner(name, limits=make_limits(blocks=120, max_batched=1024))
+    drive(policy, reqs, outputs=outs)
+    assert policy.free_blocks == 120
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_abort_frees_kv_wherever_the_request_is(name: str) -> None:
+    tiers = make_tiers()
+    policy = make_planner(name)
+    running = make_request("run", tier=tiers.get("tight"), prompt=300)
+    waiting = make_request("wait", tier=tiers.get("batch"), prompt=300, arrival_s=1.0)
+    policy.add_request(running)
+    plan = policy.plan(now=0.0)
+    policy.update(plan, now=0.05)
+    policy.add_request(waiting)
+    assert policy.abort("wait") is waiting
+    assert policy.abort("run") is running
+    assert policy.abort("nobody") is None
+    assert policy.num_unfinished == 0 and policy.free_blocks == policy.limits.num_kv_blocks
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_max_tokens_finishes_the_request(name: str) -> None:
+    tiers = make_tiers()
+    policy = make_planner(name)
+    r = make_request("r", tier=tiers.get("loose"), prompt=10, max_tokens=3)
+    policy.add_request(r)
+    now = 0.0
+    while not r.finished:
+        plan = policy.plan(now)
+        now += 0.01
+        policy.update(plan, now=now)
+    assert r.num_output_tokens == 3 and policy.free_blocks == policy.limits.num_kv_blocks
+
+
+def test_unknown_policy_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown policy 'fifo'"):
+        make_policy("fifo", tiers=make_tiers(), latency_model=make_planner().model, limits=make_limits())
