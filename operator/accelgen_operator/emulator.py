@@ -2,10 +2,11 @@
 
 ``KubernetesEmulator`` (the emulator kopf's own tests use) stores objects and serves
 list/watch/get/create/patch/delete. A real API server also stamps ``uid``,
-``resourceVersion``, ``generation`` and ``creationTimestamp``, and its garbage collector
-removes objects whose owner is gone; kopf needs the first (its patches test the
-resourceVersion) and the "delete removes everything" check needs the last. This
-subclass adds exactly those, following kmock's advice to inherit for special fields.
+``resourceVersion``, ``generation`` and ``creationTimestamp``, names objects from
+``generateName`` (kopf's Events), answers a failed JSON-patch ``test`` with 422, and its
+garbage collector removes objects whose owner is gone; kopf needs the first four, the
+"delete removes everything" check the last. This subclass adds exactly those (kmock's
+advice: inherit for special fields).
 Label selectors are not evaluated by the emulator; the operator's client filters too.
 
 Used by the tests and by ``accelgen-operator bench``; never by the operator itself.
@@ -93,6 +94,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         data = request.data
         if request.action == enums.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
             meta.update(
                 uid=str(uuid.uuid4()),
                 resourceVersion=self._next_version(),

@@ -1,9 +1,15 @@
-"""Run the operator in the current event loop (the CLI, the tests and the benchmark)."""
+"""Run the operator in a thread with its own event loop (the tests and the benchmark).
+
+kopf treats every task born in its loop after it started as its own and cancels what is
+left when it stops; a separate loop keeps the caller's tasks (a test's fixtures, the
+emulated API server) out of its reach, the way ``kopf.testing.KopfRunner`` does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Collection
 
 import kopf
@@ -18,29 +24,36 @@ async def running_operator(
     namespaces: Collection[str] = (),
     standalone: bool = True,
     start_timeout_s: float = 30.0,
-) -> AsyncIterator[asyncio.Task[None]]:
-    """Start kopf with our handlers, wait until it is ready, stop it on exit."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(
-            registry=build_registry(cfg),
-            standalone=standalone,
-            clusterwide=not namespaces,
-            namespaces=list(namespaces),
-            stop_flag=stop,
-            ready_flag=ready,
-        )
-    )
+) -> AsyncIterator[None]:
+    """Start kopf with our handlers in a thread, wait until it is ready, stop it on exit."""
+    stop, ready = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(
+                kopf.operator(
+                    registry=build_registry(cfg),
+                    standalone=standalone,
+                    clusterwide=not namespaces,
+                    namespaces=list(namespaces),
+                    stop_flag=stop,
+                    ready_flag=ready,
+                )
+            )
+        except BaseException as err:  # reported to the caller below
+            errors.append(err)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="accelgen-operator", daemon=True)
+    thread.start()
+    loop = asyncio.get_running_loop()
     try:
-        done, _ = await asyncio.wait(
-            [task, asyncio.ensure_future(ready.wait())],
-            timeout=start_timeout_s,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if task in done:
-            task.result()  # it stopped before it was ready: raise why
-        yield task
+        await loop.run_in_executor(None, ready.wait, start_timeout_s)
+        if errors:
+            raise RuntimeError("the operator stopped before it was ready") from errors[0]
+        yield
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=30)
+        await loop.run_in_executor(None, thread.join, 30.0)

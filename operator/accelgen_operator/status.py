@@ -127,7 +127,8 @@ def parse_pod_stats(raw: object) -> PodStats:
         if counts["slo_met"] > counts["completed"]:
             raise StatsError(f"tiers[{i}]: slo_met exceeds completed")
         tiers.append(_tier(item["name"], {**counts, **rates}))
-    engine_raw = raw.get("engine") or {}
+    engine_raw = raw.get("engine")
+    engine_raw = {} if engine_raw is None else engine_raw
     if not isinstance(engine_raw, Mapping):
         raise StatsError("engine must be an object")
     engine = EngineStats(

@@ -1,0 +1,257 @@
+"""End to end: the real kopf runtime against kmock's in-memory Kubernetes API.
+
+Each test starts the operator (``cluster`` fixture), applies InferencePools over HTTP as
+kubectl would, and watches what the operator does to the API. Fake sidecars are real
+aiohttp servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import yaml
+from operator_support import FAST, NS, Cluster, condition, make_pod, make_pool, make_spec, pod_stats
+
+from accelgen.core.tiers import parse_tiers
+from accelgen_operator.emulator import emulated_api
+from accelgen_operator.handlers import OperatorConfig
+from accelgen_operator.resources import CONFIG_HASH_ANNOTATION
+from accelgen_operator.runner import running_operator
+
+pytestmark = pytest.mark.asyncio
+
+CHILDREN = (
+    ("v1/configmaps", "llama-config"),
+    ("apps/v1/deployments", "llama"),
+    ("v1/services", "llama"),
+    ("policy/v1/poddisruptionbudgets", "llama"),
+)
+
+
+def _deployment(cluster: Cluster) -> dict[str, Any] | None:
+    return cluster.obj("apps/v1/deployments", "llama")
+
+
+def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    )
+
+
+async def _reconciled(cluster: Cluster, generation: int | None = None) -> dict[str, Any]:
+    def check() -> Any:
+        pool = cluster.pool()
+        status = (pool or {}).get("status") or {}
+        ok = (status.get("lastReconcile") or {}).get("reason") == "Reconciled"
+        gen = generation or (pool or {})["metadata"]["generation"]
+        return pool if ok and status.get("observedGeneration") == gen else None
+
+    return dict(await cluster.wait_for(check, what="the pool reconciled"))
+
+
+async def test_apply_pool_creates_children_with_owner_references(cluster: Cluster) -> None:
+    await cluster.create(
+        f"/api/v1/namespaces/{NS}/secrets",
+        {
+            "metadata": {"name": "tenants", "namespace": NS},
+            "data": {"keys.yaml": "dGVuYW50czogW10K"},
+        },
+    )
+    created = await cluster.create_pool(make_pool(auth={"secretName": "tenants"}))
+    pool = await _reconciled(cluster)
+    uid = created["metadata"]["uid"]
+    for resource, name in CHILDREN:
+        child = cluster.obj(resource, name)
+        assert child is not None, f"{resource}/{name} missing"
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert (ref["uid"], ref["kind"], ref["name"], ref["controller"]) == (
+            uid,
+            "InferencePool",
+            "llama",
+            True,
+        )
+    deployment = _deployment(cluster)
+    assert deployment is not None
+    engine = _container(deployment, "engine")
+    assert "accelgen.vllm.AccelGenScheduler" in engine["args"]
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--keys" in _container(deployment, "sidecar")["args"]
+    config = cluster.obj("v1/configmaps", "llama-config")
+    assert config is not None
+    assert parse_tiers(yaml.safe_load(config["data"]["tiers.yaml"])).default == "standard"
+    assert "accelgen.dev/finalizer" in pool["metadata"]["finalizers"]
+    assert condition(pool, "Degraded")["status"] == "False"  # type: ignore[index]
+    await cluster.wait_for(
+        lambda: condition(cluster.pool(), "SLOAttained"), what="status from the timer"
+    )
+    assert cluster.events("Reconciled"), "an Event says what was applied"
+
+
+async def test_spec_change_rolls_the_deployment_but_tier_change_reloads_in_place(
+    cluster: Cluster,
+) -> None:
+    await cluster.create_pool(make_pool())
+    await _reconciled(cluster)
+    before = _deployment(cluster)
+    assert before is not None
+    pod_hash = before["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+
+    await cluster.patch(
+        cluster.pool_path("llama")[len(cluster.url) :],
+        {"spec": {"engine": {"args": ["--enforce-eager"]}, "replicas": 2}},
+    )
+    await _reconciled(cluster, generation=2)
+    after = _deployment(cluster)
+    assert after is not None
+    assert after["spec"]["replicas"] == 2
+    assert _container(after, "engine")["args"][-1] == "--enforce-eager"
+    new_hash = after["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    assert new_hash != pod_hash
+
+    # A tier target alone: the ConfigMap changes, the Deployment is not written at all.
+    mark = len(cluster.emu.log)
+    tiers = make_spec()["tiers"]
+    tiers[0]["ttftMs"] = 300
+    await cluster.patch(cluster.pool_path("llama")[len(cluster.url) :], {"spec": {"tiers": tiers}})
+    await _reconciled(cluster, generation=3)
+    config = cluster.obj("v1/configmaps", "llama-config")
+    assert config is not None and "ttft_ms: 300" in config["data"]["tiers.yaml"]
+    writes = cluster.emu.writes(mark)
+    assert any("/configmaps/llama-config" in p for _, p in writes)
+    assert not any("/deployments/" in p for _, p in writes), writes
+
+
+async def test_stats_drive_status_tiers_and_slo_attained(cluster: Cluster, sidecars: Any) -> None:
+    await cluster.create_pool(make_pool(replicas=4))
+    await _reconciled(cluster)
+    a, b, broken = await sidecars(), await sidecars(), await sidecars()
+    a.answer = pod_stats({"interactive": (90, 90), "standard": (10, 10)})
+    b.answer = pod_stats({"interactive": (10, 5), "batch": (4, 4)})
+    broken.answer = b"<html>not json</html>"
+    pods = [
+        make_pod("llama", "llama-a", port=a.port),
+        make_pod("llama", "llama-b", port=b.port),
+        make_pod("llama", "llama-broken", port=broken.port),
+        make_pod("llama", "llama-down", port=1),  # nothing listens there
+        make_pod("llama", "llama-starting", port=a.port, ready=False),
+        make_pod("other", "other-pool", port=a.port),
+    ]
+    for pod in pods:
+        await cluster.create(f"/api/v1/namespaces/{NS}/pods", pod)
+
+    def tiers() -> Any:
+        status = (cluster.pool() or {}).get("status") or {}
+        return status if status.get("podsReporting") == 2 else None
+
+    status = await cluster.wait_for(tiers, what="two pods reporting")
+    rows = {r["name"]: r for r in status["tiers"]}
+    assert rows["interactive"]["completed"] == 100 and rows["interactive"]["attainment"] == 0.95
+    assert rows["batch"]["sloMet"] == 4
+    assert status["podsUnreachable"] == 2  # broken JSON and a closed port: skipped and counted
+    assert status["tightestTier"] == "interactive" and status["tightestAttainment"] == 0.95
+    assert condition(cluster.pool(), "SLOAttained")["status"] == "True"  # type: ignore[index]
+
+    b.answer = pod_stats({"interactive": (10, 0)})
+    cond = await cluster.wait_for(
+        lambda: (c := condition(cluster.pool(), "SLOAttained")) and c["status"] == "False" and c,
+        what="SLOAttained False",
+    )
+    assert cond["reason"] == "BelowTarget" and "interactive 90.0% < 95%" in cond["message"]
+    assert a.hits > 1, "the timer keeps reading"
+
+
+async def test_low_attainment_scales_up_within_bounds(cluster: Cluster, sidecars: Any) -> None:
+    scaling = {
+        "minReplicas": 1,
+        "maxReplicas": 3,
+        "tier": "interactive",
+        "evaluationPeriods": 1,
+        "cooldownSeconds": 0,
+        "minCompleted": 10,
+    }
+    await cluster.create_pool(make_pool(autoscaling=scaling))
+    await _reconciled(cluster)
+    sidecar = await sidecars()
+    sidecar.answer = pod_stats({"interactive": (100, 50)})
+    await cluster.create(
+        f"/api/v1/namespaces/{NS}/pods", make_pod("llama", "llama-0", port=sidecar.port)
+    )
+
+    await cluster.wait_for(
+        lambda: (_deployment(cluster) or {})["spec"]["replicas"] == 3, what="3 replicas"
+    )
+    for _ in range(5):  # more windows below target: never beyond maxReplicas
+        await asyncio.sleep(FAST.stats_interval_s)
+        assert (cluster.pool() or {})["spec"]["replicas"] == 3
+    assert (_deployment(cluster) or {})["spec"]["replicas"] == 3
+    events = cluster.events("ScaledUp")
+    assert len(events) == 2 and "interactive attainment 50.0%" in events[0]["message"]
+    assert "lastScaleReason" in (cluster.pool() or {})["status"]["autoscaling"]
+
+
+async def test_missing_secret_is_degraded_then_recovers(cluster: Cluster) -> None:
+    await cluster.create_pool(make_pool(auth={"secretName": "absent"}))
+    cond = await cluster.wait_for(
+        lambda: (c := condition(cluster.pool(), "Degraded")) and c["status"] == "True" and c,
+        what="Degraded",
+    )
+    assert cond["reason"] == "SecretNotFound" and "'absent'" in cond["message"]
+    assert cluster.events("SecretNotFound"), "a Warning Event names the reason"
+    assert _deployment(cluster) is None, "nothing is rolled out without the keys"
+
+    await cluster.create(
+        f"/api/v1/namespaces/{NS}/secrets",
+        {"metadata": {"name": "absent", "namespace": NS}, "data": {"keys.yaml": "e30K"}},
+    )
+    await cluster.wait_for(
+        lambda: _deployment(cluster), timeout_s=15, what="retry after the Secret appears"
+    )
+    await cluster.wait_for(
+        lambda: (c := condition(cluster.pool(), "Degraded")) and c["status"] == "False",
+        what="Degraded False",
+    )
+
+
+async def test_delete_clears_finalizer_and_collects_children(cluster: Cluster) -> None:
+    await cluster.create_pool(make_pool())
+    await _reconciled(cluster)
+    async with cluster.http.delete(cluster.pool_path("llama")) as resp:
+        assert resp.status == 200
+    await cluster.wait_for(lambda: cluster.pool() is None, what="the pool gone (finalizer cleared)")
+    for resource, name in CHILDREN:
+        assert cluster.obj(resource, name) is None, f"{resource}/{name} left behind"
+
+
+async def test_optional_children_when_their_crds_exist(cluster: Cluster) -> None:
+    gateway = {"enabled": True, "endpointPicker": {"name": "llama-epp"}}
+    await cluster.create_pool(make_pool(gateway=gateway))
+    await _reconciled(cluster)
+    monitor = cluster.obj("monitoring.coreos.com/v1/servicemonitors", "llama")
+    gateway_pool = cluster.obj("inference.networking.k8s.io/v1/inferencepools", "llama")
+    assert monitor is not None and gateway_pool is not None
+    assert gateway_pool["spec"]["endpointPickerRef"]["name"] == "llama-epp"
+
+
+async def test_restart_changes_nothing_that_is_right() -> None:
+    async with emulated_api() as (emu, url):
+        cfg = OperatorConfig(api_url=url, stats_interval_s=0.3, stats_timeout_s=0.5)
+        import aiohttp
+
+        async with running_operator(cfg), aiohttp.ClientSession() as http:
+            cluster = Cluster(emu=emu, url=url, http=http)
+            await cluster.create_pool(make_pool())
+            await _reconciled(cluster)
+            await cluster.wait_for(
+                lambda: condition(cluster.pool(), "SLOAttained"), what="observed"
+            )
+            await asyncio.sleep(1.0)
+            idle_from = len(emu.log)
+            await asyncio.sleep(1.0)  # three stats intervals
+            assert emu.writes(idle_from) == [], "an idle operator writes nothing"
+        restart_from = len(emu.log)
+        async with running_operator(cfg):
+            await asyncio.sleep(1.5)
+        assert len(emu.log) > restart_from, "the new operator did look"
+        assert emu.writes(restart_from) == []
