@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +27,11 @@ from accelgen.core.tiers import SLOTier
 from accelgen.server.engine_state import EngineState
 from accelgen.server.errors import ApiError
 from accelgen.server.speed import Speed
+
+
+def _looseness(tier: SLOTier) -> tuple[bool, float, int]:
+    """Sorts tiers tight to loose: online before offline, then by TTFT target, priority."""
+    return (tier.is_offline, tier.ttft_slo_s or math.inf, tier.priority)
 
 
 @dataclass(eq=False, slots=True)
@@ -51,9 +57,12 @@ class AdmissionConfig:
     max_queue_total: int = 1024
     max_in_flight: int = 64  # requests released to the engine and not yet finished
     kv_high_watermark: float = 0.95  # hold releases above this engine KV usage
-    waiting_limit: int = 1  # hold while the engine reports this many waiting...
+    waiting_limit: int = 4  # hold while the engine reports this many waiting...
     settle_s: float = 0.05  # ...in a snapshot taken this long after our last release
     shed_late: bool = True  # drop queued online requests whose TTFT is already lost
+    # Admission plans to release a request within this fraction of its slack, leaving
+    # the rest for the unevenness of completions (slots free in bursts, not evenly).
+    slack_use: float = 0.6
 
 
 class Admission:
@@ -79,26 +88,38 @@ class Admission:
         self._seq = itertools.count()
         self._last_release_s = -1e9
         self._done_s: deque[float] = deque(maxlen=256)  # completion times, for the rate
+        # Running means of what requests ask for, for the predicted rate before any finish.
+        self._mean_prompt_tokens: float | None = None
+        self._mean_output_tokens = 0.0
 
     def queued(self) -> int:
         return sum(self.depth.values())
 
     def _completion_rate(self, now_s: float) -> float:
-        """Requests the engine finishes per second: observed, else predicted."""
-        recent = [t for t in self._done_s if now_s - t <= 10.0]
-        if len(recent) >= 8:
+        """Requests the engine finishes per second: observed in the last minute, else predicted."""
+        recent = [t for t in self._done_s if now_s - t <= 60.0]
+        if len(recent) >= 4:
             return len(recent) / max(0.5, now_s - recent[0])
         slots = self.config.max_in_flight
-        return slots / max(1e-3, 64 * self.speed.decode_step_s(slots))
+        service_s = self.speed.service_s(
+            int(self._mean_prompt_tokens or 256), int(self._mean_output_tokens), num_running=slots
+        )
+        return slots / max(1e-3, service_s)
 
-    def _predicted_wait_s(self, key_s: float, now_s: float) -> float:
-        ahead = sum(1 for k, _, t in self._heap if t.queued and k <= key_s)
+    def _ahead(self, key_s: float) -> list[Ticket]:
+        return [t for k, _, t in self._heap if t.queued and k <= key_s]
+
+    def _predicted_wait_s(self, num_ahead: int, now_s: float) -> float:
         free = self.config.max_in_flight - self.in_flight
-        return max(0, ahead + 1 - free) / self._completion_rate(now_s)
+        return max(0, num_ahead + 1 - free) / self._completion_rate(now_s)
 
     def make_ticket(self, tier: SLOTier, num_prompt_tokens: int, max_tokens: int) -> Ticket:
         now_s = self.clock()
         running = max(1, self.in_flight)
+        if self._mean_prompt_tokens is None:
+            self._mean_prompt_tokens, self._mean_output_tokens = num_prompt_tokens, max_tokens
+        self._mean_prompt_tokens += 0.05 * (num_prompt_tokens - self._mean_prompt_tokens)
+        self._mean_output_tokens += 0.05 * (max_tokens - self._mean_output_tokens)
         if tier.is_offline:
             deadline_s = now_s + (tier.deadline_s or 0.0)
             need_s = self.speed.service_s(num_prompt_tokens, max_tokens, num_running=running)
@@ -117,17 +138,34 @@ class Admission:
         )
 
     def admit(self, ticket: Ticket) -> None:
-        """Queue ``ticket``, or raise the ApiError (429) that rejects it at once."""
+        """Queue ``ticket``, or raise the ApiError (429) that rejects it at once.
+
+        If its target is infeasible only because of looser-tier requests queued ahead
+        of it, enough of those are shed (loosest first) to make it feasible.
+        """
         now_s = ticket.arrival_s
-        wait_s = self._predicted_wait_s(ticket.key_s, now_s)
-        if now_s + wait_s > ticket.key_s:
-            raise ApiError(
-                429,
-                f"tier {ticket.tier.name!r}: its target cannot be met now "
-                f"(predicted wait {wait_s:.3f}s); retry later",
-                code="slo_infeasible",
-                retry_after_s=wait_s,
+        ahead = self._ahead(ticket.key_s)
+        wait_s = self._predicted_wait_s(len(ahead), now_s)
+        usable_s = (ticket.key_s - now_s) * self.config.slack_use
+        if wait_s > usable_s:
+            free = self.config.max_in_flight - self.in_flight
+            allowed = int(usable_s * self._completion_rate(now_s)) + free - 1
+            looser = sorted(
+                (t for t in ahead if _looseness(t.tier) > _looseness(ticket.tier)),
+                key=lambda t: (_looseness(t.tier), t.key_s),
+                reverse=True,
             )
+            excess = len(ahead) - max(0, allowed)
+            if allowed < 0 or excess > len(looser):
+                raise ApiError(
+                    429,
+                    f"tier {ticket.tier.name!r}: its target cannot be met now "
+                    f"(predicted wait {wait_s:.3f}s); retry later",
+                    code="slo_infeasible",
+                    retry_after_s=wait_s,
+                )
+            for victim in looser[:excess]:
+                self._shed(victim, "a tighter tier needed its place")
         name = ticket.tier.name
         full_tier = self.depth.get(name, 0) >= self.config.max_queue_per_tier
         if full_tier or self.queued() >= self.config.max_queue_total:

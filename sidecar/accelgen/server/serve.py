@@ -8,16 +8,18 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 
 from accelgen.config import load_tiers
+from accelgen.core.latency import LatencyModel
 from accelgen.core.tiers import TierSet, parse_tiers
 from accelgen.server.admission import AdmissionConfig
 from accelgen.server.app import build_app
 from accelgen.server.launch import VllmProcess, ensure_tiny_model, free_port, start_sim
 from accelgen.server.sim_engine import SimEngineConfig
-from accelgen.server.speed import Speed, load_latency_model
+from accelgen.server.speed import ScaledLatencyModel, Speed, load_latency_model
 from accelgen.server.state import Sidecar, SidecarConfig
 from accelgen.server.tenants import load_keys
 
@@ -46,13 +48,16 @@ def load_config(args: argparse.Namespace, engine_url: str) -> SidecarConfig:
 async def serve(args: argparse.Namespace) -> int:
     """Start engine and sidecar, print where to send requests, run until told to stop."""
     latency = load_latency_model(args.latency_model)
+    if args.sim_time_scale != 1.0:
+        # Admission predicts with the slowed model too, so it sees the engine it fronts.
+        latency = cast(LatencyModel, ScaledLatencyModel(latency, args.sim_time_scale))
     load_config(args, "http://unused")  # fail fast on bad files before starting an engine
     cleanup: list[object] = []
     engine = args.engine or ("url" if args.engine_url else "vllm")
     if args.engine_url:
         url = args.engine_url
     elif engine == "sim":
-        config = SimEngineConfig(max_num_seqs=args.sim_max_num_seqs, time_scale=args.sim_time_scale)
+        config = SimEngineConfig(max_num_seqs=args.sim_max_num_seqs)
         url, sim_runner = await start_sim(latency, config)
         cleanup.append(sim_runner)
     else:

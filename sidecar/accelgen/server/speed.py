@@ -35,6 +35,18 @@ def load_latency_model(name: str | None) -> LatencyModel:
 
 
 @dataclass(frozen=True, slots=True)
+class ScaledLatencyModel:
+    """Another model's predictions times ``factor`` (a slower engine of the same shape)."""
+
+    inner: LatencyModel
+    factor: float
+    name: str = "scaled"
+
+    def predict_s(self, shape: BatchShape) -> float:
+        return self.inner.predict_s(shape) * self.factor
+
+
+@dataclass(frozen=True, slots=True)
 class Speed:
     """Iteration-time estimates the sidecar needs, from one latency model.
 

@@ -1,0 +1,138 @@
+"""Admission and release, on the real Admission class with a hand-driven clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sidecar_harness import TIERS
+
+from accelgen.server.admission import Admission, AdmissionConfig, Ticket
+from accelgen.server.engine_state import EngineState, parse_engine_metrics
+from accelgen.server.errors import ApiError
+from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def _admission(clock: Clock, shed: list[Ticket], *, rate_per_s: float = 20.0,
+               **config: int) -> Admission:
+    """An Admission that has seen the engine finish ``rate_per_s`` requests a second."""
+    adm = Admission(AdmissionConfig(**config), Speed(DEFAULT_SIM_MODEL), EngineState(),
+                    on_shed=shed.append, clock=clock)
+    for _ in range(20):
+        clock.now_s += 1.0 / rate_per_s
+        adm._done_s.append(clock.now_s)
+    return adm
+
+
+def test_releases_least_slack_first() -> None:
+    async def scenario() -> list[str]:
+        clock, shed = Clock(), []
+        adm = _admission(clock, shed, max_in_flight=1)
+        first = adm.make_ticket(TIERS.get("standard"), 10, 10)
+        adm.admit(first)
+        await adm.wait(first)  # takes the only slot
+        order: list[str] = []
+        waiters = []
+        for name in ("batch", "standard", "interactive"):
+            ticket = adm.make_ticket(TIERS.get(name), 10, 10)
+            adm.admit(ticket)
+            waiters.append(asyncio.ensure_future(adm.wait(ticket)))
+            waiters[-1].add_done_callback(lambda _, n=name: order.append(n))
+        await asyncio.sleep(0)
+        assert order == [] and adm.depth == {"standard": 1, "batch": 1, "interactive": 1}
+        adm.leave(first)
+        for _ in range(3):
+            await asyncio.sleep(0)
+            adm.leave(first)  # each release finishes at once, freeing the slot again
+        await asyncio.gather(*waiters)
+        assert not shed
+        return order
+
+    assert asyncio.run(scenario()) == ["interactive", "standard", "batch"]
+
+
+def test_infeasible_ttft_is_rejected_at_once_with_retry_after() -> None:
+    async def scenario() -> None:
+        clock, shed = Clock(), []
+        # The engine is full and finishes a request every 2 s, as observed.
+        adm = _admission(clock, shed, rate_per_s=0.5, max_in_flight=1)
+        adm.in_flight = 1
+        ticket = adm.make_ticket(TIERS.get("interactive"), 10, 10)  # TTFT 0.5 s
+        with pytest.raises(ApiError) as err:
+            adm.admit(ticket)
+        assert err.value.status == 429 and err.value.code == "slo_infeasible"
+        assert err.value.headers()["Retry-After"] == "2"
+        adm.admit(adm.make_ticket(TIERS.get("batch"), 10, 10))  # a deadline of 60 s fits
+
+    asyncio.run(scenario())
+
+
+def test_full_queue_sheds_the_looser_tier_first() -> None:
+    async def scenario() -> None:
+        clock, shed = Clock(), []
+        adm = _admission(clock, shed, max_in_flight=1, max_queue_total=2)
+        adm.in_flight = 1
+        loose = [adm.make_ticket(TIERS.get("batch"), 10, 10) for _ in range(2)]
+        for ticket in loose:
+            adm.admit(ticket)
+        tight = adm.make_ticket(TIERS.get("interactive"), 10, 10)
+        adm.admit(tight)  # pushes out the loosest queued request
+        assert shed == [loose[1]] and adm.depth["batch"] == 1
+        assert isinstance(loose[1].released.exception(), ApiError)
+        assert loose[1].released.exception().status == 503  # type: ignore[union-attr]
+        with pytest.raises(ApiError) as err:  # a looser request cannot push a tighter out
+            adm.admit(adm.make_ticket(TIERS.get("batch"), 10, 10))
+        assert err.value.status == 429 and err.value.code == "queue_full"
+
+    asyncio.run(scenario())
+
+
+def test_lost_deadline_is_shed_and_cancelled_waiter_leaves() -> None:
+    async def scenario() -> None:
+        clock, shed = Clock(), []
+        adm = _admission(clock, shed, max_in_flight=1)
+        adm.in_flight = 1
+        tight = adm.make_ticket(TIERS.get("interactive"), 10, 10)
+        adm.admit(tight)
+        loose = adm.make_ticket(TIERS.get("standard"), 10, 10)
+        adm.admit(loose)
+        waiter = asyncio.ensure_future(adm.wait(loose))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert adm.depth["standard"] == 0
+        clock.now_s += 0.6  # past the interactive TTFT target while still queued
+        adm.pump()
+        assert shed == [tight] and adm.queued() == 0
+
+    asyncio.run(scenario())
+
+
+def test_engine_pressure_holds_releases() -> None:
+    async def scenario() -> None:
+        clock, shed = Clock(), []
+        adm = _admission(clock, shed, max_in_flight=10)
+        running, waiting, kv, _ = parse_engine_metrics(
+            'vllm:num_requests_running{model_name="m"} 3.0\n'
+            'vllm:num_requests_waiting{model_name="m"} 0.0\n'
+            'vllm:kv_cache_usage_perc{model_name="m"} 0.97\n')
+        adm.engine.running, adm.engine.waiting, adm.engine.kv_usage = running, waiting, kv
+        adm.in_flight = 3
+        ticket = adm.make_ticket(TIERS.get("batch"), 10, 10)
+        adm.admit(ticket)
+        adm.pump()
+        assert not ticket.released.done()  # KV nearly full: it would only wait inside vLLM
+        adm.engine.kv_usage = 0.5
+        adm.pump()
+        assert ticket.released.done()
+
+    asyncio.run(scenario())
