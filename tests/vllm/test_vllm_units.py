@@ -1,0 +1,194 @@
+"""The engine-free parts of accelgen.vllm: SLO metadata, settings, calibration, stats, model."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from accelgen.core.errors import ConfigError
+from accelgen.core.latency import BatchShape, FittedLatencyModel
+from accelgen.core.tiers import parse_tiers
+from accelgen.vllm.calibration import Calibrator, load_fit, save_fit
+from accelgen.vllm.settings import DEFAULT_TIERS, settings_from_env
+from accelgen.vllm.slo import resolve_slo
+from accelgen.vllm.stats import EngineStats, read_stats, read_step_log
+
+TIERS = parse_tiers(
+    {
+        "default_tier": "chat",
+        "tiers": [
+            {"name": "chat", "ttft_ms": 500, "tbt_ms": 50},
+            {"name": "batch", "deadline_s": 600},
+        ],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("xargs", "name", "ttft_s", "tbt_s", "deadline_s", "problem"),
+    [
+        (None, "chat", 0.5, 0.05, None, None),
+        ({}, "chat", 0.5, 0.05, None, None),
+        ({"slo_tier": "batch"}, "batch", None, None, 600, None),
+        ({"tier": "batch"}, "batch", None, None, 600, None),
+        ({"slo_tier": "chat", "tbt_ms": 20}, "chat", 0.5, 0.02, None, None),
+        ({"ttft_ms": "800", "tbt_ms": 120}, "chat", 0.8, 0.12, None, None),
+        ({"deadline_s": 30}, "chat", None, None, 30, None),
+        ({"slo_tier": "batch", "ttft_ms": 100, "tbt_ms": 10}, "batch", 0.1, 0.01, None, None),
+        ({"slo_tier": "gold"}, "chat", 0.5, 0.05, None, "unknown tier 'gold'"),
+        ({"slo_tier": 3}, "chat", 0.5, 0.05, None, "unknown tier 3"),
+        ({"tbt_ms": -5}, "chat", 0.5, 0.05, None, "tbt_ms must be a positive number"),
+        ({"tbt_ms": True}, "chat", 0.5, 0.05, None, "tbt_ms must be a positive"),
+        ({"deadline_s": 9, "tbt_ms": 9}, "chat", 0.5, 0.05, None, "deadline_s excludes"),
+        ({"slo_tier": "batch", "tbt_ms": 10}, "batch", None, None, 600, "offline tier needs both"),
+    ],
+)  # fmt: skip
+def test_slo_metadata_resolves_to_a_tier(xargs, name, ttft_s, tbt_s, deadline_s, problem) -> None:
+    resolved = resolve_slo(xargs, TIERS)
+    tier = resolved.tier
+    assert (tier.name, tier.ttft_slo_s, tier.tbt_slo_s, tier.deadline_s) == (
+        name, ttft_s, tbt_s, deadline_s,
+    )  # fmt: skip
+    if problem is None:
+        assert resolved.problem is None
+    else:
+        assert resolved.problem is not None and problem in resolved.problem
+
+
+def test_settings_from_environment(tmp_path: Path) -> None:
+    assert settings_from_env({}).tiers == DEFAULT_TIERS
+    assert settings_from_env({}).policy == "accelgen"
+    tiers = tmp_path / "tiers.yaml"
+    tiers.write_text(json.dumps(TIERS.to_config()))
+    config = tmp_path / "scheduler.yaml"
+    config.write_text(
+        "policy: sarathi\ngamma_s: 0.5\nsafety_margin_s: 0.002\nlong_prompt_tokens: 1000\n"
+        "stats_file: /run/s.json\nmin_fit_samples: 8\n"
+    )
+    s = settings_from_env(
+        {
+            "ACCELGEN_TIERS": str(tiers),
+            "ACCELGEN_SCHEDULER_CONFIG": str(config),
+            "ACCELGEN_CALIBRATION_FILE": str(tmp_path / "fit.json"),
+        }
+    )
+    assert s.tiers == TIERS
+    assert s.policy == "sarathi"
+    assert (s.policy_config.gamma_s, s.policy_config.long_prompt_tokens) == (0.5, 1000)
+    assert s.policy_config.safety_margin_s == 0.002
+    assert s.stats_file == Path("/run/s.json")
+    assert s.calibration_file == tmp_path / "fit.json"
+    assert s.min_fit_samples == 8
+    env = {"ACCELGEN_SCHEDULER_CONFIG": str(config), "ACCELGEN_POLICY": "edf"}
+    assert settings_from_env(env).policy == "edf"
+
+
+def test_bad_scheduler_config_names_file_and_field(tmp_path: Path) -> None:
+    config = tmp_path / "scheduler.yaml"
+    config.write_text("gama_s: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        settings_from_env({"ACCELGEN_SCHEDULER_CONFIG": str(config)})
+    assert str(config) in str(err.value) and "gama_s" in str(err.value)
+
+
+TRUE_MODEL = FittedLatencyModel(coefficients=(0.004, 2.0e-4, 1.0e-5, 1.0e-8, 2.0e-7))
+
+
+def _shapes(rng: random.Random, n: int) -> list[BatchShape]:
+    shapes = []
+    for _ in range(n):
+        shape = BatchShape()
+        for _ in range(rng.randrange(0, 20)):
+            shape = shape.plus_decode(context_tokens=rng.randrange(10, 3000))
+        if rng.random() < 0.5:
+            shape = shape.plus_prefill(
+                rng.randrange(16, 2048), context_tokens=rng.randrange(0, 3000)
+            )
+        if shape.num_tokens:
+            shapes.append(shape)
+    return shapes
+
+
+def test_calibrator_fits_persists_and_restarts_calibrated(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    path = tmp_path / "fit.json"
+    prior = FittedLatencyModel(coefficients=(0.001, 1e-5, 0.0, 0.0, 0.0), name="prior")
+    cal = Calibrator(prior=prior, path=path, min_samples=32, refit_every=32, skip_first=2)
+    changed = []
+    for shape in _shapes(rng, 200):
+        noise = rng.uniform(0.95, 1.05)
+        changed.append(cal.add(shape, TRUE_MODEL.predict_s(shape) * noise))
+    assert not any(changed[:33]) and any(changed)  # the prior until 32 samples
+    report = cal.report()
+    assert report["model"] == "fitted-online"
+    assert report["fit_error"] < 0.05
+    assert report["online_error"] < 0.5  # includes the prior's predictions
+    again = Calibrator(prior=prior, path=path)
+    assert again.loaded_from_file and again.model.name == "fitted-online"
+    probe = BatchShape(num_decodes=16, decode_kv_tokens=16_000).plus_prefill(512, context_tokens=0)
+    assert again.model.predict_s(probe) == pytest.approx(TRUE_MODEL.predict_s(probe), rel=0.1)
+    assert load_fit(path).coefficients == cal.model.coefficients
+
+
+def test_calibrator_ignores_outliers_from_a_busy_machine(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    cal = Calibrator(prior=TRUE_MODEL, min_samples=32, refit_every=1000, skip_first=0)
+    for shape in _shapes(rng, 300):
+        slow = 10.0 if rng.random() < 0.05 else 1.0  # another process had the cores
+        cal.add(shape, TRUE_MODEL.predict_s(shape) * slow * rng.uniform(0.97, 1.03))
+    assert cal.refit()
+    probe = BatchShape().plus_prefill(1024, context_tokens=0)
+    assert cal.model.predict_s(probe) == pytest.approx(TRUE_MODEL.predict_s(probe), rel=0.1)
+    assert cal.report()["fit_error"] < 0.05
+
+
+def test_load_fit_rejects_other_files(tmp_path: Path) -> None:
+    bad = tmp_path / "fit.json"
+    bad.write_text('{"latency_model": {"coefficients": {"intercept_s": -1}}}')
+    with pytest.raises(ConfigError, match=str(bad)):
+        load_fit(bad)
+    save_fit(bad, TRUE_MODEL)
+    assert load_fit(bad).coefficients == TRUE_MODEL.coefficients
+
+
+def test_stats_snapshot_and_step_log_round_trip(tmp_path: Path) -> None:
+    stats = EngineStats(policy="accelgen", path=tmp_path / "s.json", step_log=tmp_path / "l.jsonl")
+    for i in range(5):
+        stats.planner_s.append(0.0001 * (i + 1))
+        stats.budget_tokens.append(100 * (i + 1))
+        stats.record_timing(predicted_s=0.010, measured_s=0.008)
+        stats.record_step({"step": i, "budget_tokens": 100 * (i + 1)})
+    stats.preemptions_by_tier["loose"] += 2
+    stats.close()
+    snap = read_stats(tmp_path / "s.json")
+    assert snap["policy"] == "accelgen"
+    assert snap["budget_tokens"]["max"] == 500 and snap["budget_tokens"]["median"] == 300
+    assert snap["planner_s"]["median"] == pytest.approx(0.0003)
+    assert snap["step_time_s"]["mean_error"] == pytest.approx(0.25)
+    assert snap["preemptions_by_tier"] == {"loose": 2}
+    assert [r["step"] for r in read_step_log(tmp_path / "l.jsonl")] == [0, 1, 2, 3, 4]
+
+
+def test_tiny_model_tokenizes_chats_and_fits_the_config(tmp_path: Path) -> None:
+    pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from accelgen.vllm.tiny_model import main
+
+    assert main([str(tmp_path), "--hidden", "128", "--layers", "1"]) == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["hidden_size"] == 128 and config["num_attention_heads"] == 2
+    assert config["head_dim"] == 64
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert config["vocab_size"] == len(tok)
+    text = "Hello! Ünïcode and numbers 3.14 日本"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert tok.decode(ids) == text  # byte-level: every string round-trips
+    assert len(ids) < len(text.encode())  # ... and merges make it shorter than bytes
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == "<s><|user|>\nhi</s>\n<|assistant|>\n"
