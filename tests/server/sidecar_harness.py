@@ -75,9 +75,15 @@ class Stack:
             sim_app = build_sim_app(DEFAULT_SIM_MODEL, self.sim)
             engine_url = await self._serve(sim_app)
             self.engine = sim_app[SIM_ENGINE]
-        config = SidecarConfig(tiers=self.tiers, engine_url=engine_url, keys=self.keys,
-                               pool=self.pool, admission=self.admission,
-                               token_timeout_s=self.token_timeout_s, poll_interval_s=0.1)
+        config = SidecarConfig(
+            tiers=self.tiers,
+            engine_url=engine_url,
+            keys=self.keys,
+            pool=self.pool,
+            admission=self.admission,
+            token_timeout_s=self.token_timeout_s,
+            poll_interval_s=0.1,
+        )
         self.sidecar = Sidecar(config, Speed(DEFAULT_SIM_MODEL))
         self.url = await self._serve(build_app(self.sidecar, tiers_path=self.tiers_path))
         await self.sidecar.engine.poll_once()
@@ -109,9 +115,11 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         head, _, value = line.rpartition(" ")
         if head.split("{")[0] != name:
             continue
-        got = dict(
-            part.split("=", 1) for part in head[len(name) + 1 : -1].split(",") if "=" in part
-        ) if "{" in head else {}
+        got = (
+            dict(part.split("=", 1) for part in head[len(name) + 1 : -1].split(",") if "=" in part)
+            if "{" in head
+            else {}
+        )
         if all(got.get(k) == f'"{v}"' for k, v in labels.items()):
             return float(value)
     return 0.0

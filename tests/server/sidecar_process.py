@@ -23,10 +23,27 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "accelgen.cli", "serve", "--engine", "sim", "--host",
-             "127.0.0.1", "--port", str(self.port), "--tiers", str(tiers), "--log-level",
-             "WARNING", *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "accelgen.cli",
+                "serve",
+                "--engine",
+                "sim",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--tiers",
+                str(tiers),
+                "--log-level",
+                "WARNING",
+                *flags,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from sidecar_harness import TIERS
@@ -21,11 +22,17 @@ class Clock:
         return self.now_s
 
 
-def _admission(clock: Clock, shed: list[Ticket], *, rate_per_s: float = 20.0,
-               **config: int) -> Admission:
+def _admission(
+    clock: Clock, shed: list[Ticket], *, rate_per_s: float = 20.0, **config: Any
+) -> Admission:
     """An Admission that has seen the engine finish ``rate_per_s`` requests a second."""
-    adm = Admission(AdmissionConfig(**config), Speed(DEFAULT_SIM_MODEL), EngineState(),
-                    on_shed=shed.append, clock=clock)
+    adm = Admission(
+        AdmissionConfig(**config),
+        Speed(DEFAULT_SIM_MODEL),
+        EngineState(),
+        on_shed=shed.append,
+        clock=clock,
+    )
     for _ in range(20):
         clock.now_s += 1.0 / rate_per_s
         adm._done_s.append(clock.now_s)
@@ -34,7 +41,7 @@ def _admission(clock: Clock, shed: list[Ticket], *, rate_per_s: float = 20.0,
 
 def test_releases_least_slack_first() -> None:
     async def scenario() -> list[str]:
-        clock, shed = Clock(), []
+        clock, shed = Clock(), list[Ticket]()
         adm = _admission(clock, shed, max_in_flight=1)
         first = adm.make_ticket(TIERS.get("standard"), 10, 10)
         adm.admit(first)
@@ -45,7 +52,7 @@ def test_releases_least_slack_first() -> None:
             ticket = adm.make_ticket(TIERS.get(name), 10, 10)
             adm.admit(ticket)
             waiters.append(asyncio.ensure_future(adm.wait(ticket)))
-            waiters[-1].add_done_callback(lambda _, n=name: order.append(n))
+            waiters[-1].add_done_callback(lambda _, n=name: order.append(n))  # type: ignore[misc]
         await asyncio.sleep(0)
         assert order == [] and adm.depth == {"standard": 1, "batch": 1, "interactive": 1}
         adm.leave(first)
@@ -61,7 +68,7 @@ def test_releases_least_slack_first() -> None:
 
 def test_infeasible_ttft_is_rejected_at_once_with_retry_after() -> None:
     async def scenario() -> None:
-        clock, shed = Clock(), []
+        clock, shed = Clock(), list[Ticket]()
         # The engine is full and finishes a request every 2 s, as observed.
         adm = _admission(clock, shed, rate_per_s=0.5, max_in_flight=1)
         adm.in_flight = 1
@@ -77,7 +84,7 @@ def test_infeasible_ttft_is_rejected_at_once_with_retry_after() -> None:
 
 def test_full_queue_sheds_the_looser_tier_first() -> None:
     async def scenario() -> None:
-        clock, shed = Clock(), []
+        clock, shed = Clock(), list[Ticket]()
         adm = _admission(clock, shed, max_in_flight=1, max_queue_total=2)
         adm.in_flight = 1
         loose = [adm.make_ticket(TIERS.get("batch"), 10, 10) for _ in range(2)]
@@ -97,7 +104,7 @@ def test_full_queue_sheds_the_looser_tier_first() -> None:
 
 def test_lost_deadline_is_shed_and_cancelled_waiter_leaves() -> None:
     async def scenario() -> None:
-        clock, shed = Clock(), []
+        clock, shed = Clock(), list[Ticket]()
         adm = _admission(clock, shed, max_in_flight=1)
         adm.in_flight = 1
         tight = adm.make_ticket(TIERS.get("interactive"), 10, 10)
@@ -119,12 +126,13 @@ def test_lost_deadline_is_shed_and_cancelled_waiter_leaves() -> None:
 
 def test_engine_pressure_holds_releases() -> None:
     async def scenario() -> None:
-        clock, shed = Clock(), []
+        clock, shed = Clock(), list[Ticket]()
         adm = _admission(clock, shed, max_in_flight=10)
         running, waiting, kv, _ = parse_engine_metrics(
             'vllm:num_requests_running{model_name="m"} 3.0\n'
             'vllm:num_requests_waiting{model_name="m"} 0.0\n'
-            'vllm:kv_cache_usage_perc{model_name="m"} 0.97\n')
+            'vllm:kv_cache_usage_perc{model_name="m"} 0.97\n'
+        )
         adm.engine.running, adm.engine.waiting, adm.engine.kv_usage = running, waiting, kv
         adm.in_flight = 3
         ticket = adm.make_ticket(TIERS.get("batch"), 10, 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from sidecar_harness import Stack, metric_value
 
 
@@ -17,30 +18,43 @@ def test_completion_non_streaming(client: openai.OpenAI) -> None:
 
 
 def test_completion_streaming_with_usage(client: openai.OpenAI) -> None:
-    chunks = list(client.completions.create(
-        model="accelgen-sim", prompt="Hello", max_tokens=5, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="accelgen-sim",
+            prompt="Hello",
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == "the quick brown fox jumps"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 5
 
 
 def test_streaming_without_usage_sends_no_usage_chunk(client: openai.OpenAI) -> None:
-    chunks = list(client.completions.create(model="accelgen-sim", prompt="Hi", max_tokens=3,
-                                            stream=True))
+    chunks = list(
+        client.completions.create(model="accelgen-sim", prompt="Hi", max_tokens=3, stream=True)
+    )
     assert len(chunks) == 3 and all(c.choices and c.usage is None for c in chunks)
 
 
 def test_chat_non_streaming_and_streaming(client: openai.OpenAI) -> None:
-    messages = [{"role": "user", "content": "Say something"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something"}]
     out = client.chat.completions.create(model="accelgen-sim", messages=messages, max_tokens=4)
     assert out.object == "chat.completion"
     assert out.choices[0].message.role == "assistant"
     assert out.choices[0].message.content == "the quick brown fox"
     assert out.usage is not None and out.usage.completion_tokens == 4
-    chunks = list(client.chat.completions.create(
-        model="accelgen-sim", messages=messages, max_tokens=4, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="accelgen-sim",
+            messages=messages,
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "the quick brown fox"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
@@ -60,33 +74,42 @@ def test_models_health_ready(client: openai.OpenAI, stack: Stack) -> None:
 
 def test_tier_headers_pick_the_tier(client: openai.OpenAI, stack: Stack) -> None:
     def completed(tier: str) -> float:
-        return metric_value(httpx.get(stack.url + "/metrics").text,
-                            "accelgen_requests_completed_total", tier=tier)
+        text = httpx.get(stack.url + "/metrics").text
+        return float(metric_value(text, "accelgen_requests_completed_total", tier=tier))
 
-    cases = [({"x-accelgen-tier": "batch"}, "batch"),
-             ({"x-llm-d-inference-objective": "interactive"}, "interactive"),
-             ({"x-llm-d-slo-ttft-ms": "800", "x-llm-d-slo-tpot-ms": "120"}, "interactive"),
-             ({"x-llm-d-slo-ttft-ms": "5000", "x-llm-d-slo-tpot-ms": "300"}, "standard"),
-             ({}, "standard")]
+    cases = [
+        ({"x-accelgen-tier": "batch"}, "batch"),
+        ({"x-llm-d-inference-objective": "interactive"}, "interactive"),
+        ({"x-llm-d-slo-ttft-ms": "800", "x-llm-d-slo-tpot-ms": "120"}, "interactive"),
+        ({"x-llm-d-slo-ttft-ms": "5000", "x-llm-d-slo-tpot-ms": "300"}, "standard"),
+        ({}, "standard"),
+    ]
     for headers, tier in cases:
         before = completed(tier)
-        client.completions.create(model="accelgen-sim", prompt="x", max_tokens=2,
-                                  extra_headers=headers)
+        client.completions.create(
+            model="accelgen-sim", prompt="x", max_tokens=2, extra_headers=headers
+        )
         assert completed(tier) == before + 1, (headers, tier)
 
 
 def test_unknown_tier_is_400_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model="accelgen-sim", prompt="x", max_tokens=2,
-                                  extra_headers={"x-accelgen-tier": "platinum"})
+        client.completions.create(
+            model="accelgen-sim",
+            prompt="x",
+            max_tokens=2,
+            extra_headers={"x-accelgen-tier": "platinum"},
+        )
     assert err.value.status_code == 400
     body = err.value.body
     assert isinstance(body, dict) and body["code"] == "unknown_tier"
     assert "platinum" in body["message"] and body["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/nope", 404), ("GET", "/v1/completions", 405), ("DELETE", "/stats", 405)])
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nope", 404), ("GET", "/v1/completions", 405), ("DELETE", "/stats", 405)],
+)
 def test_routing_errors_in_openai_shape(stack: Stack, method: str, path: str, status: int) -> None:
     resp = httpx.request(method, stack.url + path)
     assert resp.status_code == status
@@ -96,5 +119,12 @@ def test_routing_errors_in_openai_shape(stack: Stack, method: str, path: str, st
 def test_openapi_document_served_and_shipped(stack: Stack) -> None:
     doc = httpx.get(stack.url + "/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    assert {"/v1/completions", "/v1/chat/completions", "/v1/models", "/healthz", "/readyz",
-            "/metrics", "/stats"} <= set(doc["paths"])
+    assert {
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/stats",
+    } <= set(doc["paths"])

@@ -14,13 +14,23 @@ OK_BODY = {"prompt": "Hello", "max_tokens": 2}
 
 
 def _post(stack: Stack, content: bytes | str, path: str = "/v1/completions") -> httpx.Response:
-    return httpx.post(stack.url + path, content=content,
-                      headers={"Content-Type": "application/json"}, timeout=30)
+    return httpx.post(
+        stack.url + path, content=content, headers={"Content-Type": "application/json"}, timeout=30
+    )
 
 
-@pytest.mark.parametrize("raw", [
-    b"{not json", b"", b"\xff\xfe\x00", b"[1, 2, 3]", b"null", b'"a string"', b"{" * 5000,
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"",
+        b"\xff\xfe\x00",
+        b"[1, 2, 3]",
+        b"null",
+        b'"a string"',
+        b"{" * 5000,
+    ],
+)
 def test_invalid_json_is_400(stack: Stack, raw: bytes) -> None:
     resp = _post(stack, raw)
     assert resp.status_code == 400, resp.text
@@ -32,23 +42,26 @@ def test_huge_body_is_413(stack: Stack) -> None:
     assert resp.status_code == 413 and "too large" in resp.json()["error"]["message"]
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"prompt": "x", "max_tokens": -5}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": "ten"}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": 1.5}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": True}, "max_tokens"),
-    ({"prompt": 42}, "prompt"),
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": [1, "a"]}, "prompt"),
-    ({"prompt": [[]]}, "prompt"),
-    ({}, "prompt"),
-    ({"prompt": "x", "stream": "yes"}, "stream"),
-    ({"prompt": "x", "n": 0}, "n"),
-    ({"prompt": "x", "stream_options": []}, "stream_options"),
-    ({"prompt": "x", "model": 7}, "model"),
-    ({"prompt": "x", "vllm_xargs": "tier=gold"}, "vllm_xargs"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "x", "max_tokens": -5}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": "ten"}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 1.5}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": True}, "max_tokens"),
+        ({"prompt": 42}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": [1, "a"]}, "prompt"),
+        ({"prompt": [[]]}, "prompt"),
+        ({}, "prompt"),
+        ({"prompt": "x", "stream": "yes"}, "stream"),
+        ({"prompt": "x", "n": 0}, "n"),
+        ({"prompt": "x", "stream_options": []}, "stream_options"),
+        ({"prompt": "x", "model": 7}, "model"),
+        ({"prompt": "x", "vllm_xargs": "tier=gold"}, "vllm_xargs"),
+    ],
+)
 def test_wrong_fields_are_400_naming_the_field(stack: Stack, body: object, param: str) -> None:
     resp = _post(stack, json.dumps(body))
     assert resp.status_code == 400, resp.text
@@ -68,16 +81,26 @@ def test_prompt_longer_than_the_model_is_400_from_the_engine(stack: Stack) -> No
 
 
 def test_unknown_fields_pass_through(stack: Stack) -> None:
-    body = {**OK_BODY, "frobnicate": {"deep": [1, 2]}, "temperature": 0.3, "priority": -99,
-            "vllm_xargs": {"accelgen_tier": "interactive", "mine": 1}}
+    body = {
+        **OK_BODY,
+        "frobnicate": {"deep": [1, 2]},
+        "temperature": 0.3,
+        "priority": -99,
+        "vllm_xargs": {"accelgen_tier": "interactive", "mine": 1},
+    }
     resp = _post(stack, json.dumps(body))
     assert resp.status_code == 200 and resp.json()["choices"][0]["text"]
 
 
-@pytest.mark.parametrize("headers", [
-    {"x-llm-d-slo-ttft-ms": "soon"}, {"x-llm-d-slo-tpot-ms": "-3"},
-    {"x-llm-d-slo-ttft-ms": "nan"}, {"x-accelgen-tier": "x" * 4000},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-llm-d-slo-ttft-ms": "soon"},
+        {"x-llm-d-slo-tpot-ms": "-3"},
+        {"x-llm-d-slo-ttft-ms": "nan"},
+        {"x-accelgen-tier": "x" * 4000},
+    ],
+)
 def test_bad_tier_headers_are_400(stack: Stack, headers: dict[str, str]) -> None:
     resp = httpx.post(stack.url + "/v1/completions", json=OK_BODY, headers=headers)
     assert resp.status_code == 400 and resp.json()["error"]["message"]
@@ -86,8 +109,10 @@ def test_bad_tier_headers_are_400(stack: Stack, headers: dict[str, str]) -> None
 def test_slow_client_is_served_and_does_not_block_others(stack: Stack) -> None:
     host, port = stack.url.removeprefix("http://").split(":")
     body = json.dumps(OK_BODY).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
-            f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+        f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     with socket.create_connection((host, int(port)), timeout=10) as slow:
         slow.sendall(head)
         for i in range(0, len(body), 4):  # trickle the body over ~1 s

@@ -34,7 +34,8 @@ class EngineProcess:
     def __init__(self, port: int, *extra: str) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port), *extra])
+            [sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port), *extra]
+        )
         assert _wait_for(self._healthy, 20), "sim engine did not start"
 
     def _healthy(self) -> bool:
@@ -81,8 +82,12 @@ def test_engine_killed_mid_stream_then_back(engine_process: EngineProcess) -> No
         with pytest.raises(openai.InternalServerError) as down:
             client.completions.create(model="m", prompt="x", max_tokens=2)
         assert down.value.status_code == 503 and time.monotonic() - started < 5
-        failed = metric_value(httpx.get(stack.url + "/metrics").text, "accelgen_requests_total",
-                              tier="standard", outcome="failed")
+        failed = metric_value(
+            httpx.get(stack.url + "/metrics").text,
+            "accelgen_requests_total",
+            tier="standard",
+            outcome="failed",
+        )
         assert failed == 2
         restarted = EngineProcess(engine_process.port)
         try:
@@ -100,8 +105,9 @@ def test_stalled_engine_is_502_after_the_token_timeout() -> None:
     stack = Stack(sim=SimEngineConfig(time_scale=5000), token_timeout_s=0.5).start()
     try:
         started = time.monotonic()
-        resp = httpx.post(stack.url + "/v1/completions", json={"prompt": "x", "max_tokens": 5},
-                          timeout=10)
+        resp = httpx.post(
+            stack.url + "/v1/completions", json={"prompt": "x", "max_tokens": 5}, timeout=10
+        )
         assert resp.status_code == 502 and "timeout" in resp.json()["error"]["message"]
         assert time.monotonic() - started < 3
     finally:
@@ -131,8 +137,9 @@ async def _disconnecting_clients(url: str, n: int, chunks: int) -> int:
 
 
 def test_200_clients_disconnecting_leave_nothing_running() -> None:
-    stack = Stack(admission=AdmissionConfig(max_in_flight=256),
-                  sim=SimEngineConfig(max_num_seqs=256)).start()
+    stack = Stack(
+        admission=AdmissionConfig(max_in_flight=256), sim=SimEngineConfig(max_num_seqs=256)
+    ).start()
     try:
         assert asyncio.run(_disconnecting_clients(stack.url, 200, 2)) == 200
         engine = stack.engine
@@ -144,12 +151,14 @@ def test_200_clients_disconnecting_leave_nothing_running() -> None:
 
         def engine_running() -> float:
             text = httpx.get(stack.url + "/metrics").text
-            return metric_value(text, "vllm:num_requests_running")
+            return float(metric_value(text, "vllm:num_requests_running"))
 
         assert _wait_for(lambda: engine_running() == 0, 5)
         text = httpx.get(stack.url + "/metrics").text
-        assert metric_value(text, "accelgen_requests_total", tier="standard",
-                            outcome="cancelled") == 200
+        assert (
+            metric_value(text, "accelgen_requests_total", tier="standard", outcome="cancelled")
+            == 200
+        )
         assert metric_value(text, "accelgen_requests_completed_total", tier="standard") == 0
     finally:
         stack.stop()

@@ -22,8 +22,16 @@ DURATION_S = 6.0
 MAX_REQUESTS = 1200  # hard cap on what the test may send
 OUTPUT_TOKENS = 20  # on average: 10 to 30
 # Engine: 8 sequences, ~23 ms iterations → ~0.5 s a request → ~16 requests/s capacity.
-FLAGS = ("--sim-max-num-seqs", "8", "--sim-time-scale", "3", "--max-running", "8",
-         "--max-queue", "40")
+FLAGS = (
+    "--sim-max-num-seqs",
+    "8",
+    "--sim-time-scale",
+    "3",
+    "--max-running",
+    "8",
+    "--max-queue",
+    "40",
+)
 MAX_QUEUED = 3 * 40
 CAPACITY_RPS = 16.0
 MIX = (("interactive", 0.03), ("standard", 0.47), ("batch", 0.50))  # tight tier: 0.3× capacity
@@ -45,17 +53,19 @@ async def _load(url: str) -> tuple[Counter[tuple[str, int]], int, int]:
     async def one(session: aiohttp.ClientSession, tier: str, max_tokens: int) -> None:
         nonlocal missing_retry_after
         body = {"prompt": "load " * 20, "max_tokens": max_tokens}
-        async with session.post(url + "/v1/completions", json=body,
-                                headers={"x-accelgen-tier": tier}) as resp:
+        async with session.post(
+            url + "/v1/completions", json=body, headers={"x-accelgen-tier": tier}
+        ) as resp:
             await resp.read()
             results[(tier, resp.status)] += 1
             if resp.status in (429, 503) and "Retry-After" not in resp.headers:
                 missing_retry_after += 1
 
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout,
-                                     connector=aiohttp.TCPConnector(limit=0)) as session:
-        tasks = []
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+    ) as session:
+        tasks: list[asyncio.Task[None]] = []
         start = time.monotonic()
         next_s = start
         while next_s - start < DURATION_S and len(tasks) < MAX_REQUESTS:
@@ -93,15 +103,21 @@ def test_overload_sheds_loose_tiers_and_keeps_the_tight_one(tmp_path: Path) -> N
         met = metric_value(text, "accelgen_requests_slo_met_total", tier="interactive")
         tight_sent = sum(n for (tier, _), n in results.items() if tier == "interactive")
         tight_ok = results[("interactive", 200)]
-        loose_refused = sum(n for (tier, status), n in results.items()
-                            if tier != "interactive" and status != 200)
-        print(f"\noverload: sent {sent} in {elapsed_s:.1f}s; statuses {sorted(results.items())}; "
-              f"interactive attainment {met:.0f}/{completed:.0f}; max queued {max_queued}; "
-              f"sidecar RSS +{rss_growth / 2**20:.1f} MiB")
+        loose_refused = sum(
+            n for (tier, status), n in results.items() if tier != "interactive" and status != 200
+        )
+        print(
+            f"\noverload: sent {sent} in {elapsed_s:.1f}s; statuses {sorted(results.items())}; "
+            f"interactive attainment {met:.0f}/{completed:.0f}; max queued {max_queued}; "
+            f"sidecar RSS +{rss_growth / 2**20:.1f} MiB"
+        )
         assert completed == tight_ok and tight_ok >= 0.95 * tight_sent
         assert met >= 0.95 * completed
         assert loose_refused > 0.5 * (sent - tight_sent)  # the loose tiers paid for it
-        assert metric_value(text, "accelgen_requests_total", tier="batch", outcome="shed") + \
-            metric_value(text, "accelgen_requests_total", tier="batch", outcome="rejected") > 0
+        assert (
+            metric_value(text, "accelgen_requests_total", tier="batch", outcome="shed")
+            + metric_value(text, "accelgen_requests_total", tier="batch", outcome="rejected")
+            > 0
+        )
     finally:
         server.stop()

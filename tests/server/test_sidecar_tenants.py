@@ -64,8 +64,9 @@ def test_tenant_default_and_forbidden_tier(keyed: Stack) -> None:
     out = _client(keyed, KEY_A).completions.create(model="m", prompt="x", max_tokens=2)
     assert out.choices[0].text
     with pytest.raises(openai.PermissionDeniedError) as err:
-        _client(keyed, KEY_A).completions.create(model="m", prompt="x", max_tokens=1,
-                                                 extra_headers={"x-accelgen-tier": "batch"})
+        _client(keyed, KEY_A).completions.create(
+            model="m", prompt="x", max_tokens=1, extra_headers={"x-accelgen-tier": "batch"}
+        )
     assert err.value.status_code == 403 and "batch" in str(err.value.message)
 
 
@@ -81,8 +82,9 @@ def test_concurrency_limit_is_429(keyed: Stack) -> None:
     first_started = threading.Event()
 
     def long_request() -> None:
-        stream = _client(keyed, KEY_SLOW).completions.create(model="m", prompt="x",
-                                                            max_tokens=60, stream=True)
+        stream = _client(keyed, KEY_SLOW).completions.create(
+            model="m", prompt="x", max_tokens=60, stream=True
+        )
         for _ in stream:
             first_started.set()
 
@@ -99,17 +101,23 @@ def test_concurrency_limit_is_429(keyed: Stack) -> None:
 def test_keys_never_logged(keyed: Stack, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     for key in (KEY_A, "sk-not-a-real-key"):
-        httpx.post(keyed.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1},
-                   headers={"Authorization": f"Bearer {key}"})
+        httpx.post(
+            keyed.url + "/v1/completions",
+            json={"prompt": "x", "max_tokens": 1},
+            headers={"Authorization": f"Bearer {key}"},
+        )
     assert KEY_A not in caplog.text and "sk-not-a-real-key" not in caplog.text
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("tenants: nope", "list 'tenants'"),
-    ("tenants: [{name: a, key_sha256: xyz}]", "64 hex"),
-    (f"tenants: [{{name: a, key_sha256: '{'0' * 64}', tiers: [gold]}}]", "unknown tier"),
-    (f"tenants: [{{name: a, key_sha256: '{'0' * 64}', rate_rps: -1}}]", "positive"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("tenants: nope", "list 'tenants'"),
+        ("tenants: [{name: a, key_sha256: xyz}]", "64 hex"),
+        (f"tenants: [{{name: a, key_sha256: '{'0' * 64}', tiers: [gold]}}]", "unknown tier"),
+        (f"tenants: [{{name: a, key_sha256: '{'0' * 64}', rate_rps: -1}}]", "positive"),
+    ],
+)
 def test_bad_keys_file_is_a_config_error(tmp_path: Path, text: str, fragment: str) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text(text)

@@ -169,15 +169,15 @@ class Admission:
         name = ticket.tier.name
         full_tier = self.depth.get(name, 0) >= self.config.max_queue_per_tier
         if full_tier or self.queued() >= self.config.max_queue_total:
-            victim = self._loosest(name if full_tier else None)
-            if victim is None or victim.key_s <= ticket.key_s:
+            loosest = self._loosest(name if full_tier else None)
+            if loosest is None or loosest.key_s <= ticket.key_s:
                 raise ApiError(
                     429,
                     f"tier {name!r}: queue full; retry later",
                     code="queue_full",
                     retry_after_s=max(1.0, wait_s),
                 )
-            self._shed(victim, "pushed out by a tighter request")
+            self._shed(loosest, "pushed out by a tighter request")
         self.depth[name] = self.depth.get(name, 0) + 1
         heapq.heappush(self._heap, (ticket.key_s, ticket.seq, ticket))
 

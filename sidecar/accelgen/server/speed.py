@@ -12,12 +12,16 @@ from typing import cast
 
 from accelgen.core.latency import BatchShape, LatencyModel, ProfileLatencyModel, attention_pairs
 
-DEFAULT_SIM_MODEL = ProfileLatencyModel(
-    name="sidecar-default",
-    mlp_points=((1, 0.0050), (64, 0.0062), (256, 0.0110), (1024, 0.0300), (4096, 0.1100)),
-    prefill_pair_s=2.0e-10,
-    decode_kv_token_s=2.0e-9,
-    overhead_s=0.002,
+# NOTE: typed as the protocol (a frozen dataclass's `name` does not satisfy its attribute).
+DEFAULT_SIM_MODEL: LatencyModel = cast(
+    LatencyModel,
+    ProfileLatencyModel(
+        name="sidecar-default",
+        mlp_points=((1, 0.0050), (64, 0.0062), (256, 0.0110), (1024, 0.0300), (4096, 0.1100)),
+        prefill_pair_s=2.0e-10,
+        decode_kv_token_s=2.0e-9,
+        overhead_s=0.002,
+    ),
 )
 
 
@@ -28,7 +32,7 @@ def load_latency_model(name: str | None) -> LatencyModel:
     :func:`accelgen.sim.profiles.load_latency_model`, which raises ConfigError.
     """
     if name in (None, "", "default", DEFAULT_SIM_MODEL.name):
-        return cast(LatencyModel, DEFAULT_SIM_MODEL)  # frozen `name` vs the protocol's
+        return DEFAULT_SIM_MODEL
     from accelgen.sim.profiles import load_latency_model as load_named
 
     return load_named(name)
