@@ -114,14 +114,15 @@ def test_stalled_engine_is_502_after_the_token_timeout() -> None:
         stack.stop()
 
 
-async def _disconnecting_clients(url: str, n: int, chunks: int) -> int:
+async def _disconnecting_clients(url: str, n: int, chunks: int, key: str = "") -> int:
     """``n`` streaming clients that each read ``chunks`` SSE events, then hang up."""
     got = 0
 
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal got
-        body = {"prompt": "x", "max_tokens": 500, "stream": True}
-        async with session.post(url + "/v1/completions", json=body) as resp:
+        body = {"prompt": "x", "max_tokens": 500, "stream": True, "ignore_eos": True}
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with session.post(url + "/v1/completions", json=body, headers=headers) as resp:
             assert resp.status == 200
             seen = 0
             async for line in resp.content:

@@ -14,7 +14,8 @@ from accelgen.core.tiers import SLOTier
 from accelgen.server.errors import ApiError
 
 _DEFAULT_MAX_TOKENS = 256  # admission's guess when the client sets no limit
-_XARGS_OWNED = ("accelgen_tier", "ttft_ms", "tbt_ms", "deadline_s")
+# vllm_xargs keys the sidecar owns: a client cannot claim a tier through them.
+_XARGS_OWNED = ("accelgen_tier", "slo_tier", "tier", "ttft_ms", "tbt_ms", "deadline_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,9 @@ def engine_body(parsed: Parsed, tier: SLOTier, *, send_priority: bool) -> dict[s
     options["include_usage"] = True
     body.update(stream=True, stream_options=options)
     xargs = {k: v for k, v in (body.get("vllm_xargs") or {}).items() if k not in _XARGS_OWNED}
-    xargs["accelgen_tier"] = tier.name
+    # NOTE: accelgen.vllm reads the tier as ``slo_tier``; ``accelgen_tier`` is the name
+    # in issue 4's contract. Both are sent; engines ignore keys they do not know.
+    xargs["accelgen_tier"] = xargs["slo_tier"] = tier.name
     if tier.is_offline:
         xargs["deadline_s"] = tier.deadline_s
     else:

@@ -57,11 +57,31 @@ def ensure_tiny_model(directory: Path = TINY_MODEL_DIR) -> Path:
     return directory
 
 
+# For the tiny model on CPU: a fixed KV size skips the CPU worker's check that most of
+# the machine's memory is free (it fails on a shared machine); eager mode starts faster.
+TINY_MODEL_ARGS = [
+    "--served-model-name",
+    "tiny",
+    "--max-model-len",
+    "4096",
+    "--kv-cache-memory-bytes",
+    str(256 << 20),
+    "--enforce-eager",
+]
+
+
 class VllmProcess:
     """vLLM's OpenAI server with AccelGen's scheduler, as a child process."""
 
     def __init__(
-        self, model_dir: Path, *, port: int, tiers_path: str | None, extra_args: list[str]
+        self,
+        model_dir: Path,
+        *,
+        port: int,
+        tiers_path: str | None,
+        extra_args: list[str],
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         cmd = [
@@ -80,12 +100,19 @@ class VllmProcess:
             "127.0.0.1",
             *extra_args,
         ]
-        env = dict(os.environ)
+        child_env = {**os.environ, **(env or {})}
         if tiers_path:
-            env["ACCELGEN_TIERS"] = str(Path(tiers_path).resolve())
+            child_env["ACCELGEN_TIERS"] = str(Path(tiers_path).resolve())
         log.info("starting vLLM: %s", " ".join(cmd))
+        out = log_path.open("w") if log_path else None
         # Own process group, so stopping it also stops vLLM's engine-core child.
-        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=child_env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
 
     async def wait_ready(self, timeout_s: float = 300.0) -> None:
         """Return when ``/health`` answers 200; RuntimeError if vLLM exits or times out."""

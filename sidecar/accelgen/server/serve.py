@@ -17,7 +17,13 @@ from accelgen.core.latency import LatencyModel
 from accelgen.core.tiers import TierSet, parse_tiers
 from accelgen.server.admission import AdmissionConfig
 from accelgen.server.app import build_app
-from accelgen.server.launch import VllmProcess, ensure_tiny_model, free_port, start_sim
+from accelgen.server.launch import (
+    TINY_MODEL_ARGS,
+    VllmProcess,
+    ensure_tiny_model,
+    free_port,
+    start_sim,
+)
 from accelgen.server.sim_engine import SimEngineConfig
 from accelgen.server.speed import ScaledLatencyModel, Speed, load_latency_model
 from accelgen.server.state import Sidecar, SidecarConfig
@@ -62,7 +68,13 @@ async def serve(args: argparse.Namespace) -> int:
         cleanup.append(sim_runner)
     else:
         model_dir = Path(args.model) if args.model else ensure_tiny_model()
-        vllm = VllmProcess(model_dir, port=free_port(), tiers_path=args.tiers, extra_args=[])
+        extra = [] if args.model else list(TINY_MODEL_ARGS)
+        vllm = VllmProcess(
+            model_dir,
+            port=free_port(),
+            tiers_path=args.tiers,
+            extra_args=extra + list(args.vllm_arg or []),
+        )
         cleanup.append(vllm)
         print(f"accelgen: starting vLLM on {vllm.url} (this takes a while)...", flush=True)
         try:
