@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from accelgen.core.latency import BatchShape
+from accelgen.core.latency import BatchShape, attention_pairs
 from accelgen.core.request import Request
 
 
@@ -32,9 +33,12 @@ class EngineLimits:
                 raise ValueError(f"{name} must be positive")
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduledChunk:
-    """``num_tokens`` of ``request`` computed this iteration, after ``context_tokens``."""
+class ScheduledChunk(NamedTuple):
+    """``num_tokens`` of ``request`` computed this iteration, after ``context_tokens``.
+
+    NOTE: a NamedTuple, not a frozen dataclass: one is built per decode per iteration
+    and frozen dataclasses construct several times slower.
+    """
 
     request: Request
     num_tokens: int
@@ -72,11 +76,18 @@ class IterationPlan:
 
 
 def shape_of(chunks: Iterable[ScheduledChunk]) -> BatchShape:
-    """The batch shape of some chunks (a decode is a chunk of one token past its prompt)."""
-    shape = BatchShape()
-    for c in chunks:
-        if c.request.is_decoding:
-            shape = shape.plus_decode(context_tokens=c.context_tokens)
+    """The batch shape of some chunks.
+
+    A decode is a one-token chunk of a request that has output: it reads its context
+    from the KV cache. (A one-token chunk ending a recompute costs the same.)
+    """
+    num_prefill = num_decodes = kv_tokens = 0
+    pairs = 0.0
+    for request, n, context in chunks:
+        if n == 1 and request.num_output_tokens > 0:
+            num_decodes += 1
+            kv_tokens += context
         else:
-            shape = shape.plus_prefill(c.num_tokens, context_tokens=c.context_tokens)
-    return shape
+            num_prefill += n
+            pairs += attention_pairs(n, context)
+    return BatchShape(num_prefill, num_decodes, pairs, kv_tokens)

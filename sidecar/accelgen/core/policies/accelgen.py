@@ -168,19 +168,25 @@ class AccelGenPolicy(Policy):
                     lo, hi = (mid, hi) if fits(mid) else (lo, mid)
                 n = lo
         chunks: list[ScheduledChunk] = []
+        block_size = self.limits.block_size_tokens
         for r in decodes[:n]:
             if not r.is_decoding:
                 continue  # preempted to make room for a tighter decode
-            if not self._can_allocate(r, 1) and not self._make_room(
-                r,
-                chunks,
-                now,
-                self._running_slack(r, now),
-                fits=lambda gone, r=r: self._blocks_needed(r, 1)
-                <= self.free_blocks + sum(v.num_blocks for v in gone),
-            ):
-                continue
-            chunks.append(self._allocate(r, 1))
+            # NOTE: the hot loop of the planner; a decode needs a new block exactly when
+            # its computed tokens fill the blocks it holds.
+            if r.num_computed_tokens % block_size == 0:
+                if self.free_blocks == 0 and not self._make_room(
+                    r,
+                    chunks,
+                    now,
+                    self._running_slack(r, now),
+                    fits=lambda gone, r=r: self._blocks_needed(r, 1)
+                    <= self.free_blocks + sum(v.num_blocks for v in gone),
+                ):
+                    continue
+                r.num_blocks += 1
+                self.free_blocks -= 1
+            chunks.append(ScheduledChunk(r, 1, r.num_computed_tokens))
         return chunks, shape_of(chunks)
 
     def _candidates(
@@ -307,8 +313,10 @@ class AccelGenPolicy(Policy):
 class _Packer:
     """Per-iteration state of prefill packing: what is left of tokens, KV and time.
 
-    Also enforces exclusive long-prompt allocation and the decode-load admission check
-    (see ``PolicyConfig.decode_fraction``).
+    Also enforces exclusive long-prompt allocation and the two admission checks of
+    ``PolicyConfig``: ``decode_fraction`` (decode load) and ``reserve_kv`` (KV for the
+    predicted outputs). Their running sums are built on first use: most iterations
+    admit nobody and never need them.
     """
 
     def __init__(
@@ -322,40 +330,38 @@ class _Packer:
     ) -> None:
         self.policy = policy
         self.chunks = chunks
-        self.shape = shape
         self.budget = budget
-        self.left = budget - shape.num_tokens
         self.limit_s = limit_s
         self.out_of_time = False
-        # A request preempted while packing is re-queued and may be met again.
-        self.scheduled = {c.request for c in chunks}
-        long_tokens = policy.config.long_prompt_tokens
-        self.long_tokens = long_tokens
+        self.long_tokens = policy.config.long_prompt_tokens
         self.busy_long = {
-            r for _, r in candidates if r.num_prompt_tokens >= long_tokens and r.num_computed_tokens > 0
+            r for _, r in candidates if r.num_prompt_tokens >= self.long_tokens and r.num_computed_tokens > 0
         }
-        # Decode load once everything running decodes: every running request, at its
-        # full context, one token each.
-        self.num_decoding = len(policy.running)
-        self.decode_kv_tokens = sum(r.num_tokens for r in policy.running)
-        tbts = [r.tier.tbt_slo_s for r in policy.running if r.tier.tbt_slo_s is not None]
-        self.tightest_tbt_s = min(tbts) if tbts else math.inf
-        self.reserved_blocks = 0
-        self.recount_reserved()
+        self.shape = shape
+        self.resync()
 
     def resync(self) -> None:
-        """After preemptions: recompute the batch, tokens left and KV reservations."""
+        """(Re)derive the batch state from ``chunks``, e.g. after preemptions."""
         self.shape = shape_of(self.chunks)
         self.left = self.budget - self.shape.num_tokens
+        # A request preempted while packing is re-queued and may be met again.
         self.scheduled = {c.request for c in self.chunks}
-        self.num_decoding = len(self.policy.running)
-        self.decode_kv_tokens = sum(r.num_tokens for r in self.policy.running)
-        self.recount_reserved()
+        self._load: list[float] | None = None
+        self._reserved: int | None = None
 
-    def recount_reserved(self) -> None:
+    def _decode_load(self) -> list[float]:
+        """[requests decoding, their KV tokens, tightest TBT] once all running decode."""
+        if self._load is None:
+            running = self.policy.running
+            tbts = [r.tier.tbt_slo_s for r in running if r.tier.tbt_slo_s is not None]
+            self._load = [len(running), sum(r.num_tokens for r in running), min(tbts, default=math.inf)]
+        return self._load
+
+    def _reserved_blocks(self) -> int:
         """Blocks the running requests will still claim for the rest of their outputs."""
-        if self.policy.config.reserve_kv:
-            self.reserved_blocks = sum(self._future_blocks(r) - r.num_blocks for r in self.policy.running)
+        if self._reserved is None:
+            self._reserved = sum(self._future_blocks(r) - r.num_blocks for r in self.policy.running)
+        return self._reserved
 
     def _future_blocks(self, r: Request) -> int:
         """Blocks ``r`` holds at the end of its predicted output."""
@@ -374,24 +380,23 @@ class _Packer:
             return False
         if check_kv and not self.fits_kv(r, 1):
             return False
-        tbt = min(self.tightest_tbt_s, r.tier.tbt_slo_s or math.inf)
-        if tbt == math.inf:
+        num_decoding, kv_tokens, tightest_s = self._decode_load()
+        tbt_s = min(tightest_s, r.tier.tbt_slo_s or math.inf)
+        if tbt_s == math.inf:
             return True
-        step = policy.model.predict_s(
-            BatchShape(num_decodes=self.num_decoding + 1, decode_kv_tokens=self.decode_kv_tokens + r.num_tokens)
-        )
-        return step <= policy.config.decode_fraction * tbt
+        step = BatchShape(num_decodes=int(num_decoding) + 1, decode_kv_tokens=int(kv_tokens) + r.num_tokens)
+        return policy.model.predict_s(step) <= policy.config.decode_fraction * tbt_s
 
     def fits_kv(self, r: Request, num_tokens: int, gone: Sequence[Request] = ()) -> bool:
-        """KV for ``num_tokens`` more of ``r`` — and, to admit it, for its whole life —
-        were the requests in ``gone`` preempted."""
+        """KV for ``num_tokens`` more of ``r`` — and, to admit it, for its whole
+        predicted life — were the requests in ``gone`` preempted."""
         policy = self.policy
         free = policy.free_blocks + sum(v.num_blocks for v in gone)
         if policy._blocks_needed(r, num_tokens) > free:
             return False
         if r.num_blocks > 0 or not policy.config.reserve_kv:
             return True
-        reserved = self.reserved_blocks - sum(self._future_blocks(v) - v.num_blocks for v in gone)
+        reserved = self._reserved_blocks() - sum(self._future_blocks(v) - v.num_blocks for v in gone)
         return self._future_blocks(r) <= free - reserved
 
     def demand(self, r: Request) -> int:
@@ -411,18 +416,19 @@ class _Packer:
                 return
         if n <= 0:
             return
-        if r.num_blocks == 0:
+        admitted = r.num_blocks == 0
+        if admitted:
             policy._dequeue_at(policy._waiting_index(r))
-            self.num_decoding += 1
-            self.decode_kv_tokens += r.num_tokens
-            if r.tier.tbt_slo_s is not None:
-                self.tightest_tbt_s = min(self.tightest_tbt_s, r.tier.tbt_slo_s)
-            if policy.config.reserve_kv:
-                self.reserved_blocks += self._future_blocks(r)
+            if self._load is not None:
+                self._load[0] += 1
+                self._load[1] += r.num_tokens
+                self._load[2] = min(self._load[2], r.tier.tbt_slo_s or math.inf)
+        if self._reserved is not None and admitted:
+            self._reserved += self._future_blocks(r)
         blocks_before = r.num_blocks
         chunk = policy._allocate(r, n)
-        if policy.config.reserve_kv:
-            self.reserved_blocks -= r.num_blocks - blocks_before
+        if self._reserved is not None:
+            self._reserved -= r.num_blocks - blocks_before
         self.chunks.append(chunk)
         self.scheduled.add(r)
         self.shape = self.shape.plus_prefill(n, context_tokens=chunk.context_tokens)
