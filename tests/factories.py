@@ -63,7 +63,9 @@ def make_requests(specs: Iterable[tuple[str, int, float]], tiers: TierSet | None
     return [make_request(f"r{i}", tier=tiers.get(t), prompt=p, arrival_s=a) for i, (t, p, a) in enumerate(specs)]
 
 
-def make_limits(*, blocks: int = 1000, block_size: int = 16, max_batched: int = 4096, max_seqs: int = 256) -> EngineLimits:
+def make_limits(
+    *, blocks: int = 1000, block_size: int = 16, max_batched: int = 4096, max_seqs: int = 256
+) -> EngineLimits:
     return EngineLimits(
         num_kv_blocks=blocks, block_size_tokens=block_size, max_num_batched_tokens=max_batched, max_num_seqs=max_seqs
     )
@@ -86,7 +88,9 @@ def make_planner(
     )
 
 
-def run_until_done(policy: Policy, requests: list[Request], *, output_tokens: int, max_iterations: int = 100_000) -> float:
+def run_until_done(
+    policy: Policy, requests: list[Request], *, output_tokens: int, max_iterations: int = 100_000
+) -> float:
     """Drive the real loop (plan → fake engine step → update) until all finish; returns end time."""
     now = 0.0
     pending = sorted(requests, key=lambda r: r.arrival_s)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from factories import make_limits, make_planner, make_request, make_tiers, place_running
 
 from accelgen.core.config import PolicyConfig
 from accelgen.core.latency import BatchShape
+from factories import make_limits, make_planner, make_request, make_tiers, place_running
 
 
 def test_budget_follows_tightest_running_deadline() -> None:
@@ -167,17 +167,24 @@ def test_planned_iteration_fits_the_tightest_deadline(now: float) -> None:
     earliest = min(r.last_token_s + 0.05 for r in planner.running if r.request_id.startswith("d"))  # type: ignore[operator]
     assert plan.predicted_s <= earliest - now - 0.005 + 1e-12
     assert not math.isclose(plan.shape.num_prefill_tokens, 0)
-    assert plan.shape == BatchShape(num_prefill_tokens=plan.shape.num_prefill_tokens, num_decodes=3,
-                                    prefill_attention_pairs=plan.shape.prefill_attention_pairs,
-                                    decode_kv_tokens=3 * 65)
+    assert plan.shape == BatchShape(
+        num_prefill_tokens=plan.shape.num_prefill_tokens,
+        num_decodes=3,
+        prefill_attention_pairs=plan.shape.prefill_attention_pairs,
+        decode_kv_tokens=3 * 65,
+    )
 
 
 def test_no_preemption_when_it_cannot_make_room() -> None:
     """Evicting every candidate would still not fit the request: evict nobody."""
     tiers = make_tiers()
     planner = make_planner(limits=make_limits(blocks=10))
-    place_running(planner, make_request("batch", tier=tiers.get("batch"), prompt=31, max_tokens=4), outputs=1, last_token_s=0.0)
-    place_running(planner, make_request("tight", tier=tiers.get("tight"), prompt=111, max_tokens=4), outputs=1, last_token_s=0.0)
+    place_running(
+        planner, make_request("batch", tier=tiers.get("batch"), prompt=31, max_tokens=4), outputs=1, last_token_s=0.0
+    )
+    place_running(
+        planner, make_request("tight", tier=tiers.get("tight"), prompt=111, max_tokens=4), outputs=1, last_token_s=0.0
+    )
     planner.add_request(make_request("new", tier=tiers.get("tight"), prompt=100, arrival_s=-0.45, max_tokens=4))
     plan = planner.plan(now=0.0)
     assert plan.preempted == ()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from factories import make_limits, make_planner, make_request, make_tiers
 
 from accelgen.core.errors import ConfigError
 from accelgen.core.policies import make_policy, policy_names
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request, blocks_for
+from factories import make_limits, make_planner, make_request, make_tiers
 
 ALL = policy_names()
 
@@ -58,8 +58,11 @@ def workload(seed: int, n: int = 40) -> tuple[list[Request], dict[str, int]]:
     reqs, outs = [], {}
     for k in range(n):
         r = make_request(
-            f"r{k}", tier=tiers.get(rng.choice(names)), prompt=rng.randint(1, 1500),
-            arrival_s=rng.uniform(0, 4), max_tokens=64,
+            f"r{k}",
+            tier=tiers.get(rng.choice(names)),
+            prompt=rng.randint(1, 1500),
+            arrival_s=rng.uniform(0, 4),
+            max_tokens=64,
         )
         reqs.append(r)
         outs[r.request_id] = rng.randint(1, 40)

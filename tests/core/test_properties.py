@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from factories import make_limits, make_planner, make_request, make_tiers
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,6 +12,7 @@ from accelgen.core.policies import policy_names
 from accelgen.core.policies.accelgen import AccelGenPolicy
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request
+from factories import make_limits, make_planner, make_request, make_tiers
 
 TIERS = make_tiers()
 
@@ -29,7 +29,10 @@ request_specs = st.lists(
 
 
 def build(specs: list[tuple[str, int, float, int]]) -> tuple[list[Request], dict[str, int]]:
-    reqs = [make_request(f"r{i}", tier=TIERS.get(t), prompt=p, arrival_s=a, max_tokens=64) for i, (t, p, a, _) in enumerate(specs)]
+    reqs = [
+        make_request(f"r{i}", tier=TIERS.get(t), prompt=p, arrival_s=a, max_tokens=64)
+        for i, (t, p, a, _) in enumerate(specs)
+    ]
     return reqs, {f"r{i}": o for i, (_, _, _, o) in enumerate(specs)}
 
 

@@ -34,8 +34,11 @@ def test_parses_units_and_defaults() -> None:
         ({"tiers": [{"name": "chat", "ttft_ms": -1, "tbt_ms": 40}]}, "tiers[0].ttft_ms", "positive"),
         ({"tiers": [{"name": "chat", "ttft_ms": 100, "tbt_ms": 0}]}, "tiers[0].tbt_ms", "positive"),
         ({"tiers": [{"name": "chat", "ttft_ms": 100, "tbt_ms": 40, "colour": 1}]}, "tiers[0].colour", "unknown"),
-        ({"tiers": [{"name": "chat", "ttft_ms": 1, "tbt_ms": 1}, {"name": "chat", "deadline_s": 1}]},
-         "tiers[1].name", "duplicate"),
+        (
+            {"tiers": [{"name": "chat", "ttft_ms": 1, "tbt_ms": 1}, {"name": "chat", "deadline_s": 1}]},
+            "tiers[1].name",
+            "duplicate",
+        ),
         ({"default_tier": None}, "default_tier", "missing"),
         ({"default_tier": "nope"}, "default_tier", "not one of"),
         ({"tiers": [{"name": "chat", "tbt_ms": 40}]}, "tiers[0].ttft_ms", "both"),

@@ -18,7 +18,10 @@ def test_same_seed_same_report(small_workload: Path, data_dir: Path) -> None:
     workload = parse_workload(read_yaml(small_workload))
     first = run_workload(workload, data_dir=data_dir)
     second = run_workload(workload, data_dir=data_dir)
-    strip = lambda r: {p: {k: v for k, v in m.items() if not k.startswith("plan_time")} for p, m in r["policies"].items()}  # noqa: E731
+
+    def strip(report: dict) -> dict:  # type: ignore[type-arg]
+        return {p: {k: v for k, v in m.items() if not k.startswith("plan_time")} for p, m in report["policies"].items()}
+
     assert strip(first) == strip(second)
     assert first["num_requests"] > 30
 
@@ -56,9 +59,19 @@ def test_json_report_shape(small_workload: Path, data_dir: Path, tmp_path: Path)
     assert code == 0
     report = json.loads(out.read_text())
     keys = {
-        "throughput_rps", "throughput_tokens_per_s", "goodput_rps", "goodput_tokens_per_s", "attainment",
-        "token_attainment", "ttft_p50_s", "ttft_p99_s", "tbt_p99_s", "latency_mean_s", "preemptions",
-        "plan_time_per_iteration_s", "tiers",
+        "throughput_rps",
+        "throughput_tokens_per_s",
+        "goodput_rps",
+        "goodput_tokens_per_s",
+        "attainment",
+        "token_attainment",
+        "ttft_p50_s",
+        "ttft_p99_s",
+        "tbt_p99_s",
+        "latency_mean_s",
+        "preemptions",
+        "plan_time_per_iteration_s",
+        "tiers",
     }
     assert report["workload"] == "small"
     for result in report["policies"].values():
@@ -71,8 +84,24 @@ def test_sweep_plot(small_workload: Path, data_dir: Path, tmp_path: Path) -> Non
     from accelgen.cli import main
 
     png, out = tmp_path / "sweep.png", tmp_path / "sweep.json"
-    args = ["bench", "sim", str(small_workload), "--rate", "1", "--rate", "2", "--policies", "accelgen,vllm-fcfs",
-            "--plot", str(png), "--json", str(out), "--quiet", "--data-dir", str(data_dir)]
+    args = [
+        "bench",
+        "sim",
+        str(small_workload),
+        "--rate",
+        "1",
+        "--rate",
+        "2",
+        "--policies",
+        "accelgen,vllm-fcfs",
+        "--plot",
+        str(png),
+        "--json",
+        str(out),
+        "--quiet",
+        "--data-dir",
+        str(data_dir),
+    ]
     assert main(args) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sweep = json.loads(out.read_text())["sweep"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sim.conftest import SMALL
 
 from accelgen.cli import main
+from sim.conftest import SMALL
 
 
 def run_cli(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
@@ -29,8 +29,9 @@ def run_cli(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tupl
         ("latency_noise: 0.05", "latency_noise: 0.05, blocks: 3", "engine.blocks"),
     ],
 )
-def test_bad_field_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str], data_dir: Path,
-                            old: str, new: str, field: str) -> None:
+def test_bad_field_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data_dir: Path, old: str, new: str, field: str
+) -> None:
     assert old in SMALL
     path = tmp_path / "w.yaml"
     path.write_text(SMALL.replace(old, new))

@@ -64,7 +64,9 @@ def build_state(policy: Policy, *, running: int, waiting: int, seed: int = 0) ->
     return now
 
 
-def time_plans(name: str, *, running: int, waiting: int, repeats: int, model_name: str, data_dir: Path | None) -> list[float]:
+def time_plans(
+    name: str, *, running: int, waiting: int, repeats: int, model_name: str, data_dir: Path | None
+) -> list[float]:
     from accelgen.sim.profiles import load_latency_model
 
     model = load_latency_model(model_name, data_dir=data_dir)
@@ -97,12 +99,24 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         base_median = 0.0
         for waiting in (args.waiting, args.waiting * args.scale):
-            times = time_plans(name, running=args.running, waiting=waiting, repeats=args.repeats,
-                               model_name=args.latency_model, data_dir=args.data_dir)
+            times = time_plans(
+                name,
+                running=args.running,
+                waiting=waiting,
+                repeats=args.repeats,
+                model_name=args.latency_model,
+                data_dir=args.data_dir,
+            )
             median = statistics.median(times)
             p99 = statistics.quantiles(times, n=100)[98]
             base_median = base_median or median
-            table.add_row(name, str(args.running), str(waiting), f"{median * 1e3:.3f} ms", f"{p99 * 1e3:.3f} ms",
-                          f"{median / base_median:.2f}×")
+            table.add_row(
+                name,
+                str(args.running),
+                str(waiting),
+                f"{median * 1e3:.3f} ms",
+                f"{p99 * 1e3:.3f} ms",
+                f"{median / base_median:.2f}×",
+            )
     Console(width=120).print(table)
     return 0

@@ -56,8 +56,10 @@ def print_report(report: Mapping[str, Any], console: Console | None = None) -> N
     console.print(policy_table(report, title=title))
     bound = report.get("upper_bound")
     if bound:
-        console.print(f"analytic goodput upper bound: {bound['goodput_rps']:.2f} req/s "
-                      f"({bound['feasible_requests']} of {report['num_requests']} requests feasible alone)")
+        console.print(
+            f"analytic goodput upper bound: {bound['goodput_rps']:.2f} req/s "
+            f"({bound['feasible_requests']} of {report['num_requests']} requests feasible alone)"
+        )
     ratios = compare(report)
     if ratios:
         console.print("  ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))

@@ -16,11 +16,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workload", type=Path, help="workload YAML file")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the report as JSON")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="plot goodput/attainment vs rate")
-    parser.add_argument("--rate", type=float, action="append", metavar="R",
-                        help="arrival rate in req/s (repeat for a sweep; default: the file's)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        metavar="R",
+        help="arrival rate in req/s (repeat for a sweep; default: the file's)",
+    )
     parser.add_argument("--policies", help="comma-separated policies (default: the file's)")
-    parser.add_argument("--data-dir", type=Path, help="folder with traces/ and profiles/ "
-                        "(default: $ACCELGEN_DATA_DIR or ../shared/data)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with traces/ and profiles/ (default: $ACCELGEN_DATA_DIR or ../shared/data)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -52,8 +52,7 @@ class BatchShape:
         return BatchShape(
             num_prefill_tokens=self.num_prefill_tokens + num_tokens,
             num_decodes=self.num_decodes,
-            prefill_attention_pairs=self.prefill_attention_pairs
-            + attention_pairs(num_tokens, context_tokens),
+            prefill_attention_pairs=self.prefill_attention_pairs + attention_pairs(num_tokens, context_tokens),
             decode_kv_tokens=self.decode_kv_tokens,
         )
 
@@ -74,7 +73,10 @@ def attention_pairs(chunk_tokens: int, context_tokens: int) -> float:
 class LatencyModel(Protocol):
     """Predicts the wall time of one iteration."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Registry name or origin, for reports."""
+        ...
 
     def predict_s(self, shape: BatchShape) -> float:
         """Seconds one iteration of ``shape`` takes (> 0)."""
@@ -202,9 +204,7 @@ class FittedLatencyModel:
         )
 
     @classmethod
-    def fit(
-        cls, samples: Sequence[tuple[BatchShape, float]], *, name: str = "fitted"
-    ) -> FittedLatencyModel:
+    def fit(cls, samples: Sequence[tuple[BatchShape, float]], *, name: str = "fitted") -> FittedLatencyModel:
         """Non-negative least squares on ``(shape, seconds)`` samples.
 
         Columns with no variation in the samples are left out (coefficient 0), so a
@@ -230,9 +230,7 @@ class FittedLatencyModel:
         pred = x @ coef
         rel = np.abs(pred - y) / np.maximum(y, 1e-12)
         return cls(
-            coefficients=(
-                float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), float(coef[4])
-            ),
+            coefficients=(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), float(coef[4])),
             num_samples=len(samples),
             fit_error=float(rel.mean()),
             p90_error=float(np.quantile(rel, 0.9)),

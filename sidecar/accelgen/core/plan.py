@@ -63,7 +63,7 @@ class IterationPlan:
     preempted: tuple[Request, ...] = ()
     dropped: tuple[Request, ...] = ()
     budget_tokens: int = 0
-    shape: BatchShape = BatchShape()
+    shape: BatchShape = BatchShape()  # noqa: RUF009 (immutable)
     predicted_s: float = 0.0
 
     @property

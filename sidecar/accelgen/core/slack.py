@@ -3,8 +3,9 @@
 * decoding: its next-token deadline (last token + TBT) minus now;
 * waiting or in prefill: its TTFT deadline (its next-token deadline, when a preempted
   request recomputes) less the iterations its remaining prompt still needs (remaining
-  tokens ÷ reference chunk, rounded up, × reference iteration time), minus now — [ours] the latest start that still meets TTFT, one reading of the paper's
-  "TTFT spread over the iterations it still needs, less the time already waited";
+  tokens ÷ reference chunk, rounded up, × reference iteration time), minus now —
+  [ours] the latest start that still meets TTFT, one reading of the paper's "TTFT
+  spread over the iterations it still needs, less the time already waited";
 * offline: the job deadline less the iterations for the rest of its prompt and its
   predicted remaining output, minus now.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +65,7 @@ def simulate(
         progress: Called with simulated time now and then.
     """
     rng = np.random.default_rng(seed)
-    noise = iter(())
+    noise: Iterator[float] = iter(())
     recorder = Recorder(requests, tiers)
     stats = SimStats()
     true_output = {}

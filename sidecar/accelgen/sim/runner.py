@@ -58,8 +58,11 @@ def run_workload(
         "workload": workload.name,
         "rate_rps": workload.rate_rps,
         "num_requests": len(requests),
-        "engine": {"latency_model": workload.engine.latency_model, "num_kv_blocks": limits.num_kv_blocks,
-                   "max_num_batched_tokens": limits.max_num_batched_tokens},
+        "engine": {
+            "latency_model": workload.engine.latency_model,
+            "num_kv_blocks": limits.num_kv_blocks,
+            "max_num_batched_tokens": limits.max_num_batched_tokens,
+        },
         "policies": {},
     }
     for name in workload.policies:
@@ -87,11 +90,23 @@ def run_workload(
         )
         report["policies"][name] = result
     bound = goodput_upper_bound(
-        [(r.arrival_s, r.prompt_tokens, r.output_tokens, workload.tiers.get(r.tier).ttft_slo_s,
-          workload.tiers.get(r.tier).tbt_slo_s) for r in requests],
+        [
+            (
+                r.arrival_s,
+                r.prompt_tokens,
+                r.output_tokens,
+                workload.tiers.get(r.tier).ttft_slo_s,
+                workload.tiers.get(r.tier).tbt_slo_s,
+            )
+            for r in requests
+        ],
         model,
         limits,
     )
-    report["upper_bound"] = {"goodput_rps": bound.goodput_rps, "feasible_requests": bound.feasible_requests,
-                             "busy_s": bound.busy_s, "span_s": bound.span_s}
+    report["upper_bound"] = {
+        "goodput_rps": bound.goodput_rps,
+        "feasible_requests": bound.feasible_requests,
+        "busy_s": bound.busy_s,
+        "span_s": bound.span_s,
+    }
     return report

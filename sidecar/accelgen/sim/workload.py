@@ -110,7 +110,7 @@ class _Reader:
             raise ConfigError(f"expected {_kind_name(kind)}, got {value!r}", field=self.field(key))
         if not isinstance(value, kind):
             raise ConfigError(f"expected {_kind_name(kind)}, got {value!r}", field=self.field(key))
-        if positive and not value > 0:
+        if positive and not (isinstance(value, int | float) and value > 0):
             raise ConfigError(f"must be positive, got {value!r}", field=self.field(key))
         return value
 
@@ -122,7 +122,9 @@ class _Reader:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({"int": "integer", "float": "number", "str": "string"}.get(k.__name__, k.__name__) for k in kinds)
+    return " or ".join(
+        {"int": "integer", "float": "number", "str": "string"}.get(k.__name__, k.__name__) for k in kinds
+    )
 
 
 _NUM = (int, float)
@@ -161,7 +163,7 @@ def parse_workload(raw: object) -> Workload:
 
     eng = _Reader(top.get("engine", dict), "engine")
     kv = eng.get("num_kv_blocks", (int, str), "auto")
-    if isinstance(kv, str) and kv != "auto" or isinstance(kv, int) and kv <= 0:
+    if (isinstance(kv, str) and kv != "auto") or (isinstance(kv, int) and kv <= 0):
         raise ConfigError(f"must be a positive integer or 'auto', got {kv!r}", field="engine.num_kv_blocks")
     engine = EngineSpec(
         latency_model=eng.get("latency_model", str),
@@ -201,10 +203,20 @@ def parse_workload(raw: object) -> Workload:
         sw.done()
     top.done()
     return Workload(
-        name=name, seed=seed, duration_s=None if duration_s is None else float(duration_s),
-        num_requests=num_requests, process=process, rate_rps=None if rate is None else float(rate),
-        time_scale=time_scale, sources=sources, tiers=tiers, engine=engine, scheduler=scheduler,
-        policies=tuple(policies), sweep_rates=sweep_rates, max_tokens=max_tokens,
+        name=name,
+        seed=seed,
+        duration_s=None if duration_s is None else float(duration_s),
+        num_requests=num_requests,
+        process=process,
+        rate_rps=None if rate is None else float(rate),
+        time_scale=time_scale,
+        sources=sources,
+        tiers=tiers,
+        engine=engine,
+        scheduler=scheduler,
+        policies=tuple(policies),
+        sweep_rates=sweep_rates,
+        max_tokens=max_tokens,
     )
 
 

@@ -48,16 +48,22 @@ REGISTRY: dict[str, PolicySpec] = {
     for s in (
         _spec(AccelGenPolicy),
         PolicySpec(
-            "accelgen-no-chunking", AccelGenPolicy,
-            "ablation: fixed max_num_batched_tokens budget", (("dynamic_chunking", False),),
+            "accelgen-no-chunking",
+            AccelGenPolicy,
+            "ablation: fixed max_num_batched_tokens budget",
+            (("dynamic_chunking", False),),
         ),
         PolicySpec(
-            "accelgen-no-ordering", AccelGenPolicy,
-            "ablation: arrival order, no urgent set", (("slo_ordering", False),),
+            "accelgen-no-ordering",
+            AccelGenPolicy,
+            "ablation: arrival order, no urgent set",
+            (("slo_ordering", False),),
         ),
         PolicySpec(
-            "accelgen-no-bestfit", AccelGenPolicy,
-            "ablation: first fit instead of two-resource best fit", (("best_fit", False),),
+            "accelgen-no-bestfit",
+            AccelGenPolicy,
+            "ablation: first fit instead of two-resource best fit",
+            (("best_fit", False),),
         ),
         _spec(VllmFcfsPolicy),
         _spec(VllmPriorityPolicy),

@@ -20,6 +20,7 @@ planner touches the head of the queue and the running set, never the whole backl
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_right
 from collections import defaultdict
@@ -136,9 +137,7 @@ class AccelGenPolicy(Policy):
         prefilling = [r for r in self.running if not r.is_decoding]
         left = cap - shape.num_tokens
         if limit_s < math.inf:
-            left = max_prefill_tokens_within(
-                self.model, limit_s, base=shape, context_tokens=0, cap_tokens=left
-            )
+            left = max_prefill_tokens_within(self.model, limit_s, base=shape, context_tokens=0, cap_tokens=left)
         budget = shape.num_tokens + left
         dropped: list[Request] = []
         if left > 0:
@@ -159,8 +158,10 @@ class AccelGenPolicy(Policy):
             kv_prefix.append(kv_prefix[-1] + r.num_computed_tokens)
         n = min(len(decodes), cap)
         if limit_s < math.inf and n > 1:
+
             def fits(k: int) -> bool:
                 return self.model.predict_s(BatchShape(num_decodes=k, decode_kv_tokens=kv_prefix[k])) <= limit_s
+
             if not fits(n):
                 lo, hi = 1, n
                 while hi - lo > 1:
@@ -180,8 +181,7 @@ class AccelGenPolicy(Policy):
                     chunks,
                     now,
                     self._running_slack(r, now),
-                    fits=lambda gone, r=r: self._blocks_needed(r, 1)
-                    <= self.free_blocks + sum(v.num_blocks for v in gone),
+                    fits=functools.partial(self._fits_decode, r),
                 ):
                     continue
                 r.num_blocks += 1
@@ -189,18 +189,14 @@ class AccelGenPolicy(Policy):
             chunks.append(ScheduledChunk(r, 1, r.num_computed_tokens))
         return chunks, shape_of(chunks)
 
-    def _candidates(
-        self, prefilling: list[Request], now: float, dropped: list[Request]
-    ) -> list[tuple[float, Request]]:
+    def _candidates(self, prefilling: list[Request], now: float, dropped: list[Request]) -> list[tuple[float, Request]]:
         """Prompts in progress and the head of the queue as (order, request), sorted.
 
         The order is slack (arrival time when SLO ordering is off). Queued requests
         found lost on the way are re-queued last (or dropped, for the oracle).
         """
         ordered = self.config.slo_ordering
-        cands = [
-            (self._latest_start(r) - now if ordered else r.arrival_s, r) for r in prefilling
-        ]
+        cands = [(self._latest_start(r) - now if ordered else r.arrival_s, r) for r in prefilling]
         i = 0
         while i < len(self._waiting) and len(cands) < 4 * self.config.max_window:
             key, _, r = self._waiting[i]
@@ -236,7 +232,7 @@ class AccelGenPolicy(Policy):
                 continue
             want = min(r.num_new_tokens, packer.left)
             if not packer.fits_kv(r, want) and self._make_room(
-                r, chunks, now, slack, fits=lambda gone, r=r, want=want: packer.fits_kv(r, want, gone)
+                r, chunks, now, slack, fits=functools.partial(packer.fits_kv, r, want)
             ):
                 packer.resync()
             if packer.eligible(r):
@@ -262,6 +258,9 @@ class AccelGenPolicy(Policy):
                 return i
         raise ValueError(f"{request.request_id} is not waiting")
 
+    def _fits_decode(self, request: Request, gone: Sequence[Request]) -> bool:
+        return self._blocks_needed(request, 1) <= self.free_blocks + sum(v.num_blocks for v in gone)
+
     def _make_room(
         self,
         request: Request,
@@ -269,7 +268,7 @@ class AccelGenPolicy(Policy):
         now: float,
         slack_s: float,
         *,
-        fits: Callable[[list[Request]], bool],
+        fits: Callable[[Sequence[Request]], bool],
     ) -> bool:
         """Preempt running requests with more slack than ``request`` until it fits.
 
@@ -290,9 +289,7 @@ class AccelGenPolicy(Policy):
             if admitting:
                 if r.tier.deadline_s is None:
                     continue
-                slack -= self.model.predict_s(
-                    BatchShape().plus_prefill(r.num_computed_tokens, context_tokens=0)
-                )
+                slack -= self.model.predict_s(BatchShape().plus_prefill(r.num_computed_tokens, context_tokens=0))
             if slack > slack_s:
                 victims.append((slack, r))
         victims.sort(key=lambda v: v[0], reverse=True)

@@ -29,9 +29,7 @@ class OraclePolicy(AccelGenPolicy):
     def _is_lost(self, request: Request, now: float) -> bool:
         if request.last_token_s is not None:
             return False
-        alone = self.model.predict_s(
-            BatchShape().plus_prefill(request.num_new_tokens, context_tokens=0)
-        )
+        alone = self.model.predict_s(BatchShape().plus_prefill(request.num_new_tokens, context_tokens=0))
         deadline = request.ttft_deadline_s or request.job_deadline_s
         return deadline is not None and now + alone > deadline
 
@@ -80,9 +78,9 @@ def goodput_upper_bound(
     seqs = limits.max_num_seqs
     decode_step_s = model.predict_s(BatchShape(num_decodes=seqs))
     decode_per_token_s = decode_step_s / seqs
-    kv_per_token_s = (
-        model.predict_s(BatchShape(num_decodes=seqs, decode_kv_tokens=seqs * 1000)) - decode_step_s
-    ) / (seqs * 1000)
+    kv_per_token_s = (model.predict_s(BatchShape(num_decodes=seqs, decode_kv_tokens=seqs * 1000)) - decode_step_s) / (
+        seqs * 1000
+    )
     first = min(r[0] for r in requests)
     feasible = 0
     busy_s = 0.0
