@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from factories import make_planner, make_request, make_tiers
 
 from accelgen.core.policies.accelgen import AccelGenPolicy
 from accelgen.core.slack import latest_start_s
+from factories import make_planner, make_request, make_tiers
 
 TIERS = make_tiers()
 
