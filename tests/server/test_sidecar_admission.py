@@ -22,9 +22,7 @@ class Clock:
         return self.now_s
 
 
-def _admission(
-    clock: Clock, shed: list[Ticket], *, rate_per_s: float = 20.0, **config: Any
-) -> Admission:
+def _admission(clock: Clock, shed: list[Ticket], *, rate_per_s: float = 20.0, **config: Any) -> Admission:
     """An Admission that has seen the engine finish ``rate_per_s`` requests a second."""
     adm = Admission(
         AdmissionConfig(**config),

@@ -33,9 +33,7 @@ def test_completion_streaming_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_streaming_without_usage_sends_no_usage_chunk(client: openai.OpenAI) -> None:
-    chunks = list(
-        client.completions.create(model="accelgen-sim", prompt="Hi", max_tokens=3, stream=True)
-    )
+    chunks = list(client.completions.create(model="accelgen-sim", prompt="Hi", max_tokens=3, stream=True))
     assert len(chunks) == 3 and all(c.choices and c.usage is None for c in chunks)
 
 
@@ -86,9 +84,7 @@ def test_tier_headers_pick_the_tier(client: openai.OpenAI, stack: Stack) -> None
     ]
     for headers, tier in cases:
         before = completed(tier)
-        client.completions.create(
-            model="accelgen-sim", prompt="x", max_tokens=2, extra_headers=headers
-        )
+        client.completions.create(model="accelgen-sim", prompt="x", max_tokens=2, extra_headers=headers)
         assert completed(tier) == before + 1, (headers, tier)
 
 

@@ -14,9 +14,7 @@ OK_BODY = {"prompt": "Hello", "max_tokens": 2}
 
 
 def _post(stack: Stack, content: bytes | str, path: str = "/v1/completions") -> httpx.Response:
-    return httpx.post(
-        stack.url + path, content=content, headers={"Content-Type": "application/json"}, timeout=30
-    )
+    return httpx.post(stack.url + path, content=content, headers={"Content-Type": "application/json"}, timeout=30)
 
 
 @pytest.mark.parametrize(

@@ -33,9 +33,7 @@ class EngineProcess:
 
     def __init__(self, port: int, *extra: str) -> None:
         self.port = port
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port), *extra]
-        )
+        self.proc = subprocess.Popen([sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port), *extra])
         assert _wait_for(self._healthy, 20), "sim engine did not start"
 
     def _healthy(self) -> bool:
@@ -105,9 +103,7 @@ def test_stalled_engine_is_502_after_the_token_timeout() -> None:
     stack = Stack(sim=SimEngineConfig(time_scale=5000), token_timeout_s=0.5).start()
     try:
         started = time.monotonic()
-        resp = httpx.post(
-            stack.url + "/v1/completions", json={"prompt": "x", "max_tokens": 5}, timeout=10
-        )
+        resp = httpx.post(stack.url + "/v1/completions", json={"prompt": "x", "max_tokens": 5}, timeout=10)
         assert resp.status_code == 502 and "timeout" in resp.json()["error"]["message"]
         assert time.monotonic() - started < 3
     finally:
@@ -138,9 +134,7 @@ async def _disconnecting_clients(url: str, n: int, chunks: int, key: str = "") -
 
 
 def test_200_clients_disconnecting_leave_nothing_running() -> None:
-    stack = Stack(
-        admission=AdmissionConfig(max_in_flight=256), sim=SimEngineConfig(max_num_seqs=256)
-    ).start()
+    stack = Stack(admission=AdmissionConfig(max_in_flight=256), sim=SimEngineConfig(max_num_seqs=256)).start()
     try:
         assert asyncio.run(_disconnecting_clients(stack.url, 200, 2)) == 200
         engine = stack.engine
@@ -156,10 +150,7 @@ def test_200_clients_disconnecting_leave_nothing_running() -> None:
 
         assert _wait_for(lambda: engine_running() == 0, 5)
         text = httpx.get(stack.url + "/metrics").text
-        assert (
-            metric_value(text, "accelgen_requests_total", tier="standard", outcome="cancelled")
-            == 200
-        )
+        assert metric_value(text, "accelgen_requests_total", tier="standard", outcome="cancelled") == 200
         assert metric_value(text, "accelgen_requests_completed_total", tier="standard") == 0
     finally:
         stack.stop()

@@ -57,9 +57,7 @@ def test_no_server_errors(fuzz_stack: Stack, label: str, mode: GenerationMode) -
     seen: list[int] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(
-        max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None
-    )
+    @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case: Any) -> None:
         response = case.call_and_validate(base_url=fuzz_stack.url, timeout=30, checks=checks)
         seen.append(response.status_code)

@@ -53,26 +53,15 @@ def test_counters_match_requests_sent(pooled: Stack) -> None:
     text = httpx.get(pooled.url + "/metrics").text
     lab = {"pool": "pool-a"}
     for tier, n in (("interactive", N_INTERACTIVE), ("batch", N_BATCH)):
-        assert (
-            metric_value(text, "accelgen_requests_total", **lab, tier=tier, outcome="admitted") == n
-        )
+        assert metric_value(text, "accelgen_requests_total", **lab, tier=tier, outcome="admitted") == n
         assert metric_value(text, "accelgen_requests_completed_total", **lab, tier=tier) == n
         assert metric_value(text, "accelgen_requests_slo_met_total", **lab, tier=tier) == n
-        assert (
-            metric_value(text, "accelgen_output_tokens_total", **lab, tier=tier) == n * MAX_TOKENS
-        )
-        assert (
-            metric_value(text, "accelgen_goodput_tokens_total", **lab, tier=tier) == n * MAX_TOKENS
-        )
+        assert metric_value(text, "accelgen_output_tokens_total", **lab, tier=tier) == n * MAX_TOKENS
+        assert metric_value(text, "accelgen_goodput_tokens_total", **lab, tier=tier) == n * MAX_TOKENS
         assert metric_value(text, "accelgen_ttft_seconds_count", **lab, tier=tier) == n
-        assert metric_value(text, "accelgen_tbt_seconds_count", **lab, tier=tier) == n * (
-            MAX_TOKENS - 1
-        )
+        assert metric_value(text, "accelgen_tbt_seconds_count", **lab, tier=tier) == n * (MAX_TOKENS - 1)
         for outcome in ("rejected", "shed", "failed", "cancelled"):
-            assert (
-                metric_value(text, "accelgen_requests_total", **lab, tier=tier, outcome=outcome)
-                == 0
-            )
+            assert metric_value(text, "accelgen_requests_total", **lab, tier=tier, outcome=outcome) == 0
     # The unknown tier has no series of its own and changed nothing else.
     assert 'tier="nope"' not in text
     assert metric_value(text, "accelgen_requests_completed_total", **lab, tier="standard") == 0
@@ -88,10 +77,7 @@ def test_stats_consistent_with_metrics(pooled: Stack) -> None:
         completed = metric_value(text, "accelgen_requests_completed_total", **lab)
         met = metric_value(text, "accelgen_requests_slo_met_total", **lab)
         good_tokens = metric_value(text, "accelgen_goodput_tokens_total", **lab)
-        refused = sum(
-            metric_value(text, "accelgen_requests_total", **lab, outcome=o)
-            for o in ("rejected", "shed")
-        )
+        refused = sum(metric_value(text, "accelgen_requests_total", **lab, outcome=o) for o in ("rejected", "shed"))
         assert row["completed"] == completed and row["slo_met"] == met
         assert row["rejected"] == refused
         assert row["throughput_rps"] == pytest.approx(completed / 60)
@@ -107,28 +93,15 @@ def test_stats_consistent_with_metrics(pooled: Stack) -> None:
 def test_targets_gauges_buckets_and_engine_reexport(pooled: Stack) -> None:
     text = httpx.get(pooled.url + "/metrics").text
     lab = {"pool": "pool-a"}
-    assert (
-        metric_value(text, "accelgen_tier_target_seconds", **lab, tier="interactive", target="ttft")
-        == 0.5
-    )
-    assert (
-        metric_value(text, "accelgen_tier_target_seconds", **lab, tier="standard", target="tbt")
-        == 0.25
-    )
-    assert (
-        metric_value(text, "accelgen_tier_target_seconds", **lab, tier="batch", target="deadline")
-        == 60
-    )
+    assert metric_value(text, "accelgen_tier_target_seconds", **lab, tier="interactive", target="ttft") == 0.5
+    assert metric_value(text, "accelgen_tier_target_seconds", **lab, tier="standard", target="tbt") == 0.25
+    assert metric_value(text, "accelgen_tier_target_seconds", **lab, tier="batch", target="deadline") == 60
     # Every tier's targets are bucket edges (so "within target" is exact on dashboards).
     for edge in ("0.5", "2.0"):
-        assert (
-            f'accelgen_ttft_seconds_bucket{{le="{edge}",pool="pool-a",tier="interactive"}}' in text
-        )
+        assert f'accelgen_ttft_seconds_bucket{{le="{edge}",pool="pool-a",tier="interactive"}}' in text
     assert 'accelgen_tbt_seconds_bucket{le="0.25",pool="pool-a",tier="standard"}' in text
     assert metric_value(text, "accelgen_engine_ready", **lab) == 1.0
     # The engine's own vllm:* families, re-exported for the gateway's endpoint picker.
     assert "# TYPE vllm:num_requests_running gauge" in text
     assert "vllm:kv_cache_usage_perc{" in text
-    assert (
-        metric_value(text, "vllm:generation_tokens_total") >= (N_INTERACTIVE + N_BATCH) * MAX_TOKENS
-    )
+    assert metric_value(text, "vllm:generation_tokens_total") >= (N_INTERACTIVE + N_BATCH) * MAX_TOKENS

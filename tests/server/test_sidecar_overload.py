@@ -53,18 +53,14 @@ async def _load(url: str) -> tuple[Counter[tuple[str, int]], int, int]:
     async def one(session: aiohttp.ClientSession, tier: str, max_tokens: int) -> None:
         nonlocal missing_retry_after
         body = {"prompt": "load " * 20, "max_tokens": max_tokens}
-        async with session.post(
-            url + "/v1/completions", json=body, headers={"x-accelgen-tier": tier}
-        ) as resp:
+        async with session.post(url + "/v1/completions", json=body, headers={"x-accelgen-tier": tier}) as resp:
             await resp.read()
             results[(tier, resp.status)] += 1
             if resp.status in (429, 503) and "Retry-After" not in resp.headers:
                 missing_retry_after += 1
 
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(
-        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
-    ) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         tasks: list[asyncio.Task[None]] = []
         start = time.monotonic()
         next_s = start
@@ -103,9 +99,7 @@ def test_overload_sheds_loose_tiers_and_keeps_the_tight_one(tmp_path: Path) -> N
         met = metric_value(text, "accelgen_requests_slo_met_total", tier="interactive")
         tight_sent = sum(n for (tier, _), n in results.items() if tier == "interactive")
         tight_ok = results[("interactive", 200)]
-        loose_refused = sum(
-            n for (tier, status), n in results.items() if tier != "interactive" and status != 200
-        )
+        loose_refused = sum(n for (tier, status), n in results.items() if tier != "interactive" and status != 200)
         print(
             f"\noverload: sent {sent} in {elapsed_s:.1f}s; statuses {sorted(results.items())}; "
             f"interactive attainment {met:.0f}/{completed:.0f}; max queued {max_queued}; "

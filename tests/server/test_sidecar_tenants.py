@@ -82,9 +82,7 @@ def test_concurrency_limit_is_429(keyed: Stack) -> None:
     first_started = threading.Event()
 
     def long_request() -> None:
-        stream = _client(keyed, KEY_SLOW).completions.create(
-            model="m", prompt="x", max_tokens=60, stream=True
-        )
+        stream = _client(keyed, KEY_SLOW).completions.create(model="m", prompt="x", max_tokens=60, stream=True)
         for _ in stream:
             first_started.set()
 

@@ -94,9 +94,7 @@ def _client(env: Env, key: str = KEY) -> openai.OpenAI:
 
 def test_completions_and_chat_streaming_and_not(env: Env) -> None:
     client = _client(env)
-    out = client.completions.create(
-        model="tiny", prompt="The sidecar", max_tokens=8, extra_body=IGNORE_EOS
-    )
+    out = client.completions.create(model="tiny", prompt="The sidecar", max_tokens=8, extra_body=IGNORE_EOS)
     assert out.usage is not None and out.usage.completion_tokens == 8 and out.choices[0].text
     chunks = list(
         client.completions.create(
@@ -110,9 +108,7 @@ def test_completions_and_chat_streaming_and_not(env: Env) -> None:
     )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
-    chat = client.chat.completions.create(
-        model="tiny", messages=messages, max_tokens=5, extra_body=IGNORE_EOS
-    )
+    chat = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, extra_body=IGNORE_EOS)
     assert chat.choices[0].message.role == "assistant"
     assert chat.usage is not None and chat.usage.completion_tokens == 5
     stream = list(
@@ -128,10 +124,7 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
     client = _client(env)
     n, tokens = 5, 4
     text = httpx.get(env.stack.url + "/metrics").text
-    before = {
-        t: metric_value(text, "accelgen_requests_completed_total", tier=t)
-        for t in ("interactive", "batch")
-    }
+    before = {t: metric_value(text, "accelgen_requests_completed_total", tier=t) for t in ("interactive", "batch")}
     for tier in ("interactive", "batch"):
         for _ in range(n):
             client.completions.create(
@@ -143,9 +136,7 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
             )
     text = httpx.get(env.stack.url + "/metrics").text
     for tier in ("interactive", "batch"):
-        assert (
-            metric_value(text, "accelgen_requests_completed_total", tier=tier) == before[tier] + n
-        )
+        assert metric_value(text, "accelgen_requests_completed_total", tier=tier) == before[tier] + n
         assert metric_value(text, "accelgen_output_tokens_total", tier=tier) >= n * tokens
     assert "vllm:num_requests_running{" in text  # the engine's metrics, re-exported
 
@@ -191,10 +182,7 @@ def test_disconnecting_clients_leave_the_engine_idle(env: Env) -> None:
 
     def engine_idle() -> bool:
         text = httpx.get(env.engine_url + "/metrics").text
-        return (
-            metric_value(text, "vllm:num_requests_running")
-            + metric_value(text, "vllm:num_requests_waiting")
-        ) == 0
+        return (metric_value(text, "vllm:num_requests_running") + metric_value(text, "vllm:num_requests_waiting")) == 0
 
     started = time.monotonic()
     assert _wait_for(engine_idle, 10)

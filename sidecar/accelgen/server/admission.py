@@ -214,11 +214,7 @@ class Admission:
             await ticket.released
         except asyncio.CancelledError:
             self._dequeue(ticket)
-            if (
-                ticket.released.done()
-                and not ticket.released.cancelled()
-                and ticket.released.exception() is None
-            ):
+            if ticket.released.done() and not ticket.released.cancelled() and ticket.released.exception() is None:
                 self.leave(ticket)  # released at the very moment it was cancelled
             raise
 

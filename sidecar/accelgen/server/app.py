@@ -85,9 +85,7 @@ def build_app(sidecar: Sidecar, *, tiers_path: str | None = None) -> web.Applica
         state = sidecar.engine.state
         if state.ready:
             return web.json_response({"ready": True})
-        return web.json_response(
-            {**error_body(503, state.error or "engine not ready"), "ready": False}, status=503
-        )
+        return web.json_response({**error_body(503, state.error or "engine not ready"), "ready": False}, status=503)
 
     async def metrics(_: web.Request) -> web.Response:
         sidecar.refresh_gauges()
@@ -125,14 +123,10 @@ def build_app(sidecar: Sidecar, *, tiers_path: str | None = None) -> web.Applica
     return app
 
 
-def _background(
-    sidecar: Sidecar, tiers_path: str | None
-) -> Callable[[web.Application], AsyncIterator[None]]:
+def _background(sidecar: Sidecar, tiers_path: str | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def run(_: web.Application) -> AsyncIterator[None]:
         tasks = [
-            asyncio.create_task(
-                sidecar.engine.monitor(sidecar.config.poll_interval_s, sidecar.admission.pump)
-            ),
+            asyncio.create_task(sidecar.engine.monitor(sidecar.config.poll_interval_s, sidecar.admission.pump)),
             asyncio.create_task(_tick(sidecar)),
         ]
         if tiers_path is not None:

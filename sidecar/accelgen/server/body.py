@@ -56,15 +56,10 @@ def _prompt_tokens(prompt: object) -> int:
         if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
             return len(prompt)
         if all(
-            isinstance(p, list)
-            and p
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
-            for p in prompt
+            isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p) for p in prompt
         ):
             return sum(len(p) for p in prompt)
-    raise _bad(
-        "prompt must be a non-empty string, list of strings, or list(s) of token ids", "prompt"
-    )
+    raise _bad("prompt must be a non-empty string, list of strings, or list(s) of token ids", "prompt")
 
 
 def _message_tokens(messages: object) -> int:
@@ -78,11 +73,7 @@ def _message_tokens(messages: object) -> int:
         if isinstance(content, str):
             total += _text_tokens(content)
         elif isinstance(content, list):
-            total += sum(
-                _text_tokens(str(part.get("text", "")))
-                for part in content
-                if isinstance(part, dict)
-            )
+            total += sum(_text_tokens(str(part.get("text", ""))) for part in content if isinstance(part, dict))
         total += 4  # role and template tokens
     return total
 

@@ -32,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tiers",
         metavar="FILE",
-        help="tier configuration YAML (reloaded on "
-        "SIGHUP or change; default: interactive/standard/batch)",
+        help="tier configuration YAML (reloaded on SIGHUP or change; default: interactive/standard/batch)",
     )
     parser.add_argument(
         "--keys",
@@ -44,21 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         choices=("sim", "vllm"),
-        help="engine to start when no "
-        "--engine-url: vllm (default, AccelGen's scheduler) or sim (simulated)",
+        help="engine to start when no --engine-url: vllm (default, AccelGen's scheduler) or sim (simulated)",
     )
     parser.add_argument("--pool", metavar="NAME", help="pool label on every metric")
     parser.add_argument(
         "--model",
         metavar="DIR",
-        help="model directory for the embedded vLLM "
-        "(default: the tiny random-weight model, created once)",
+        help="model directory for the embedded vLLM (default: the tiny random-weight model, created once)",
     )
     parser.add_argument(
         "--latency-model",
         metavar="NAME",
-        help="latency model of the sim engine "
-        "and of admission's speed estimate (e.g. h100-llama-2-7b)",
+        help="latency model of the sim engine and of admission's speed estimate (e.g. h100-llama-2-7b)",
     )
     parser.add_argument(
         "--max-running",
@@ -90,9 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     from accelgen.server.serve import serve
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop  # faster event loop; optional
     except ImportError:

@@ -26,9 +26,7 @@ log = logging.getLogger("accelgen.server")
 class EngineClient:
     """Streams generations from one engine and keeps :class:`EngineState` fresh."""
 
-    def __init__(
-        self, base_url: str, *, connect_timeout_s: float = 3.0, token_timeout_s: float = 30.0
-    ) -> None:
+    def __init__(self, base_url: str, *, connect_timeout_s: float = 3.0, token_timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout_s = connect_timeout_s
         self.token_timeout_s = token_timeout_s
@@ -90,8 +88,12 @@ class EngineClient:
         )
 
     @staticmethod
-    async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
-        """(raw data, JSON) of each SSE event up to ``[DONE]``; ApiError(502) if it breaks."""
+    async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """The data of each SSE event up to ``[DONE]``; ApiError(502) if it breaks.
+
+        Events are not parsed here (see :func:`accelgen.server.stream.peek`): the
+        streaming path forwards bytes and parses only what it must.
+        """
         try:
             async for raw in resp.content:
                 line = raw.strip()
@@ -102,21 +104,16 @@ class EngineClient:
                     # Read to the end so the connection goes back to the pool for reuse.
                     await resp.content.read()
                     return
-                event = json.loads(data)
-                if not isinstance(event, dict):
-                    raise ValueError("event is not a JSON object")
-                if "error" in event:
-                    err = normalize_engine_error(502, event)["error"]
-                    raise ApiError(502, f"engine: {err.get('message')}", code="engine_error")
-                yield data, event
+                if b'"error"' in data[:40]:  # {"error": ...} or {"object": "error", ...}
+                    event = json.loads(data)
+                    if isinstance(event, dict) and ("error" in event or event.get("object") == "error"):
+                        err = normalize_engine_error(502, event)["error"]
+                        raise ApiError(502, f"engine: {err.get('message')}", code="engine_error")
+                yield data
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise ApiError(
-                502, "engine stopped sending tokens (inter-token timeout)", code="engine_timeout"
-            ) from None
+            raise ApiError(502, "engine stopped sending tokens (inter-token timeout)", code="engine_timeout") from None
         except (aiohttp.ClientError, ValueError) as err:
-            raise ApiError(
-                502, f"engine stream broke: {type(err).__name__}", code="engine_error"
-            ) from None
+            raise ApiError(502, f"engine stream broke: {type(err).__name__}", code="engine_error") from None
         raise ApiError(502, "engine stream ended without [DONE]", code="engine_error")
 
     async def get_json(self, path: str) -> Any:

@@ -60,16 +60,12 @@ class ApiError(Exception):
         return {"Retry-After": str(max(1, int(self.retry_after_s + 0.999)))}
 
 
-def error_body(
-    status: int, message: str, *, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
+def error_body(status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     """The OpenAI error object for ``status``."""
     return {
         "error": {
             "message": message,
-            "type": _TYPES.get(
-                status, "server_error" if status >= 500 else "invalid_request_error"
-            ),
+            "type": _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
             "param": param,
             "code": code,
         }

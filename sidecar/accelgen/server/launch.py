@@ -25,9 +25,7 @@ from accelgen.server.sim_engine import SimEngineConfig
 from accelgen.server.sim_server import build_sim_app
 
 log = logging.getLogger("accelgen.server")
-TINY_MODEL_DIR = (
-    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "accelgen" / "tiny-model"
-)
+TINY_MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "accelgen" / "tiny-model"
 
 
 def free_port() -> int:
@@ -51,9 +49,7 @@ def ensure_tiny_model(directory: Path = TINY_MODEL_DIR) -> Path:
     """Create the tiny model once (``accelgen model tiny DIR``); reuse it afterwards."""
     if not (directory / "config.json").exists():
         log.info("creating the tiny model in %s", directory)
-        subprocess.run(
-            [sys.executable, "-m", "accelgen.cli", "model", "tiny", str(directory)], check=True
-        )
+        subprocess.run([sys.executable, "-m", "accelgen.cli", "model", "tiny", str(directory)], check=True)
     return directory
 
 

@@ -39,18 +39,10 @@ class SidecarMetrics:
         self.pool = pool
         self.registry = CollectorRegistry()
         r, names = self.registry, ("pool", "tier") if pool else ("tier",)
-        self.requests = Counter(
-            "accelgen_requests", "Requests by outcome", [*names, "outcome"], registry=r
-        )
-        self.completed = Counter(
-            "accelgen_requests_completed", "Requests completed", names, registry=r
-        )
-        self.slo_met = Counter(
-            "accelgen_requests_slo_met", "Completed requests that met their SLO", names, registry=r
-        )
-        self.output_tokens = Counter(
-            "accelgen_output_tokens", "Output tokens of completed requests", names, registry=r
-        )
+        self.requests = Counter("accelgen_requests", "Requests by outcome", [*names, "outcome"], registry=r)
+        self.completed = Counter("accelgen_requests_completed", "Requests completed", names, registry=r)
+        self.slo_met = Counter("accelgen_requests_slo_met", "Completed requests that met their SLO", names, registry=r)
+        self.output_tokens = Counter("accelgen_output_tokens", "Output tokens of completed requests", names, registry=r)
         self.goodput_tokens = Counter(
             "accelgen_goodput_tokens",
             "Output tokens of requests that met their SLO",
@@ -78,9 +70,7 @@ class SidecarMetrics:
             buckets=_BASE_EDGES_S,
             registry=r,
         )
-        self.queue_depth = Gauge(
-            "accelgen_queue_depth", "Requests queued in the sidecar", names, registry=r
-        )
+        self.queue_depth = Gauge("accelgen_queue_depth", "Requests queued in the sidecar", names, registry=r)
         self.target = Gauge(
             "accelgen_tier_target_seconds",
             "Each tier's SLO targets",
@@ -88,18 +78,10 @@ class SidecarMetrics:
             registry=r,
         )
         enames = ("pool",) if pool else ()
-        self.engine_ready = Gauge(
-            "accelgen_engine_ready", "1 if the engine answers", enames, registry=r
-        )
-        self.engine_running = Gauge(
-            "accelgen_engine_requests_running", "Engine running requests", enames, registry=r
-        )
-        self.engine_waiting = Gauge(
-            "accelgen_engine_requests_waiting", "Engine waiting requests", enames, registry=r
-        )
-        self.engine_kv = Gauge(
-            "accelgen_engine_kv_usage_ratio", "Engine KV cache usage (0..1)", enames, registry=r
-        )
+        self.engine_ready = Gauge("accelgen_engine_ready", "1 if the engine answers", enames, registry=r)
+        self.engine_running = Gauge("accelgen_engine_requests_running", "Engine running requests", enames, registry=r)
+        self.engine_waiting = Gauge("accelgen_engine_requests_waiting", "Engine waiting requests", enames, registry=r)
+        self.engine_kv = Gauge("accelgen_engine_kv_usage_ratio", "Engine KV cache usage (0..1)", enames, registry=r)
         self.set_tiers(tiers)
 
     def labels(self, tier: str) -> dict[str, str]:

@@ -63,9 +63,7 @@ async def generate(request: web.Request, sidecar: Sidecar, *, chat: bool) -> web
             sidecar.limiter.release(tenant)
 
 
-async def _admitted(
-    request: web.Request, sidecar: Sidecar, parsed: Parsed, tier: Any
-) -> web.StreamResponse:
+async def _admitted(request: web.Request, sidecar: Sidecar, parsed: Parsed, tier: Any) -> web.StreamResponse:
     admission = sidecar.admission
     ticket = admission.make_ticket(tier, parsed.num_prompt_tokens, parsed.max_tokens)
     try:
@@ -79,9 +77,7 @@ async def _admitted(
     except asyncio.CancelledError:
         sidecar.metrics.count(tier.name, "cancelled")
         raise
-    sidecar.metrics.queue_time.labels(**sidecar.metrics.labels(tier.name)).observe(
-        time.monotonic() - ticket.arrival_s
-    )
+    sidecar.metrics.queue_time.labels(**sidecar.metrics.labels(tier.name)).observe(time.monotonic() - ticket.arrival_s)
     timing = Timing(tier=tier, arrival_s=ticket.arrival_s)
     outcome = "failed"
     try:
@@ -99,9 +95,7 @@ async def _admitted(
             sidecar.metrics.count(tier.name, outcome)
 
 
-async def _run(
-    request: web.Request, sidecar: Sidecar, parsed: Parsed, tier: Any, timing: Timing
-) -> web.StreamResponse:
+async def _run(request: web.Request, sidecar: Sidecar, parsed: Parsed, tier: Any, timing: Timing) -> web.StreamResponse:
     engine = sidecar.engine
     path = "/v1/chat/completions" if parsed.chat else "/v1/completions"
     body = engine_body(parsed, tier, send_priority=engine.send_priority)
@@ -111,16 +105,17 @@ async def _run(
     try:
         if not parsed.stream:
             assembler = Assembler(chat=parsed.chat)
-            async for _, event in engine.events(upstream):
+            async for data in engine.events(upstream):
+                event = _parse_event(data)
                 timing.observe(event, time.monotonic())
                 assembler.feed(event)
             return web.json_response(assembler.result())
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         try:
-            async for data, event in engine.events(upstream):
-                timing.observe(event, time.monotonic())
-                if parsed.include_usage or event.get("choices"):
+            async for data in engine.events(upstream):
+                timing.observe_raw(data, time.monotonic())
+                if parsed.include_usage or not _is_usage_only(data):
                     await response.write(b"data: " + data + b"\n\n")
         except ApiError as err:
             # Headers are gone: report in-band, as vLLM does, then end the stream.
@@ -132,6 +127,21 @@ async def _run(
         return response
     finally:
         upstream.close()  # closes the connection if unread: the engine aborts the request
+
+
+def _parse_event(data: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        raise ApiError(502, "engine sent a malformed stream event", code="engine_error")
+    return event
+
+
+def _is_usage_only(data: bytes) -> bool:
+    """The final usage chunk (no choices), which only clients that asked for it get."""
+    return b'"choices":[]' in data or b'"choices": []' in data
 
 
 class StreamFailed(Exception):

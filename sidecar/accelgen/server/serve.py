@@ -85,9 +85,7 @@ async def serve(args: argparse.Namespace) -> int:
             return 1
         url = vllm.url
     sidecar = Sidecar(load_config(args, url), Speed(latency))
-    runner = web.AppRunner(
-        build_app(sidecar, tiers_path=args.tiers), handler_cancellation=True, access_log=None
-    )
+    runner = web.AppRunner(build_app(sidecar, tiers_path=args.tiers), handler_cancellation=True, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host

@@ -50,15 +50,11 @@ def _chunk(
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _generate(
-    engine: SimEngine, body: dict[str, Any], *, chat: bool
-) -> tuple[SimRequest, AsyncIterator[bytes]]:
+async def _generate(engine: SimEngine, body: dict[str, Any], *, chat: bool) -> tuple[SimRequest, AsyncIterator[bytes]]:
     try:
         parsed = parse(body, chat=chat)
     except ApiError as err:
-        raise web.HTTPBadRequest(
-            text=json.dumps(err.body()), content_type="application/json"
-        ) from None
+        raise web.HTTPBadRequest(text=json.dumps(err.body()), content_type="application/json") from None
     n = int(body.get("n") or 1)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 16
     limit = engine.config.max_model_len
@@ -68,13 +64,9 @@ async def _generate(
             f"requested {parsed.num_prompt_tokens + max_tokens} tokens "
             f"({parsed.num_prompt_tokens} in the messages, {max_tokens} in the completion)."
         )
-        raise web.HTTPBadRequest(
-            text=json.dumps(error_body(400, message)), content_type="application/json"
-        )
+        raise web.HTTPBadRequest(text=json.dumps(error_body(400, message)), content_type="application/json")
     priority = body["priority"] if isinstance(body.get("priority"), int) else 0
-    request = SimRequest(
-        num_prompt_tokens=parsed.num_prompt_tokens, max_tokens=max_tokens, n=n, priority=priority
-    )
+    request = SimRequest(num_prompt_tokens=parsed.num_prompt_tokens, max_tokens=max_tokens, n=n, priority=priority)
     kind = "chat.completion.chunk" if chat else "text_completion"
     rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
     include_usage = parsed.include_usage
@@ -87,9 +79,7 @@ async def _generate(
             for index in range(n):
                 if chat:
                     delta = {"content": word} if i > 1 else {"role": "assistant", "content": word}
-                    choices.append(
-                        {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-                    )
+                    choices.append({"index": index, "delta": delta, "logprobs": None, "finish_reason": finish})
                 else:
                     choices.append(
                         {
@@ -178,9 +168,7 @@ def build_sim_app(model: LatencyModel, config: SimEngineConfig) -> web.Applicati
             ("counter", "vllm:generation_tokens_total", engine.num_generation_tokens_total),
             ("counter", "vllm:request_success_total", engine.num_finished_total),
         ]
-        text = "".join(
-            f"# TYPE {name} {kind}\n{name}{label} {float(value)}\n" for kind, name, value in lines
-        )
+        text = "".join(f"# TYPE {name} {kind}\n{name}{label} {float(value)}\n" for kind, name, value in lines)
         return web.Response(text=text, content_type="text/plain")
 
     async def loop(_: web.Application) -> AsyncIterator[None]:

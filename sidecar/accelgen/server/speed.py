@@ -64,9 +64,7 @@ class Speed:
 
     def decode_step_s(self, num_running: int) -> float:
         """One iteration decoding ``num_running`` requests."""
-        shape = BatchShape(
-            num_decodes=num_running, decode_kv_tokens=num_running * self.context_tokens
-        )
+        shape = BatchShape(num_decodes=num_running, decode_kv_tokens=num_running * self.context_tokens)
         return self.model.predict_s(shape)
 
     def prefill_s(self, num_prompt_tokens: int, *, num_running: int = 0) -> float:
@@ -79,9 +77,7 @@ class Speed:
         )
         return self.model.predict_s(shape)
 
-    def service_s(
-        self, num_prompt_tokens: int, num_output_tokens: int, *, num_running: int
-    ) -> float:
+    def service_s(self, num_prompt_tokens: int, num_output_tokens: int, *, num_running: int) -> float:
         """Prefill plus ``num_output_tokens`` decode steps at the current batch size."""
         return self.prefill_s(num_prompt_tokens, num_running=num_running) + max(
             0, num_output_tokens - 1

@@ -94,9 +94,7 @@ class Sidecar:
         tbt = m.tbt.labels(**lab)
         for gap in timing.gaps_s:
             tbt.observe(gap)
-        self.stats.completed(
-            name, now_s, met=met, tokens=tokens, ttft_s=timing.ttft_s, gaps_s=timing.gaps_s
-        )
+        self.stats.completed(name, now_s, met=met, tokens=tokens, ttft_s=timing.ttft_s, gaps_s=timing.gaps_s)
 
     def refresh_gauges(self) -> None:
         """Copy queue depths and the engine snapshot into the gauges (before a scrape)."""

@@ -9,6 +9,7 @@ A streamed chunk is one token event (vLLM sends one chunk per engine step).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,29 @@ def _has_token(event: dict[str, Any]) -> bool:
     return False
 
 
+def peek(data: bytes) -> tuple[bool, dict[str, Any] | None]:
+    """(carries output?, the parsed event if it carries usage) of one chunk's JSON bytes.
+
+    Most chunks are only looked at, not parsed: the streaming path forwards bytes, so
+    the sidecar's cost per token stays a few substring checks. JSON escapes quotes
+    inside strings, so a key pattern cannot match text a model generated.
+    """
+    event: dict[str, Any] | None = None
+    if b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data:
+        parsed = json.loads(data)
+        event = parsed if isinstance(parsed, dict) else None
+    if b'"choices":[]' in data or b'"choices": []' in data:
+        return False, event
+    if (
+        b'"role"' in data
+        and (b'"content":""' in data or b'"content": ""' in data)
+        and b'"tool_calls"' not in data
+        and b'"reasoning' not in data
+    ):
+        return False, event  # the chat role announcement, no token yet
+    return True, event
+
+
 @dataclass(slots=True)
 class Timing:
     """Token times of one request, on the sidecar's monotonic clock."""
@@ -46,13 +70,28 @@ class Timing:
     output_tokens: int | None = None
 
     def observe(self, event: dict[str, Any], now_s: float) -> bool:
-        """Account one engine chunk; True if it carried output."""
+        """Account one parsed engine chunk; True if it carried output."""
+        self._usage(event)
+        if not _has_token(event):
+            return False
+        self._token(now_s)
+        return True
+
+    def observe_raw(self, data: bytes, now_s: float) -> None:
+        """Account one unparsed chunk (the streaming path), see :func:`peek`."""
+        has_token, event = peek(data)
+        if event is not None:
+            self._usage(event)
+        if has_token:
+            self._token(now_s)
+
+    def _usage(self, event: dict[str, Any]) -> None:
         usage = event.get("usage")
         if isinstance(usage, dict):
             self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
             self.output_tokens = usage.get("completion_tokens", self.output_tokens)
-        if not _has_token(event):
-            return False
+
+    def _token(self, now_s: float) -> None:
         if self.first_token_s is None:
             self.first_token_s = now_s
         elif self.last_token_s is not None:
@@ -63,7 +102,6 @@ class Timing:
                 self.num_late += 1
         self.last_token_s = now_s
         self.num_events += 1
-        return True
 
     @property
     def ttft_s(self) -> float | None:
@@ -163,9 +201,7 @@ class Assembler:
                 out["message"] = message
             else:
                 out["text"] = "".join(c.text)
-            out.update(
-                logprobs=c.logprobs, finish_reason=c.finish_reason, stop_reason=c.stop_reason
-            )
+            out.update(logprobs=c.logprobs, finish_reason=c.finish_reason, stop_reason=c.stop_reason)
             choices.append(out)
         obj = "chat.completion" if self.chat else "text_completion"
         return {**self.head, "object": obj, "choices": choices, "usage": self.usage}

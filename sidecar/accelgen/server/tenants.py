@@ -81,9 +81,7 @@ def _tenant(raw: object, where: str) -> Tenant:
     if not isinstance(digest, str) or not _HEX64.match(digest.lower()):
         raise ConfigError("must be 64 hex digits (sha256 of the key)", field=f"{where}.key_sha256")
     tiers = raw.get("tiers")
-    if tiers is not None and (
-        not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers)
-    ):
+    if tiers is not None and (not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers)):
         raise ConfigError("must be a list of tier names", field=f"{where}.tiers")
     default = raw.get("default_tier")
     if default is not None and not isinstance(default, str):
@@ -95,10 +93,7 @@ def _tenant(raw: object, where: str) -> Tenant:
         raise ConfigError("must be a positive integer", field=f"{where}.max_concurrency")
     rate = raw.get("rate_rps")
     if rate is not None and (
-        isinstance(rate, bool)
-        or not isinstance(rate, int | float)
-        or not math.isfinite(rate)
-        or rate <= 0
+        isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0
     ):
         raise ConfigError("must be a positive number", field=f"{where}.rate_rps")
     return Tenant(

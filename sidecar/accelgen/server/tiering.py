@@ -31,13 +31,9 @@ def _target_s(headers: Mapping[str, str], name: str) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise ApiError(
-            400, f"header {name} must be a number of milliseconds", code="bad_header"
-        ) from None
+        raise ApiError(400, f"header {name} must be a number of milliseconds", code="bad_header") from None
     if not math.isfinite(value) or value <= 0:
-        raise ApiError(
-            400, f"header {name} must be a positive number of milliseconds", code="bad_header"
-        )
+        raise ApiError(400, f"header {name} must be a positive number of milliseconds", code="bad_header")
     return value / 1000.0
 
 
@@ -91,7 +87,5 @@ def resolve_tier(headers: Mapping[str, str], tiers: TierSet, tenant: Tenant | No
     else:
         tier = tiers.default_tier
     if tenant is not None and not tenant.may_use(tier.name):
-        raise ApiError(
-            403, f"tenant {tenant.name!r} may not use tier {tier.name!r}", code="tier_forbidden"
-        )
+        raise ApiError(403, f"tenant {tenant.name!r} may not use tier {tier.name!r}", code="tier_forbidden")
     return tier

@@ -1,0 +1,176 @@
+"""``accelgen bench proxy``: what the sidecar adds, against the same engine, in one run.
+
+The same closed-loop streaming load goes straight to the engine and through the sidecar,
+in alternating blocks (direct, sidecar, direct, sidecar, ...) so drift hits both alike.
+Reported: added TTFT p50/p99 and added per-token latency (sidecar minus direct), the
+throughput ratio (sidecar / direct tokens per second) and the sidecar's CPU time per
+request (from /proc, when this command started the sidecar).
+
+By default it starts the sim engine and a sidecar as child processes on loopback; with
+``--engine-url`` it uses a running engine (a vLLM server) and starts only the sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+GOAL_THROUGHPUT_RATIO = 0.95
+GOAL_ADDED_TTFT_P99_MS = 2.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine-url", metavar="URL", help="a running engine (default: start the sim engine)"
+    )
+    parser.add_argument("--requests", type=int, default=400, help="requests per block")
+    parser.add_argument("--blocks", type=int, default=3, help="blocks per side (alternating)")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent streams")
+    parser.add_argument("--max-tokens", type=int, default=32, help="output tokens a request")
+    parser.add_argument("--prompt-words", type=int, default=64, help="prompt length in words")
+    parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the report as JSON")
+
+
+def _child(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def _wait_ok(url: str, timeout_s: float = 60.0) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(
+    args: argparse.Namespace, engine_url: str, sidecar_url: str, sidecar_pid: int
+) -> dict[str, Any]:
+    from accelgen.server.loadgen import Sample, run_load, summarize
+
+    body: dict[str, Any] = {
+        "prompt": "hello " * args.prompt_words,
+        "max_tokens": args.max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(engine_url + "/v1/models") as r:
+        body["model"] = (await r.json())["data"][0]["id"]
+    warm = {"num_requests": args.concurrency * 2, "concurrency": args.concurrency, "body": body}
+    await run_load(engine_url, **warm)
+    await run_load(sidecar_url, **warm)
+    samples: dict[str, list[Sample]] = {"direct": [], "sidecar": []}
+    walls = {"direct": 0.0, "sidecar": 0.0}
+    cpu_s = 0.0
+    for _ in range(args.blocks):
+        for side, url in (("direct", engine_url), ("sidecar", sidecar_url)):
+            cpu_before = _cpu_s(sidecar_pid)
+            got, wall_s = await run_load(
+                url, num_requests=args.requests, concurrency=args.concurrency, body=body
+            )
+            if side == "sidecar":
+                cpu_s += _cpu_s(sidecar_pid) - cpu_before
+            samples[side] += got
+            walls[side] += wall_s
+    direct = summarize(samples["direct"], walls["direct"])
+    sidecar = summarize(samples["sidecar"], walls["sidecar"])
+    return {
+        "engine_url": engine_url,
+        "concurrency": args.concurrency,
+        "requests_per_side": args.requests * args.blocks,
+        "max_tokens": args.max_tokens,
+        "direct": direct,
+        "sidecar": sidecar,
+        "added_ttft_p50_ms": sidecar["ttft_p50_ms"] - direct["ttft_p50_ms"],
+        "added_ttft_p99_ms": sidecar["ttft_p99_ms"] - direct["ttft_p99_ms"],
+        "added_per_token_ms": sidecar["token_gap_mean_ms"] - direct["token_gap_mean_ms"],
+        "throughput_ratio": sidecar["tokens_per_s"] / max(1e-9, direct["tokens_per_s"]),
+        "sidecar_cpu_ms_per_request": 1000.0 * cpu_s / max(1.0, sidecar["requests"]),
+    }
+
+
+def _print(report: dict[str, Any]) -> None:
+    d, s = report["direct"], report["sidecar"]
+    print(f"{'':12} {'TTFT p50':>10} {'TTFT p99':>10} {'gap mean':>10} {'tok/s':>10} {'failed':>7}")
+    for name, row in (("direct", d), ("sidecar", s)):
+        print(
+            f"{name:12} {row['ttft_p50_ms']:9.2f}ms {row['ttft_p99_ms']:9.2f}ms "
+            f"{row['token_gap_mean_ms']:9.3f}ms {row['tokens_per_s']:10.0f} {row['failed']:7.0f}"
+        )
+    ratio, p99 = report["throughput_ratio"], report["added_ttft_p99_ms"]
+    print(
+        f"added TTFT p50 {report['added_ttft_p50_ms']:+.2f} ms, p99 {p99:+.2f} ms "
+        f"(goal <= {GOAL_ADDED_TTFT_P99_MS} ms); added per token "
+        f"{report['added_per_token_ms']:+.3f} ms; throughput ratio {ratio:.3f} "
+        f"(goal >= {GOAL_THROUGHPUT_RATIO}); sidecar CPU "
+        f"{report['sidecar_cpu_ms_per_request']:.2f} ms/request"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start what is needed, measure both sides, print (and write) the report."""
+    from accelgen.server.launch import free_port
+
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        engine_url = args.engine_url
+        if engine_url is None:
+            port = free_port()
+            children.append(_child(["accelgen.server.sim_server", "--port", str(port)]))
+            engine_url = f"http://127.0.0.1:{port}"
+        asyncio.run(_wait_ok(engine_url + "/v1/models"))
+        port = free_port()
+        sidecar = _child(
+            [
+                "accelgen.cli",
+                "serve",
+                "--engine-url",
+                engine_url,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--max-running",
+                "1024",
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        children.append(sidecar)
+        sidecar_url = f"http://127.0.0.1:{port}"
+        asyncio.run(_wait_ok(sidecar_url + "/readyz"))
+        report = asyncio.run(_measure(args, engine_url, sidecar_url, sidecar.pid))
+    finally:
+        for child in reversed(children):
+            child.terminate()
+            child.wait(timeout=20)
+    _print(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0

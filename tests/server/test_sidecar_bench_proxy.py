@@ -1,0 +1,43 @@
+"""``accelgen bench proxy``, briefly: both sides measured, nothing failed, a report written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_proxy_short_run(tmp_path: Path) -> None:
+    out = tmp_path / "proxy.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelgen.cli",
+            "bench",
+            "proxy",
+            "--requests",
+            "40",
+            "--blocks",
+            "1",
+            "--concurrency",
+            "4",
+            "--max-tokens",
+            "8",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "throughput ratio" in result.stdout
+    report = json.loads(out.read_text())
+    for side in ("direct", "sidecar"):
+        assert report[side]["requests"] == 40 and report[side]["failed"] == 0
+        assert report[side]["tokens_per_s"] > 0
+    assert 0.5 < report["throughput_ratio"] < 1.5
+    assert report["sidecar_cpu_ms_per_request"] > 0
+    assert {"added_ttft_p50_ms", "added_ttft_p99_ms", "added_per_token_ms"} <= set(report)
