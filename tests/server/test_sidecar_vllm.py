@@ -148,7 +148,7 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
         # The default tier here is "standard": "interactive" is only there if the
         # sidecar's vllm_xargs reached the planner. (The snapshot is rewritten while the
         # engine steps, so later counts may not have landed yet.)
-        return snap.get("requests_by_tier", {}).get("interactive", 0) > 0
+        return bool(snap.get("requests_by_tier", {}).get("interactive", 0) > 0)
 
     assert _wait_for(engine_saw_tiers, 10), env.stats_file.read_text()
     assert not json.loads(env.stats_file.read_text()).get("slo_metadata_problems")
@@ -182,7 +182,8 @@ def test_disconnecting_clients_leave_the_engine_idle(env: Env) -> None:
 
     def engine_idle() -> bool:
         text = httpx.get(env.engine_url + "/metrics").text
-        return (metric_value(text, "vllm:num_requests_running") + metric_value(text, "vllm:num_requests_waiting")) == 0
+        running = metric_value(text, "vllm:num_requests_running")
+        return bool(running + metric_value(text, "vllm:num_requests_waiting") == 0)
 
     started = time.monotonic()
     assert _wait_for(engine_idle, 10)
