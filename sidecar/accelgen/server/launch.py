@@ -94,6 +94,7 @@ class VllmProcess:
             str(port),
             "--host",
             "127.0.0.1",
+            "--disable-uvicorn-access-log",  # it would log every poll of /metrics
             *extra_args,
         ]
         child_env = {**os.environ, **(env or {})}
