@@ -10,7 +10,7 @@ from accelgen.core.errors import ConfigError
 from accelgen.core.policies import make_policy, policy_names
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request, blocks_for
-from factories import make_limits, make_planner, make_request, make_tiers
+from factories import linear_model, make_limits, make_planner, make_request, make_tiers, place_running
 
 ALL = policy_names()
 
@@ -121,3 +121,22 @@ def test_max_tokens_finishes_the_request(name: str) -> None:
 def test_unknown_policy_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown policy 'fifo'"):
         make_policy("fifo", tiers=make_tiers(), latency_model=make_planner().model, limits=make_limits())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_new_latency_model_changes_the_plan(name: str) -> None:
+    """After set_latency_model a policy budgets with the new model (AccelGen's S_b, Sarathi's chunk)."""
+    tiers = make_tiers()
+    plans = []
+    for model in (None, linear_model(per_token_s=0.0002)):  # default: 0.0001 s per token
+        policy = make_planner(name)
+        if model is not None:
+            policy.set_latency_model(model)
+        place_running(policy, make_request("d", tier=tiers.get("tight"), prompt=50), outputs=3, last_token_s=0.0)
+        policy.add_request(make_request("p", tier=tiers.get("loose"), prompt=3000))
+        plans.append(policy.plan(0.0))
+    before, after = plans
+    if name in ("accelgen", "accelgen-no-ordering", "accelgen-no-bestfit", "oracle", "sarathi"):
+        assert after.num_tokens < before.num_tokens  # twice the cost per token: a smaller batch
+    else:  # fixed budgets do not depend on the model
+        assert after.num_tokens == before.num_tokens

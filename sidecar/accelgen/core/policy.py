@@ -138,6 +138,14 @@ class Policy(ABC):
                 return r
         return None
 
+    def set_latency_model(self, model: LatencyModel) -> None:
+        """Plan with ``model`` from now on (e.g. once an engine has calibrated one)."""
+        self.model = model
+        self._on_latency_model()
+
+    def _on_latency_model(self) -> None:
+        """Recompute whatever the policy derives from its latency model."""
+
     @property
     def num_waiting(self) -> int:
         return len(self._waiting)

@@ -45,6 +45,11 @@ class AccelGenPolicy(Policy):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._outputs_by_tier: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self._on_latency_model()
+
+    def _on_latency_model(self) -> None:
+        """The reference chunk and iteration that slack is measured in, from the model."""
         cfg, limits = self.config, self.limits
         tbt_s = self.tiers.tightest_tbt_s
         if tbt_s is None:
@@ -62,8 +67,9 @@ class AccelGenPolicy(Policy):
             )
             self.ref_chunk_tokens = max(chunk, 1)
             self.ref_iteration_s = tbt_s
-        self._outputs_by_tier: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._min_iteration_s = self.model.predict_s(BatchShape(num_decodes=1))
+        # NOTE: queued requests keep the keys they were sorted by; new ones use the new
+        # references. The order stays consistent; only its estimate improves.
 
     # ------------------------------------------------------------------- slack
 

@@ -10,7 +10,6 @@ Simplified: one replica, no pipeline parallelism, no hybrid-batch kernel effects
 
 from __future__ import annotations
 
-import functools
 
 from accelgen.core.latency import BatchShape, max_prefill_tokens_within
 from accelgen.core.policies.fixed_budget import FixedBudgetPolicy
@@ -42,9 +41,16 @@ class SarathiPolicy(FixedBudgetPolicy):
     name = "sarathi"
     description = "Sarathi-Serve: decodes, then partial prefills, then new; TBT-sized budget"
 
-    @functools.cached_property
+    @property
     def budget_tokens(self) -> int:
-        return sarathi_budget_tokens(self)
+        if self._budget_tokens is None:
+            self._budget_tokens = sarathi_budget_tokens(self)
+        return self._budget_tokens
+
+    _budget_tokens: int | None = None
+
+    def _on_latency_model(self) -> None:
+        self._budget_tokens = None
 
     def _running_key(self, request: Request, now: float) -> SortKey:
         del now
