@@ -143,7 +143,7 @@ class Policy(ABC):
         self.model = model
         self._on_latency_model()
 
-    def _on_latency_model(self) -> None:
+    def _on_latency_model(self) -> None:  # noqa: B027 (a hook; most policies derive nothing)
         """Recompute whatever the policy derives from its latency model."""
 
     @property

@@ -10,7 +10,6 @@ Simplified: one replica, no pipeline parallelism, no hybrid-batch kernel effects
 
 from __future__ import annotations
 
-
 from accelgen.core.latency import BatchShape, max_prefill_tokens_within
 from accelgen.core.policies.fixed_budget import FixedBudgetPolicy
 from accelgen.core.policy import SortKey
