@@ -63,9 +63,7 @@ def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[
     Everything in ``desired`` is sent; optional pod-spec fields present in ``current`` but
     gone from ``desired`` are nulled. Server-set fields (status, clusterIP, ...) are untouched.
     """
-    patch: dict[str, Any] = {
-        k: copy.deepcopy(v) for k, v in desired.items() if k not in ("apiVersion", "kind")
-    }
+    patch: dict[str, Any] = {k: copy.deepcopy(v) for k, v in desired.items() if k not in ("apiVersion", "kind")}
     cur_pod = (((current.get("spec") or {}).get("template") or {}).get("spec")) or {}
     new_pod = ((patch.get("spec") or {}).get("template") or {}).get("spec")
     if isinstance(new_pod, dict):
@@ -85,9 +83,7 @@ async def ensure(kube: KubeClient, manifest: Mapping[str, Any]) -> Outcome:
         return Outcome.CREATED
     if spec_hash(current) == spec_hash(manifest):
         return Outcome.UNCHANGED
-    await kube.patch(
-        api_version, plural, meta["namespace"], meta["name"], merge_patch(current, manifest)
-    )
+    await kube.patch(api_version, plural, meta["namespace"], meta["name"], merge_patch(current, manifest))
     return Outcome.PATCHED
 
 

@@ -90,9 +90,7 @@ def decide(
         last_scale_s=state.last_scale_s,
     )
     cooling = state.last_scale_s is not None and now_s - state.last_scale_s < policy.cooldown_s
-    figures = (
-        f"tier {policy.tier} attainment {attainment:.1%}, target {policy.target_attainment:.0%}"
-    )
+    figures = f"tier {policy.tier} attainment {attainment:.1%}, target {policy.target_attainment:.0%}"
     step_up = below and state.below_periods >= policy.evaluation_periods
     if step_up and not cooling and replicas < policy.max_replicas:
         msg = f"{figures} for {state.below_periods} windows: {replicas} → {replicas + 1} replicas"

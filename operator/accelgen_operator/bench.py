@@ -52,6 +52,7 @@ class BenchResult:
     pools: int
     converge_s: float
     requests_per_pool: dict[str, float]
+    breakdown: dict[str, float]
     writes_per_pool: float
     idle_writes: int
     restart_child_writes: int
@@ -61,6 +62,15 @@ class BenchResult:
     @property
     def ok(self) -> bool:
         return self.idle_writes == 0 and self.restart_child_writes == 0
+
+
+def _target(path: str) -> str:
+    """``inferencepools/status``, ``deployments``, ``discovery`` ... from a request path."""
+    parts = path.strip("/").split("/")
+    if "namespaces" in parts:
+        rest = parts[parts.index("namespaces") + 2 :]
+        return "/".join([rest[0]] + (rest[2:3] if len(rest) > 2 else [])) if rest else "namespace"
+    return parts[-1] if len(parts) > 2 else "discovery"
 
 
 def _converged(emu: ApiServerEmulator, names: list[str], namespace: str) -> bool:
@@ -96,9 +106,7 @@ async def _wait_quiet(emu: ApiServerEmulator, *, quiet_s: float, timeout_s: floa
             return
 
 
-async def run_bench(
-    *, num_pools: int, stats_interval_s: float = 2.0, timeout_s: float = 120.0
-) -> BenchResult:
+async def run_bench(*, num_pools: int, stats_interval_s: float = 2.0, timeout_s: float = 120.0) -> BenchResult:
     """Create ``num_pools`` pools, wait for convergence, then check for repeated writes."""
     namespace = "bench"
     names = [f"pool-{i:03d}" for i in range(num_pools)]
@@ -118,10 +126,14 @@ async def run_bench(
             converge_s = time.monotonic() - started
             # The benchmark's own POSTs of the pools are not the operator's requests.
             log = emu.log[start_index:]
-            own = [(m, p) for m, p in log if m == "POST" and p.endswith(f"/{PLURAL}")]
+            own = {(m, p) for m, p in log if m == "POST" and p.endswith(f"/{PLURAL}")}
             by_method = collections.Counter(m for m, _ in log)
             by_method["POST"] -= len(own)
             requests_per_pool = {m: round(n / num_pools, 2) for m, n in sorted(by_method.items())}
+            by_target = collections.Counter(
+                f"{m} {_target(p)}" for m, p in log if (m, p) not in own
+            )  # a pool POST by the benchmark matches no operator request
+            breakdown = {k: round(n / num_pools, 2) for k, n in sorted(by_target.items())}
             writes = sum(n for m, n in by_method.items() if m in ("POST", "PATCH", "PUT", "DELETE"))
             # Let in-flight timers land, then watch a few stats intervals for any write.
             await _wait_quiet(emu, quiet_s=stats_interval_s * 1.5, timeout_s=timeout_s)
@@ -142,6 +154,7 @@ async def run_bench(
         pools=num_pools,
         converge_s=round(converge_s, 3),
         requests_per_pool=requests_per_pool,
+        breakdown=breakdown,
         writes_per_pool=round(writes / num_pools, 2),
         idle_writes=idle_writes,
         restart_child_writes=len(child_writes),
@@ -163,7 +176,9 @@ def format_result(result: BenchResult) -> str:
         f"writes to children on restart: {result.restart_child_writes}",
         f"writes to pools on restart:    {result.restart_pool_writes} (kopf's bookkeeping)",
         "no repeated writes:            " + ("yes" if result.ok else "NO"),
+        "requests per pool by target (until converged):",
     ]
+    lines += [f"  {key:<36} {n:g}" for key, n in result.breakdown.items()]
     return "\n".join(lines + [f"note: {n}" for n in result.notes])
 
 

@@ -29,9 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="kopf peering object name (default: kopf's default)")  # fmt: skip
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="kopf's liveness endpoint (empty to disable)")  # fmt: skip
-    run.add_argument(
-        "--stats-interval", type=float, default=15.0, help="seconds between /stats reads"
-    )
+    run.add_argument("--stats-interval", type=float, default=15.0, help="seconds between /stats reads")
     run.add_argument("--stats-timeout", type=float, default=2.0, help="seconds to wait for one pod")
     run.add_argument("--verbose", "-v", action="store_true")
     bench = sub.add_parser("bench", help="reconcile N pools against an in-memory API and measure")
@@ -51,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.ERROR)
         from accelgen_operator.bench import main as bench_main
 
-        return bench_main(
-            num_pools=args.pools, stats_interval_s=args.stats_interval, json_path=args.json_path
-        )
+        return bench_main(num_pools=args.pools, stats_interval_s=args.stats_interval, json_path=args.json_path)
     kopf.configure(verbose=args.verbose)
     cfg = OperatorConfig(stats_interval_s=args.stats_interval, stats_timeout_s=args.stats_timeout)
     asyncio.run(

@@ -70,9 +70,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _degraded(
-    status: Mapping[str, Any], cond: Condition, generation: int | None
-) -> list[dict[str, Any]]:
+def _degraded(status: Mapping[str, Any], cond: Condition, generation: int | None) -> list[dict[str, Any]]:
     return set_conditions(status.get("conditions") or [], [cond], now=_now(), generation=generation)
 
 
@@ -96,9 +94,7 @@ def _write_status(patch: kopf.Patch, status: Mapping[str, Any], desired: Mapping
         patch.status[key] = value
 
 
-async def _check_secret(
-    kube: KubeClient, namespace: str, spec: Mapping[str, Any]
-) -> Condition | None:
+async def _check_secret(kube: KubeClient, namespace: str, spec: Mapping[str, Any]) -> Condition | None:
     """A Degraded condition when the tenant-keys Secret or its key is missing, else None."""
     auth = spec.get("auth")
     if not auth:
@@ -106,9 +102,7 @@ async def _check_secret(
     secret = await kube.get("v1", "secrets", namespace, auth["secretName"])
     key = auth.get("key", "keys.yaml")
     if secret is None:
-        return Condition(
-            "Degraded", "True", "SecretNotFound", f"Secret {auth['secretName']!r} not found"
-        )
+        return Condition("Degraded", "True", "SecretNotFound", f"Secret {auth['secretName']!r} not found")
     if key not in (secret.get("data") or {}) and key not in (secret.get("stringData") or {}):
         return Condition(
             "Degraded",
@@ -181,9 +175,7 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
                     f"{SERVICE_MONITOR_API[0]}/{SERVICE_MONITOR_API[1]}", SERVICE_MONITOR_API[2]
                 ),
                 has_gateway_crd=(spec.get("gateway") or {}).get("enabled", False)
-                and await kube.has_resource(
-                    f"{GATEWAY_POOL_API[0]}/{GATEWAY_POOL_API[1]}", GATEWAY_POOL_API[2]
-                ),
+                and await kube.has_resource(f"{GATEWAY_POOL_API[0]}/{GATEWAY_POOL_API[1]}", GATEWAY_POOL_API[2]),
             )
         except ConfigError as err:
             cond = Condition("Degraded", "True", "InvalidSpec", str(err))
@@ -263,14 +255,10 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         result = await scrape(memo.http, pods, timeout_s=cfg.stats_timeout_s)
         if result.failures:
             logger.info(f"/stats skipped for {len(result.failures)} pod(s): {result.failures}")
-        pool = aggregate(
-            result.stats, num_unreachable=len(result.failures), tier_order=[t.name for t in tiers]
-        )
+        pool = aggregate(result.stats, num_unreachable=len(result.failures), tier_order=[t.name for t in tiers])
         dstat = deployment.get("status") or {}
         desired_replicas = effective_replicas(spec)
-        current = (dstat.get("observedGeneration") or 0) >= (
-            (deployment.get("metadata") or {}).get("generation") or 0
-        )
+        current = (dstat.get("observedGeneration") or 0) >= ((deployment.get("metadata") or {}).get("generation") or 0)
         conditions = [
             *rollout_conditions(
                 desired=desired_replicas,
@@ -328,18 +316,14 @@ def _autoscale(
     policy = AutoscalePolicy.from_spec(spec["autoscaling"], tiers)
     remembered = status.get("autoscaling") or {}
     last = remembered.get("lastScaleTime")
-    last_s = (
-        datetime.datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() if last else None
-    )
+    last_s = datetime.datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() if last else None
     state = AutoscaleState(
         below_periods=int(remembered.get("belowPeriods", 0)),
         above_periods=int(remembered.get("abovePeriods", 0)),
         last_scale_s=last_s,
     )
     now = datetime.datetime.now(datetime.UTC)
-    state, decision = decide(
-        policy, state, replicas=int(spec.get("replicas", 1)), pool=pool, now_s=now.timestamp()
-    )
+    state, decision = decide(policy, state, replicas=int(spec.get("replicas", 1)), pool=pool, now_s=now.timestamp())
     out: dict[str, Any] = {"belowPeriods": state.below_periods, "abovePeriods": state.above_periods}
     if last:
         out["lastScaleTime"] = last

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -34,9 +35,7 @@ class KubeError(Exception):
         self.reason = reason
 
 
-def resource_path(
-    api_version: str, plural: str, namespace: str | None, name: str | None = None
-) -> str:
+def resource_path(api_version: str, plural: str, namespace: str | None, name: str | None = None) -> str:
     """The REST path of a collection or an object (``v1`` is the core group)."""
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
@@ -111,17 +110,16 @@ class KubeClient:
                 status=err.status or 0,
                 reason=_reason(err),
             ) from None
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, aiohttp.ClientError) as err:
             raise KubeError(f"{method} {path}: {err!r}") from None
+        except (RuntimeError, AssertionError) as err:
+            # aiohttp, when the session is closed under an in-flight call (operator shutdown).
+            raise KubeError(f"{method} {path}: client closed ({err!r})") from None
 
-    async def get(
-        self, api_version: str, plural: str, namespace: str, name: str
-    ) -> dict[str, Any] | None:
+    async def get(self, api_version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
-            obj = await self._call(
-                "get", "GET", resource_path(api_version, plural, namespace, name)
-            )
+            obj = await self._call("get", "GET", resource_path(api_version, plural, namespace, name))
         except KubeError as err:
             if err.status == 404:
                 return None
@@ -139,9 +137,7 @@ class KubeClient:
         """Objects in a namespace whose labels include ``labels`` (also checked here)."""
         selector = ",".join(f"{k}={v}" for k, v in (labels or {}).items())
         query = [("labelSelector", selector)] if selector else []
-        result = await self._call(
-            "list", "GET", resource_path(api_version, plural, namespace), query=query
-        )
+        result = await self._call("list", "GET", resource_path(api_version, plural, namespace), query=query)
         items = (result or {}).get("items") or []
         wanted = dict(labels or {})
         return [
@@ -150,16 +146,9 @@ class KubeClient:
             and wanted.items() <= ((item.get("metadata") or {}).get("labels") or {}).items()
         ]  # fmt: skip
 
-    async def create(
-        self, api_version: str, plural: str, namespace: str, body: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    async def create(self, api_version: str, plural: str, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         path = resource_path(api_version, plural, namespace)
-        return dict(
-            await self._call(
-                "create", "POST", path, query=[("fieldManager", FIELD_MANAGER)], body=body
-            )
-            or {}
-        )
+        return dict(await self._call("create", "POST", path, query=[("fieldManager", FIELD_MANAGER)], body=body) or {})
 
     async def patch(
         self, api_version: str, plural: str, namespace: str, name: str, body: Mapping[str, Any]
@@ -167,12 +156,7 @@ class KubeClient:
         """A JSON merge patch (RFC 7386): dicts merge, lists and scalars replace, null removes."""
         path = resource_path(api_version, plural, namespace, name)
         query = [("fieldManager", FIELD_MANAGER)]
-        return dict(
-            await self._call(
-                "patch", "PATCH", path, query=query, body=body, content_type=MERGE_PATCH
-            )
-            or {}
-        )
+        return dict(await self._call("patch", "PATCH", path, query=query, body=body, content_type=MERGE_PATCH) or {})
 
     async def has_resource(self, api_version: str, plural: str) -> bool:
         """Whether the API serves ``plural`` in ``api_version`` (cached for a few minutes)."""

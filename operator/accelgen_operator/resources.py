@@ -262,9 +262,7 @@ def _scheduling(engine: Mapping[str, Any]) -> dict[str, Any]:
     tolerations = list(engine.get("tolerations") or [])
     if int(engine.get("gpus", 1)) > 0:
         # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule.
-        tolerations.insert(
-            0, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-        )
+        tolerations.insert(0, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
     if tolerations:
         out["tolerations"] = tolerations
     for field in ("nodeSelector", "affinity", "runtimeClassName"):
@@ -327,9 +325,7 @@ def build_service(name: str, namespace: str) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(name),
-            "ports": [
-                {"name": "http", "port": SIDECAR_PORT, "targetPort": "http", "protocol": "TCP"}
-            ],
+            "ports": [{"name": "http", "port": SIDECAR_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
@@ -353,9 +349,7 @@ def build_service_monitor(name: str, namespace: str, spec: Mapping[str, Any]) ->
         "metadata": _meta(name, namespace),
         "spec": {
             "selector": {"matchLabels": selector_labels(name)},
-            "endpoints": [
-                {"port": "http", "path": "/metrics", "interval": metrics.get("interval", "30s")}
-            ],
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": metrics.get("interval", "30s")}],
         },
     }
 

@@ -86,12 +86,7 @@ class PoolStats:
 
 def _number(raw: Mapping[str, Any], key: str, *, integer: bool = False) -> float:
     value = raw.get(key, 0)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise StatsError(f"{key} must be a non-negative number, got {value!r}")
     if integer and value != int(value):
         raise StatsError(f"{key} must be a whole number, got {value!r}")
@@ -140,9 +135,7 @@ def parse_pod_stats(raw: object) -> PodStats:
     return PodStats(window_s=float(_number(raw, "window_s")), tiers=tuple(tiers), engine=engine)
 
 
-def aggregate(
-    pods: Sequence[PodStats], *, num_unreachable: int = 0, tier_order: Sequence[str] = ()
-) -> PoolStats:
+def aggregate(pods: Sequence[PodStats], *, num_unreachable: int = 0, tier_order: Sequence[str] = ()) -> PoolStats:
     """Sum the pods' tiers (see the module docstring); tiers in ``tier_order`` first."""
     sums: dict[str, dict[str, float]] = {}
     for pod in pods:
@@ -217,24 +210,14 @@ def slo_condition(pool: PoolStats, tiers: TierSet) -> Condition:
         if stats is not None and stats.attainment is not None:
             measured.append((tier, stats.attainment))
     if not measured:
-        return Condition(
-            "SLOAttained", "Unknown", "NoTraffic", "no request completed in the window"
-        )
-    missed = [
-        f"{t.name} {a:.1%} < {t.attainment_target:.0%}"
-        for t, a in measured
-        if a < t.attainment_target
-    ]
+        return Condition("SLOAttained", "Unknown", "NoTraffic", "no request completed in the window")
+    missed = [f"{t.name} {a:.1%} < {t.attainment_target:.0%}" for t, a in measured if a < t.attainment_target]
     if missed:
         return Condition("SLOAttained", "False", "BelowTarget", "; ".join(missed))
-    return Condition(
-        "SLOAttained", "True", "TargetsMet", f"{len(measured)} tier(s) at or above target"
-    )
+    return Condition("SLOAttained", "True", "TargetsMet", f"{len(measured)} tier(s) at or above target")
 
 
-def rollout_conditions(
-    *, desired: int, ready: int, updated: int, deployment_current: bool
-) -> list[Condition]:
+def rollout_conditions(*, desired: int, ready: int, updated: int, deployment_current: bool) -> list[Condition]:
     """``Ready`` and ``Progressing`` from the Deployment's counts."""
     if desired == 0:
         ready_c = Condition("Ready", "False", "ScaledToZero", "the pool has zero replicas")
@@ -243,13 +226,9 @@ def rollout_conditions(
     else:
         ready_c = Condition("Ready", "False", "ReplicasNotReady", f"{ready}/{desired} pods ready")
     if not deployment_current or updated < desired:
-        progressing = Condition(
-            "Progressing", "True", "RollingOut", f"{updated}/{desired} pods updated"
-        )
+        progressing = Condition("Progressing", "True", "RollingOut", f"{updated}/{desired} pods updated")
     else:
-        progressing = Condition(
-            "Progressing", "False", "RolloutComplete", "every pod runs the current spec"
-        )
+        progressing = Condition("Progressing", "False", "RolloutComplete", "every pod runs the current spec")
     return [ready_c, progressing]
 
 
@@ -273,17 +252,13 @@ def set_conditions(
             "status": cond.status,
             "reason": cond.reason,
             "message": cond.message,
-            "lastTransitionTime": now
-            if changed or old is None
-            else old.get("lastTransitionTime", now),
+            "lastTransitionTime": now if changed or old is None else old.get("lastTransitionTime", now),
         }
         if generation is not None:
             row["observedGeneration"] = generation
         by_type[cond.type] = row
     order = ["Ready", "Progressing", "Degraded", "SLOAttained"]
-    return sorted(
-        by_type.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else len(order)
-    )
+    return sorted(by_type.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
 
 
 def status_delta(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

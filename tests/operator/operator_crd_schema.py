@@ -52,10 +52,7 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 def structural_errors(schema: dict[str, Any], obj: Any) -> list[str]:
     validator = jsonschema.Draft4Validator(schema)
-    return [
-        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in validator.iter_errors(obj)
-    ]
+    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(obj)]
 
 
 _ENV = celpy.Environment()

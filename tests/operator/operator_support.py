@@ -66,9 +66,7 @@ def make_pool(name: str = "llama", **overrides: Any) -> dict[str, Any]:
     }
 
 
-def pod_stats(
-    tiers: dict[str, tuple[int, int]], *, waiting: int = 0, kv: float = 0.1
-) -> dict[str, Any]:
+def pod_stats(tiers: dict[str, tuple[int, int]], *, waiting: int = 0, kv: float = 0.1) -> dict[str, Any]:
     """A /stats answer; ``tiers`` maps name → (completed, slo_met)."""
     return {
         "pool": "llama",
@@ -191,9 +189,7 @@ class Cluster:
             if res.plural == "events" and not o.deleted and dict(o).get("reason") == reason
         ]
 
-    async def wait_for(
-        self, check: Callable[[], Any], *, timeout_s: float = 10.0, what: str = ""
-    ) -> Any:
+    async def wait_for(self, check: Callable[[], Any], *, timeout_s: float = 10.0, what: str = "") -> Any:
         """Poll ``check`` until it returns something truthy; fail after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:

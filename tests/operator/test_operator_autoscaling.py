@@ -21,17 +21,13 @@ POLICY = AutoscalePolicy(
 
 
 def window(completed: int, met: int, *, waiting: int = 0, kv: float = 0.1) -> PoolStats:
-    return aggregate(
-        [parse_pod_stats(pod_stats({"interactive": (completed, met)}, waiting=waiting, kv=kv))]
-    )
+    return aggregate([parse_pod_stats(pod_stats({"interactive": (completed, met)}, waiting=waiting, kv=kv))])
 
 
 def test_policy_defaults_come_from_the_tier() -> None:
     policy = AutoscalePolicy.from_spec({"maxReplicas": 4}, TIERS)
     assert (policy.tier, policy.target_attainment, policy.min_replicas) == ("standard", 0.9, 1)
-    policy = AutoscalePolicy.from_spec(
-        {"maxReplicas": 4, "tier": "interactive", "targetAttainment": 0.99}, TIERS
-    )
+    policy = AutoscalePolicy.from_spec({"maxReplicas": 4, "tier": "interactive", "targetAttainment": 0.99}, TIERS)
     assert (policy.tier, policy.target_attainment) == ("interactive", 0.99)
 
 
@@ -53,13 +49,9 @@ def test_cooldown_blocks_the_next_step() -> None:
 
 
 def test_never_above_max_or_below_min() -> None:
-    _, decision = decide(
-        POLICY, AutoscaleState(below_periods=9), replicas=3, pool=window(100, 50), now_s=1e6
-    )
+    _, decision = decide(POLICY, AutoscaleState(below_periods=9), replicas=3, pool=window(100, 50), now_s=1e6)
     assert decision is None
-    _, decision = decide(
-        POLICY, AutoscaleState(above_periods=9), replicas=1, pool=window(100, 100), now_s=1e6
-    )
+    _, decision = decide(POLICY, AutoscaleState(above_periods=9), replicas=1, pool=window(100, 100), now_s=1e6)
     assert decision is None
     _, decision = decide(POLICY, AutoscaleState(), replicas=7, pool=window(0, 0), now_s=1e6)
     assert decision is not None and (decision.replicas, decision.reason) == (3, "ScaledToBounds")
@@ -72,9 +64,7 @@ def test_scales_down_only_when_well_above_target_and_idle() -> None:
     busy = window(100, 100, waiting=5)
     _, decision = decide(POLICY, state, replicas=3, pool=busy, now_s=1e6)
     assert decision is None
-    _, decision = decide(
-        POLICY, state, replicas=3, pool=window(100, 96), now_s=1e6
-    )  # inside the band
+    _, decision = decide(POLICY, state, replicas=3, pool=window(100, 96), now_s=1e6)  # inside the band
     assert decision is None
 
 
@@ -90,7 +80,5 @@ def test_no_flapping_between_up_and_down() -> None:
 
 
 def test_too_few_completions_is_no_evidence() -> None:
-    state, decision = decide(
-        POLICY, AutoscaleState(below_periods=1), replicas=1, pool=window(5, 0), now_s=1e6
-    )
+    state, decision = decide(POLICY, AutoscaleState(below_periods=1), replicas=1, pool=window(5, 0), now_s=1e6)
     assert decision is None and state.below_periods == 0

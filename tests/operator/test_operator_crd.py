@@ -61,9 +61,7 @@ def test_examples_are_valid(path: Path) -> None:
 
 
 def test_the_three_required_examples_exist() -> None:
-    specs = {
-        p.name: next(d for d in example_documents(p) if d["kind"] == KIND)["spec"] for p in GOOD
-    }
+    specs = {p.name: next(d for d in example_documents(p) if d["kind"] == KIND)["spec"] for p in GOOD}
     single = specs["llama-three-tiers.yaml"]
     assert single["engine"]["gpus"] == 1 and len(single["tiers"]) == 3
     tp = specs["tensor-parallel-70b.yaml"]["engine"]
@@ -100,8 +98,6 @@ def test_defaults_are_applied_before_rules() -> None:
 
 
 def test_replicas_outside_autoscaling_bounds_rejected() -> None:
-    (doc,) = [
-        d for d in example_documents(EXAMPLES / "tenants-autoscaling.yaml") if d["kind"] == KIND
-    ]
+    (doc,) = [d for d in example_documents(EXAMPLES / "tenants-autoscaling.yaml") if d["kind"] == KIND]
     doc["spec"]["replicas"] = 20
     assert any("within autoscaling" in e for e in validate_pool(doc))

@@ -35,9 +35,7 @@ def _deployment(cluster: Cluster) -> dict[str, Any] | None:
 
 
 def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(
-        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
-    )
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
 
 
 async def _reconciled(cluster: Cluster, generation: int | None = None) -> dict[str, Any]:
@@ -83,10 +81,8 @@ async def test_apply_pool_creates_children_with_owner_references(cluster: Cluste
     assert parse_tiers(yaml.safe_load(config["data"]["tiers.yaml"])).default == "standard"
     assert "accelgen.dev/finalizer" in pool["metadata"]["finalizers"]
     assert condition(pool, "Degraded")["status"] == "False"  # type: ignore[index]
-    await cluster.wait_for(
-        lambda: condition(cluster.pool(), "SLOAttained"), what="status from the timer"
-    )
-    assert cluster.events("Reconciled"), "an Event says what was applied"
+    await cluster.wait_for(lambda: condition(cluster.pool(), "SLOAttained"), what="status from the timer")
+    await cluster.wait_for(lambda: cluster.events("Reconciled"), what="an Event saying what was applied")
 
 
 async def test_spec_change_rolls_the_deployment_but_tier_change_reloads_in_place(
@@ -175,13 +171,9 @@ async def test_low_attainment_scales_up_within_bounds(cluster: Cluster, sidecars
     await _reconciled(cluster)
     sidecar = await sidecars()
     sidecar.answer = pod_stats({"interactive": (100, 50)})
-    await cluster.create(
-        f"/api/v1/namespaces/{NS}/pods", make_pod("llama", "llama-0", port=sidecar.port)
-    )
+    await cluster.create(f"/api/v1/namespaces/{NS}/pods", make_pod("llama", "llama-0", port=sidecar.port))
 
-    await cluster.wait_for(
-        lambda: (_deployment(cluster) or {})["spec"]["replicas"] == 3, what="3 replicas"
-    )
+    await cluster.wait_for(lambda: (_deployment(cluster) or {})["spec"]["replicas"] == 3, what="3 replicas")
     for _ in range(5):  # more windows below target: never beyond maxReplicas
         await asyncio.sleep(FAST.stats_interval_s)
         assert (cluster.pool() or {})["spec"]["replicas"] == 3
@@ -198,16 +190,14 @@ async def test_missing_secret_is_degraded_then_recovers(cluster: Cluster) -> Non
         what="Degraded",
     )
     assert cond["reason"] == "SecretNotFound" and "'absent'" in cond["message"]
-    assert cluster.events("SecretNotFound"), "a Warning Event names the reason"
+    await cluster.wait_for(lambda: cluster.events("SecretNotFound"), what="a Warning Event with the reason")
     assert _deployment(cluster) is None, "nothing is rolled out without the keys"
 
     await cluster.create(
         f"/api/v1/namespaces/{NS}/secrets",
         {"metadata": {"name": "absent", "namespace": NS}, "data": {"keys.yaml": "e30K"}},
     )
-    await cluster.wait_for(
-        lambda: _deployment(cluster), timeout_s=15, what="retry after the Secret appears"
-    )
+    await cluster.wait_for(lambda: _deployment(cluster), timeout_s=15, what="retry after the Secret appears")
     await cluster.wait_for(
         lambda: (c := condition(cluster.pool(), "Degraded")) and c["status"] == "False",
         what="Degraded False",
@@ -243,9 +233,7 @@ async def test_restart_changes_nothing_that_is_right() -> None:
             cluster = Cluster(emu=emu, url=url, http=http)
             await cluster.create_pool(make_pool())
             await _reconciled(cluster)
-            await cluster.wait_for(
-                lambda: condition(cluster.pool(), "SLOAttained"), what="observed"
-            )
+            await cluster.wait_for(lambda: condition(cluster.pool(), "SLOAttained"), what="observed")
             await asyncio.sleep(1.0)
             idle_from = len(emu.log)
             await asyncio.sleep(1.0)  # three stats intervals

@@ -27,9 +27,7 @@ def _children(spec: dict[str, Any], **kw: Any) -> dict[str, dict[str, Any]]:
 
 
 def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [
-        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
-    ]
+    (found,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return found
 
 
@@ -44,12 +42,8 @@ def _example_specs() -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.mark.parametrize(("name", "spec"), _example_specs(), ids=[n for n, _ in _example_specs()])
-def test_every_built_manifest_validates_against_kubernetes_schemas(
-    name: str, spec: dict[str, Any]
-) -> None:
-    children = build_children(
-        "pool", "serving", spec, has_service_monitor_crd=True, has_gateway_crd=True
-    )
+def test_every_built_manifest_validates_against_kubernetes_schemas(name: str, spec: dict[str, Any]) -> None:
+    children = build_children("pool", "serving", spec, has_service_monitor_crd=True, has_gateway_crd=True)
     builtin = [c for c in children if c["apiVersion"] in ("v1", "apps/v1", "policy/v1")]
     assert {c["kind"] for c in builtin} == {
         "ConfigMap",
@@ -110,15 +104,11 @@ def test_pod_volumes_shm_in_memory_and_gpu_toleration() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
     assert volumes["config"]["projected"]["sources"] == [{"configMap": {"name": "llama-config"}}]
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
-        "tolerations"
-    ]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
 def test_cpu_only_pool_has_no_gpu_limit_or_toleration() -> None:
-    pod = _children(make_spec(engine={"image": "e", "gpus": 0}))["Deployment"]["spec"]["template"][
-        "spec"
-    ]
+    pod = _children(make_spec(engine={"image": "e", "gpus": 0}))["Deployment"]["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in (pod["containers"][0]["resources"].get("limits") or {})
     assert "tolerations" not in pod
 
@@ -155,12 +145,8 @@ def test_auth_secret_projected_at_keys_path_and_passed_to_sidecar() -> None:
     children = _children(make_spec(auth={"secretName": "tenants"}))
     sidecar = _container(children["Deployment"], "sidecar")
     assert sidecar["args"][-4:] == ["--keys", "/etc/accelgen/keys/keys.yaml", "--pool", "llama"]
-    sources = children["Deployment"]["spec"]["template"]["spec"]["volumes"][0]["projected"][
-        "sources"
-    ]
-    assert sources[1] == {
-        "secret": {"name": "tenants", "items": [{"key": "keys.yaml", "path": "keys/keys.yaml"}]}
-    }
+    sources = children["Deployment"]["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
+    assert sources[1] == {"secret": {"name": "tenants", "items": [{"key": "keys.yaml", "path": "keys/keys.yaml"}]}}
 
 
 def test_model_cache_and_scheduling_fields() -> None:
@@ -200,9 +186,7 @@ def test_optional_children_only_when_crd_exists_and_asked() -> None:
         "port": {"number": 9002},
         "failureMode": "FailClose",
     }
-    assert "ServiceMonitor" not in _children(
-        make_spec(metrics={"serviceMonitor": False}), has_service_monitor_crd=True
-    )
+    assert "ServiceMonitor" not in _children(make_spec(metrics={"serviceMonitor": False}), has_service_monitor_crd=True)
 
 
 def _pod_hash(spec: dict[str, Any]) -> str:
@@ -234,11 +218,5 @@ def test_stamp_hash_is_stable_and_tracks_content() -> None:
 
 def test_replicas_clamped_to_autoscaling_bounds() -> None:
     assert effective_replicas(make_spec(replicas=3)) == 3
-    assert (
-        effective_replicas(make_spec(replicas=1, autoscaling={"minReplicas": 2, "maxReplicas": 4}))
-        == 2
-    )
-    assert (
-        effective_replicas(make_spec(replicas=9, autoscaling={"minReplicas": 2, "maxReplicas": 4}))
-        == 4
-    )
+    assert effective_replicas(make_spec(replicas=1, autoscaling={"minReplicas": 2, "maxReplicas": 4})) == 2
+    assert effective_replicas(make_spec(replicas=9, autoscaling={"minReplicas": 2, "maxReplicas": 4})) == 4

@@ -105,9 +105,7 @@ def test_transition_time_moves_only_on_status_change() -> None:
     assert same[0]["lastTransitionTime"] == "t1" and same[0]["reason"] == "B"
     flipped = set_conditions(same, [Condition("Ready", "True", "C", "z")], now="t3", generation=2)
     assert flipped[0]["lastTransitionTime"] == "t3" and flipped[0]["observedGeneration"] == 2
-    kept = set_conditions(
-        flipped, [Condition("Degraded", "False", "R", "ok")], now="t4", generation=2
-    )
+    kept = set_conditions(flipped, [Condition("Degraded", "False", "R", "ok")], now="t4", generation=2)
     assert [c["type"] for c in kept] == ["Ready", "Degraded"]
 
 
