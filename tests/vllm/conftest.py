@@ -148,9 +148,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server(
-    vllm_available: None, tiny_model: Path, workdir: Path, calibrated_file: Path
-) -> Iterator[Server]:
+def server(vllm_available: None, tiny_model: Path, workdir: Path, calibrated_file: Path) -> Iterator[Server]:
     port = _free_port()
     stats_file = workdir / "server-stats.json"
     log_file = workdir / "server.log"
@@ -176,17 +174,13 @@ def server(
     ]  # fmt: skip
     t0 = time.monotonic()
     with log_file.open("w") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = t0 + 240
         while True:
             if proc.poll() is not None:
-                pytest.fail(
-                    f"server exited with {proc.returncode}:\n{log_file.read_text()[-4000:]}"
-                )
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_file.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(base_url + "/health", timeout=2) as r:
                     if r.status == 200:

@@ -104,9 +104,7 @@ def _shapes(rng: random.Random, n: int) -> list[BatchShape]:
         for _ in range(rng.randrange(0, 20)):
             shape = shape.plus_decode(context_tokens=rng.randrange(10, 3000))
         if rng.random() < 0.5:
-            shape = shape.plus_prefill(
-                rng.randrange(16, 2048), context_tokens=rng.randrange(0, 3000)
-            )
+            shape = shape.plus_prefill(rng.randrange(16, 2048), context_tokens=rng.randrange(0, 3000))
         if shape.num_tokens:
             shapes.append(shape)
     return shapes
@@ -188,7 +186,5 @@ def test_tiny_model_tokenizes_chats_and_fits_the_config(tmp_path: Path) -> None:
     ids = tok(text, add_special_tokens=False).input_ids
     assert tok.decode(ids) == text  # byte-level: every string round-trips
     assert len(ids) < len(text.encode())  # ... and merges make it shorter than bytes
-    chat = tok.apply_chat_template(
-        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
-    )
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<s><|user|>\nhi</s>\n<|assistant|>\n"

@@ -17,7 +17,7 @@ from typing import Any
 TIERS_YAML = """\
 default_tier: loose
 tiers:
-  - {name: tight, ttft_ms: 3000, tbt_ms: 30}
+  - {name: tight, ttft_ms: 3000, tbt_ms: 150}
   - {name: loose, ttft_ms: 30000, tbt_ms: 3000}
   - {name: batch, deadline_s: 600}
 """
@@ -28,6 +28,8 @@ MAX_MODEL_LEN = 6144  # < 63 usable blocks x 128: vLLM checks one request fits
 
 _rng = random.Random(1234)
 _counter = iter(range(10**9))
+# vLLM appends a suffix to the id a request is added with; outputs carry the original.
+_internal_ids: dict[str, str] = {}
 
 
 def prompt(num_tokens: int) -> dict[str, list[int]]:
@@ -39,12 +41,10 @@ def add(engine: Any, *, prompt_tokens: int, max_tokens: int, **xargs: Any) -> st
     """Queue one request (SLO metadata as ``vllm_xargs`` would carry it); its engine id."""
     from vllm import SamplingParams
 
-    params = SamplingParams(
-        max_tokens=max_tokens, ignore_eos=True, temperature=0.0, extra_args=xargs or None
-    )
-    req_id: str = engine.llm.llm_engine.add_request(
-        f"t{next(_counter)}", prompt(prompt_tokens), params
-    )
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0, extra_args=xargs or None)
+    external_id = f"t{next(_counter)}"
+    req_id: str = engine.llm.llm_engine.add_request(external_id, prompt(prompt_tokens), params)
+    _internal_ids[external_id] = req_id
     return req_id
 
 
@@ -61,10 +61,29 @@ def run_until_idle(engine: Any, *, max_steps: int = 20_000) -> dict[str, int]:
     while llm_engine.has_unfinished_requests():
         for out in llm_engine.step():
             if out.finished:
-                finished[out.request_id] = len(out.outputs[0].token_ids)
+                finished[_internal_ids.get(out.request_id, out.request_id)] = len(out.outputs[0].token_ids)
         n += 1
-        assert n < max_steps, "engine did not drain"
+        assert n < max_steps, f"engine did not drain: {describe(engine)}"
     return finished
+
+
+def describe(engine: Any) -> str:
+    """The scheduler's state, for failure messages."""
+    s = engine.scheduler
+    lines = [f"policy={s.policy_name} free_blocks={s.kv_cache_manager.block_pool.get_num_free_blocks()}"]
+    for r in s.requests.values():
+        lines.append(
+            f"  {r.request_id} {r.status.name} computed={r.num_computed_tokens} "
+            f"prompt={r.num_prompt_tokens} out={r.num_output_tokens}"
+        )
+    if s.planner is not None:
+        lines.append(f"  planner running={[m.request_id for m in s.planner.running]}")
+        lines.append(f"  planner waiting={[m.request_id for m in s.planner.waiting()]}")
+        lines.append(f"  planner free_blocks={s.planner.free_blocks}")
+        lines.append(f"  last plan={s.last_plan}")
+        lines.append(f"  model={s.calibrator.model}")
+        lines.append(f"  waiting={[r.request_id for r in s.waiting]} deferred={s.deferred_waiting}")
+    return "\n".join(lines)
 
 
 class Recorder:

@@ -26,14 +26,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from accelgen.core.errors import ConfigError
 from accelgen.core.latency import BatchShape, FittedLatencyModel
 
 #: [ours] A prior for a 2-layer, hidden-256 Llama on two CPU cores (the tests' tiny model),
 #: measured on this project's CI machines; anything else calibrates within a few dozen steps.
-TINY_CPU_PRIOR = FittedLatencyModel(
-    coefficients=(0.003, 3.0e-5, 2.0e-5, 2.0e-9, 5.0e-8), name="prior-tiny-cpu"
-)
+TINY_CPU_PRIOR = FittedLatencyModel(coefficients=(0.003, 3.0e-5, 2.0e-5, 2.0e-9, 5.0e-8), name="prior-tiny-cpu")
 
 
 class Calibrator:
@@ -102,7 +102,7 @@ class Calibrator:
             return False
         self._since_fit = 0
         samples = list(self._samples)
-        fit = FittedLatencyModel.fit(samples, name="fitted-online")
+        fit = fit_relative(samples)
         # [ours] Steps slowed by other processes on the machine are not the batch's cost:
         # drop samples measured at over twice their prediction (the median sample's ratio
         # is ~1) and refit, twice. Contention only ever adds time, so only slow ones go.
@@ -113,13 +113,11 @@ class Calibrator:
             kept = [x for x, ratio in zip(samples, ratios, strict=True) if ratio <= cutoff]
             if len(kept) < max(2, len(samples) // 2):
                 break
-            fit = FittedLatencyModel.fit(kept, name="fitted-online")
+            fit = fit_relative(kept)
         if not all(math.isfinite(c) for c in fit.coefficients) or fit.predict_s(BatchShape()) < 0:
             return False
         self.num_outliers = len(samples) - len(kept)
-        self.fit_error_all = statistics.fmean(
-            abs(fit.predict_s(shape) - d) / d for shape, d in samples
-        )
+        self.fit_error_all = statistics.fmean(abs(fit.predict_s(shape) - d) / d for shape, d in samples)
         self.fitted = fit
         self.model = fit
         if self.path is not None:
@@ -137,10 +135,75 @@ class Calibrator:
             "fit_p90_error": None if self.fitted is None else self.fitted.p90_error,
             "fit_error_all_samples": self.fit_error_all,
             "num_outliers": self.num_outliers,
+            "noise_floor": noise_floor(list(self._samples)),
             "online_error": statistics.fmean(errors) if errors else None,
             "online_median_error": statistics.median(errors) if errors else None,
             "fit": None if self.fitted is None else self.fitted.to_dict(),
         }
+
+
+def _features(shape: BatchShape) -> list[float]:
+    # NOTE: the terms of FittedLatencyModel.predict_s, in the order of its coefficients.
+    return [
+        1.0,
+        float(shape.num_prefill_tokens + shape.num_decodes),
+        float(shape.num_decodes),
+        shape.prefill_attention_pairs,
+        float(shape.decode_kv_tokens),
+    ]
+
+
+def fit_relative(samples: list[tuple[BatchShape, float]], *, name: str = "fitted-online") -> FittedLatencyModel:
+    """Non-negative least squares on *relative* error: each row weighted by 1/duration.
+
+    [ours] The core's fit minimises squared seconds, where a 500 ms prefill outweighs a
+    hundred 5 ms decode steps; the planner needs every step right in proportion (a TBT
+    budget is decided by the small ones), so the objective here matches the reported
+    error. Columns without variation are left out, as in the core's fit.
+    """
+    x = np.array([_features(shape) for shape, _ in samples])
+    y = np.array([d for _, d in samples])
+    w = 1.0 / np.maximum(y, 1e-9)
+    active = [0] + [j for j in range(1, x.shape[1]) if np.ptp(x[:, j]) > 0]
+    coef = np.zeros(x.shape[1])
+    while True:  # active-set NNLS: drop the columns that come out negative, refit
+        scale = np.maximum(np.abs(x[:, active]).max(axis=0), 1e-12)
+        a = x[:, active] / scale * w[:, None]
+        sol = np.linalg.lstsq(a, y * w, rcond=None)[0] / scale
+        negative = {j for j, v in zip(active, sol, strict=True) if v < 0}
+        if not negative:
+            break
+        active = [j for j in active if j not in negative]
+        if not active:
+            break
+    coef[:] = 0.0
+    if active:
+        coef[active] = sol
+    rel = np.abs(x @ coef - y) / np.maximum(y, 1e-12)
+    return FittedLatencyModel(
+        coefficients=(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), float(coef[4])),
+        num_samples=len(samples),
+        fit_error=float(rel.mean()),
+        p90_error=float(np.quantile(rel, 0.9)),
+        name=name,
+    )
+
+
+def noise_floor(samples: list[tuple[BatchShape, float]], *, min_repeats: int = 5) -> float | None:
+    """The median relative deviation of steps of one identical shape from their median.
+
+    No latency model can be more accurate than the machine is repeatable; this says how
+    repeatable it was (None when no shape repeated ``min_repeats`` times).
+    """
+    groups: dict[BatchShape, list[float]] = {}
+    for shape, d in samples:
+        groups.setdefault(shape, []).append(d)
+    deviations = []
+    for durations in groups.values():
+        if len(durations) >= min_repeats:
+            m = statistics.median(durations)
+            deviations += [abs(d - m) / m for d in durations]
+    return statistics.median(deviations) if deviations else None
 
 
 def save_fit(path: Path, fit: FittedLatencyModel) -> None:

@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 else:
     _SchedulerBase = object
 
-logger = init_logger(__name__)
+# Under "vllm." so vLLM's logging configuration (handlers, level) applies to it.
+logger = init_logger("vllm.accelgen.scheduler")
 
 
 @dataclass(slots=True)
@@ -144,6 +145,7 @@ class _AccelGenMixin(_SchedulerBase):
         self._pending: deque[_PendingStep] = deque()
         self._last_update_end_s = 0.0  # perf_counter at the end of the last update
         self._last_token_wall_s = time.time()
+        self.last_plan: IterationPlan | None = None  # for debugging and tests
         logger.info(
             "AccelGen scheduler: policy=%s tiers=%s blocks=%d block_size=%d cap=%d model=%s",
             s.policy,
@@ -159,9 +161,7 @@ class _AccelGenMixin(_SchedulerBase):
         if name == STOCK_POLICY:
             return None
         if get_spec(name).clairvoyant:
-            raise ConfigError(
-                f"policy {name!r} needs future knowledge; it runs only in the simulator"
-            )
+            raise ConfigError(f"policy {name!r} needs future knowledge; it runs only in the simulator")
         return make_policy(
             name,
             tiers=self.accelgen_settings.tiers,
@@ -210,6 +210,8 @@ class _AccelGenMixin(_SchedulerBase):
         self, request: VllmRequest, delay_free_blocks: bool = False
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         result = super()._free_request(request, delay_free_blocks)
+        if not self.requests:  # idle from now on: no step will write the stats soon
+            self.accelgen_stats.maybe_write(force=True)
         mirror = self._mirrors.pop(request.request_id, None)
         planner = self.planner
         if mirror is not None and planner is not None:
@@ -226,13 +228,22 @@ class _AccelGenMixin(_SchedulerBase):
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         t0 = time.perf_counter()
         planner = self.planner
-        if planner is None:  # vllm-stock: vLLM decides, we only time and count
+        plan: IterationPlan | None = None
+        if planner is not None:
+            self._sync(planner)
+            plan = planner.plan(time.time())
+            self.last_plan = plan
+            if plan.is_empty and not self.running and len(self.waiting) > 0:
+                # Liveness guard: an idle engine with queued work must not stay idle
+                # (a policy may find no request admissible, e.g. a TBT target below
+                # one decode step). vLLM admits in its own order; the next sync adopts.
+                self.accelgen_stats.num_fallback_steps += 1
+                plan = None
+        if plan is None:  # vllm-stock (or the guard): vLLM decides, we time and count
             output = super().schedule(*args, **kwargs)
             returned_s = time.perf_counter()
             record = self._record_stock(output, schedule_s=returned_s - t0)
         else:
-            self._sync(planner)
-            plan = planner.plan(time.time())
             planner_s = time.perf_counter() - t0
             hidden, planned = self._steer(plan)
             try:
@@ -243,20 +254,18 @@ class _AccelGenMixin(_SchedulerBase):
                 for r in hidden:
                     self.waiting.add_request(r)
             returned_s = time.perf_counter()
-            record = self._record(
-                plan, output, planned, planner_s=planner_s, schedule_s=returned_s - t0
-            )
+            record = self._record(plan, output, planned, planner_s=planner_s, schedule_s=returned_s - t0)
         shape = batch_shape(output, self.requests)
         predicted_s = self.calibrator.model.predict_s(shape)
         self._pending.append(_PendingStep(output, returned_s, shape, predicted_s, record))
         return output
 
-    def update_from_output(
-        self, scheduler_output: SchedulerOutput, model_runner_output: Any
-    ) -> Any:
+    def update_from_output(self, scheduler_output: SchedulerOutput, model_runner_output: Any) -> Any:
         t = time.perf_counter()
         step = self._pop_pending(scheduler_output)
-        if step is not None and step.shape.num_tokens > 0:
+        if step is not None and step.shape.num_tokens == 0 and step.record is not None:
+            self.accelgen_stats.record_step(step.record)
+        elif step is not None:
             # NOTE: with async scheduling the next schedule() runs before this update;
             # the step could start only when the previous one had finished.
             measured_s = t - max(step.returned_s, self._last_update_end_s)
@@ -302,9 +311,7 @@ class _AccelGenMixin(_SchedulerBase):
         mirror.num_output_tokens = outputs
         mirror.num_computed_tokens = request.num_computed_tokens
         running = request.status == RequestStatus.RUNNING
-        mirror.num_blocks = (
-            blocks_for(request.num_computed_tokens, self.block_size) if running else 0
-        )
+        mirror.num_blocks = blocks_for(request.num_computed_tokens, self.block_size) if running else 0
 
     def _sync(self, planner: Policy) -> None:
         """Make the planner's view equal vLLM's: token counts, KV, running or waiting."""
@@ -412,6 +419,7 @@ class _AccelGenMixin(_SchedulerBase):
             "running_by_tier": running_by_tier,
             "num_waiting": len(self.waiting),
             "scheduled": scheduled,
+            "planned": None if exact else planned,
         }
 
     def _record_stock(self, output: SchedulerOutput, *, schedule_s: float) -> dict[str, Any] | None:
@@ -419,9 +427,7 @@ class _AccelGenMixin(_SchedulerBase):
         stats.num_steps += 1
         stats.schedule_s.append(schedule_s)
         preempted = {
-            rid: self._mirrors[rid].tier.name
-            for rid in output.preempted_req_ids or ()
-            if rid in self._mirrors
+            rid: self._mirrors[rid].tier.name for rid in output.preempted_req_ids or () if rid in self._mirrors
         }
         for tier in preempted.values():
             stats.preemptions_by_tier[tier] += 1

@@ -38,9 +38,7 @@ from accelgen.core.config import PolicyConfig, parse_policy_config
 from accelgen.core.errors import ConfigError
 from accelgen.core.tiers import SLOTier, TierSet
 
-DEFAULT_TIERS = TierSet(
-    tiers=(SLOTier(name="default", ttft_slo_s=2.0, tbt_slo_s=0.2),), default="default"
-)
+DEFAULT_TIERS = TierSet(tiers=(SLOTier(name="default", ttft_slo_s=2.0, tbt_slo_s=0.2),), default="default")
 
 _ADAPTER_KEYS = {
     "policy",

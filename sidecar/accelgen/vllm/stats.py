@@ -61,6 +61,7 @@ class EngineStats:
         self.num_steps = 0
         self.num_empty_plans = 0
         self.num_inexact_steps = 0
+        self.num_fallback_steps = 0
         self.preemptions_by_tier: Counter[str] = Counter()
         self.requests_by_tier: Counter[str] = Counter()
         self.slo_problems: Counter[str] = Counter()
@@ -103,6 +104,7 @@ class EngineStats:
             "num_steps": self.num_steps,
             "num_empty_plans": self.num_empty_plans,
             "num_inexact_steps": self.num_inexact_steps,
+            "num_fallback_steps": self.num_fallback_steps,
             "budget_tokens": {
                 "last": self.last_budget_tokens,
                 "min": min(budgets) if budgets else None,

@@ -151,9 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
     parser.add_argument("--head-dim", type=int, default=64, help="head size (default 64)")
     parser.add_argument("--vocab", type=int, default=2048, help="BPE vocabulary target")
-    parser.add_argument(
-        "--max-context", type=int, default=8192, help="max context tokens (default 8192)"
-    )
+    parser.add_argument("--max-context", type=int, default=8192, help="max context tokens (default 8192)")
 
 
 def run(args: argparse.Namespace) -> int:
