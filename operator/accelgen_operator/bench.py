@@ -126,13 +126,11 @@ async def run_bench(*, num_pools: int, stats_interval_s: float = 2.0, timeout_s:
             converge_s = time.monotonic() - started
             # The benchmark's own POSTs of the pools are not the operator's requests.
             log = emu.log[start_index:]
-            own = {(m, p) for m, p in log if m == "POST" and p.endswith(f"/{PLURAL}")}
-            by_method = collections.Counter(m for m, _ in log)
-            by_method["POST"] -= len(own)
+            # The benchmark's own POSTs of the pools are not the operator's requests.
+            ours = [(m, p) for m, p in log if not (m == "POST" and p.endswith(f"/{PLURAL}"))]
+            by_method = collections.Counter(m for m, _ in ours)
             requests_per_pool = {m: round(n / num_pools, 2) for m, n in sorted(by_method.items())}
-            by_target = collections.Counter(
-                f"{m} {_target(p)}" for m, p in log if (m, p) not in own
-            )  # a pool POST by the benchmark matches no operator request
+            by_target = collections.Counter(f"{m} {_target(p)}" for m, p in ours)
             breakdown = {k: round(n / num_pools, 2) for k, n in sorted(by_target.items())}
             writes = sum(n for m, n in by_method.items() if m in ("POST", "PATCH", "PUT", "DELETE"))
             # Let in-flight timers land, then watch a few stats intervals for any write.

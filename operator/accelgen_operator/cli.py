@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="kopf peering object name (default: kopf's default)")  # fmt: skip
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="kopf's liveness endpoint (empty to disable)")  # fmt: skip
+    run.add_argument("--server", default=None,
+                     help="API URL without auth (e.g. `kubectl proxy`); default: in-cluster or kubeconfig")  # fmt: skip
     run.add_argument("--stats-interval", type=float, default=15.0, help="seconds between /stats reads")
     run.add_argument("--stats-timeout", type=float, default=2.0, help="seconds to wait for one pod")
     run.add_argument("--verbose", "-v", action="store_true")
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(num_pools=args.pools, stats_interval_s=args.stats_interval, json_path=args.json_path)
     kopf.configure(verbose=args.verbose)
-    cfg = OperatorConfig(stats_interval_s=args.stats_interval, stats_timeout_s=args.stats_timeout)
+    cfg = OperatorConfig(api_url=args.server, stats_interval_s=args.stats_interval, stats_timeout_s=args.stats_timeout)
     asyncio.run(
         kopf.operator(
             registry=build_registry(cfg),

@@ -9,6 +9,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 from operator_crd_schema import (
+    CRD_PATH,
     EXAMPLES,
     apply_defaults,
     example_documents,
@@ -26,6 +27,15 @@ BAD = sorted((EXAMPLES / "invalid").glob("*.yaml"))
 
 def test_crd_is_a_valid_customresourcedefinition() -> None:
     kubernetes_validate.validate(load_crd(), K8S_VERSION, strict=True)
+
+
+def test_kopf_peering_crds_are_valid() -> None:
+    docs = example_documents(CRD_PATH.parent / "kopf-peering.yaml")
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert {c["metadata"]["name"] for c in crds} == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    for crd in crds:
+        kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+    assert any(d["kind"] == "ClusterKopfPeering" and d["metadata"]["name"] == "default" for d in docs)
 
 
 def test_crd_names_group_and_subresources() -> None:
