@@ -142,3 +142,19 @@ def test_engine_pressure_holds_releases() -> None:
         assert ticket.released.done()
 
     asyncio.run(scenario())
+
+
+def test_request_infeasible_even_when_idle_is_served_if_idle_refused_if_busy() -> None:
+    async def scenario() -> None:
+        clock, shed = Clock(), list[Ticket]()
+        adm = _admission(clock, shed, max_in_flight=1)
+        huge = adm.make_ticket(TIERS.get("interactive"), 400_000, 10)  # prefill ≫ 0.5 s
+        assert huge.key_s < huge.arrival_s
+        adm.admit(huge)
+        await adm.wait(huge)  # idle engine: best effort, not shed
+        assert not shed and adm.in_flight == 1
+        with pytest.raises(ApiError) as err:  # busy: refused at once
+            adm.admit(adm.make_ticket(TIERS.get("interactive"), 400_000, 10))
+        assert err.value.status == 429 and err.value.code == "slo_infeasible"
+
+    asyncio.run(scenario())

@@ -141,13 +141,24 @@ class Admission:
         """Queue ``ticket``, or raise the ApiError (429) that rejects it at once.
 
         If its target is infeasible only because of looser-tier requests queued ahead
-        of it, enough of those are shed (loosest first) to make it feasible.
+        of it, enough of those are shed (loosest first) to make it feasible. A request
+        that would miss its target even on an idle engine (a prompt too long for its
+        tier) is served best-effort when the engine is idle, and refused otherwise.
         """
         now_s = ticket.arrival_s
         ahead = self._ahead(ticket.key_s)
         wait_s = self._predicted_wait_s(len(ahead), now_s)
         usable_s = (ticket.key_s - now_s) * self.config.slack_use
-        if wait_s > usable_s:
+        idle = not ahead and self.in_flight < self.config.max_in_flight
+        if ticket.key_s < now_s and not idle:
+            raise ApiError(
+                429,
+                f"tier {ticket.tier.name!r}: this request cannot meet its target even on "
+                "an idle engine, and the engine is busy; retry later",
+                code="slo_infeasible",
+                retry_after_s=max(1.0, wait_s),
+            )
+        if ticket.key_s >= now_s and wait_s > usable_s:
             free = self.config.max_in_flight - self.in_flight
             allowed = int(usable_s * self._completion_rate(now_s)) + free - 1
             looser = sorted(
@@ -241,8 +252,9 @@ class Admission:
             if not head.queued:
                 heapq.heappop(self._heap)
                 continue
-            lost = now_s > head.deadline_s if head.tier.is_offline else now_s > head.key_s
-            if self.config.shed_late and lost:
+            # Only what queueing cost its target is shed, not what was lost on arrival.
+            lost = now_s > (head.deadline_s if head.tier.is_offline else head.key_s)
+            if self.config.shed_late and lost and head.key_s >= head.arrival_s:
                 heapq.heappop(self._heap)
                 self._shed(head, "its deadline passed while queued")
                 continue
