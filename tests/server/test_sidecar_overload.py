@@ -8,6 +8,7 @@ the looser tiers are rejected or shed instead.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections import Counter
@@ -18,8 +19,9 @@ import httpx
 from sidecar_harness import metric_value
 from sidecar_process import ServeProcess
 
-DURATION_S = 6.0
-MAX_REQUESTS = 1200  # hard cap on what the test may send
+# ACCELGEN_OVERLOAD_S=60 runs the full minute of the issue; the suite keeps it short.
+DURATION_S = float(os.environ.get("ACCELGEN_OVERLOAD_S", "6"))
+MAX_REQUESTS = int(200 * DURATION_S)  # hard cap on what the test may send
 OUTPUT_TOKENS = 20  # on average: 10 to 30
 # Engine: 8 sequences, ~23 ms iterations → ~0.5 s a request → ~16 requests/s capacity.
 FLAGS = (
@@ -59,7 +61,8 @@ async def _load(url: str) -> tuple[Counter[tuple[str, int]], int, int]:
             if resp.status in (429, 503) and "Retry-After" not in resp.headers:
                 missing_retry_after += 1
 
-    timeout = aiohttp.ClientTimeout(total=30)
+    # The batch tier's deadline is 60 s: a queued batch request may rightly wait that long.
+    timeout = aiohttp.ClientTimeout(total=90)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         tasks: list[asyncio.Task[None]] = []
         start = time.monotonic()
@@ -88,7 +91,7 @@ def test_overload_sheds_loose_tiers_and_keeps_the_tight_one(tmp_path: Path) -> N
         # Every request answered, with a status a client can act on, within bounded time.
         assert statuses <= {200, 429, 503}, results
         assert sent >= 0.8 * 10 * CAPACITY_RPS * DURATION_S
-        assert elapsed_s < DURATION_S + 15
+        assert elapsed_s < DURATION_S + 60 + 15  # the loosest deadline, and a margin
         assert missing_retry_after == 0
         # Bounded: queues never beyond their limits; memory growth small.
         assert max_queued <= MAX_QUEUED

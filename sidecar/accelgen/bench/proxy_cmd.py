@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,7 @@ GOAL_ADDED_TTFT_P99_MS = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--engine-url", metavar="URL", help="a running engine (default: start the sim engine)"
-    )
+    parser.add_argument("--engine-url", metavar="URL", help="a running engine (default: start the sim engine)")
     parser.add_argument("--requests", type=int, default=400, help="requests per block")
     parser.add_argument("--blocks", type=int, default=3, help="blocks per side (alternating)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent streams")
@@ -39,25 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _child(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
-async def _wait_ok(url: str, timeout_s: float = 60.0) -> None:
-    import aiohttp
-
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _cpu_s(pid: int) -> float:
@@ -66,9 +45,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _measure(
-    args: argparse.Namespace, engine_url: str, sidecar_url: str, sidecar_pid: int
-) -> dict[str, Any]:
+async def _measure(args: argparse.Namespace, engine_url: str, sidecar_url: str, sidecar_pid: int) -> dict[str, Any]:
     from accelgen.server.loadgen import Sample, run_load, summarize
 
     body: dict[str, Any] = {
@@ -90,9 +67,7 @@ async def _measure(
     for _ in range(args.blocks):
         for side, url in (("direct", engine_url), ("sidecar", sidecar_url)):
             cpu_before = _cpu_s(sidecar_pid)
-            got, wall_s = await run_load(
-                url, num_requests=args.requests, concurrency=args.concurrency, body=body
-            )
+            got, wall_s = await run_load(url, num_requests=args.requests, concurrency=args.concurrency, body=body)
             if side == "sidecar":
                 cpu_s += _cpu_s(sidecar_pid) - cpu_before
             samples[side] += got
@@ -134,7 +109,7 @@ def _print(report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start what is needed, measure both sides, print (and write) the report."""
-    from accelgen.server.launch import free_port
+    from accelgen.server.launch import free_port, wait_http_ok
 
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -143,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             port = free_port()
             children.append(_child(["accelgen.server.sim_server", "--port", str(port)]))
             engine_url = f"http://127.0.0.1:{port}"
-        asyncio.run(_wait_ok(engine_url + "/v1/models"))
+        asyncio.run(wait_http_ok(engine_url + "/v1/models", timeout_s=60))
         port = free_port()
         sidecar = _child(
             [
@@ -163,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         )
         children.append(sidecar)
         sidecar_url = f"http://127.0.0.1:{port}"
-        asyncio.run(_wait_ok(sidecar_url + "/readyz"))
+        asyncio.run(wait_http_ok(sidecar_url + "/readyz", timeout_s=60, process=sidecar))
         report = asyncio.run(_measure(args, engine_url, sidecar_url, sidecar.pid))
     finally:
         for child in reversed(children):

@@ -45,6 +45,23 @@ async def start_sim(model: LatencyModel, config: SimEngineConfig) -> tuple[str, 
     return f"http://127.0.0.1:{port}", runner
 
 
+async def wait_http_ok(url: str, *, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once ``GET url`` answers 200; RuntimeError if ``process`` exits or time runs out."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while asyncio.get_running_loop().time() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the process behind {url} exited ({process.returncode})")
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.25)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+
+
 def ensure_tiny_model(directory: Path = TINY_MODEL_DIR) -> Path:
     """Create the tiny model once (``accelgen model tiny DIR``); reuse it afterwards."""
     if not (directory / "config.json").exists():
@@ -113,19 +130,7 @@ class VllmProcess:
 
     async def wait_ready(self, timeout_s: float = 300.0) -> None:
         """Return when ``/health`` answers 200; RuntimeError if vLLM exits or times out."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            while asyncio.get_running_loop().time() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"vLLM exited with code {self.proc.returncode}")
-                try:
-                    async with session.get(self.url + "/health") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(1.0)
-        raise RuntimeError(f"vLLM did not become ready within {timeout_s:.0f}s")
+        await wait_http_ok(self.url + "/health", timeout_s=timeout_s, process=self.proc)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
