@@ -150,7 +150,7 @@ def test_calibrated_model_error_on_the_engines_own_steps(engine, calibrated_file
     # No model beats the machine's repeatability: identical steps scatter by `floor`.
     floor = report["noise_floor"] or 0.0
     assert report["fit_error"] < 0.25 + floor, report
-    if floor > 0.10:
+    if report["fit_error"] >= 0.25 and floor > 0.10:
         pytest.skip(
             f"machine too busy to show the 25 % criterion: identical steps deviate "
             f"{floor:.0%} from their median; fit error {report['fit_error']:.0%}"

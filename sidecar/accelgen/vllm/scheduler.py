@@ -245,13 +245,14 @@ class _AccelGenMixin(_SchedulerBase):
             record = self._record_stock(output, schedule_s=returned_s - t0)
         else:
             planner_s = time.perf_counter() - t0
-            hidden, planned = self._steer(plan)
+            hidden_waiting, hidden_running, planned = self._steer(plan)
             try:
                 output = super().schedule(*args, **kwargs)
             finally:
                 self.max_num_scheduled_tokens = self._cap_tokens
                 self.scheduler_config.long_prefill_token_threshold = self._cap_threshold
-                for r in hidden:
+                self.running.extend(hidden_running)
+                for r in hidden_waiting:
                     self.waiting.add_request(r)
             returned_s = time.perf_counter()
             record = self._record(plan, output, planned, planner_s=planner_s, schedule_s=returned_s - t0)
@@ -333,8 +334,13 @@ class _AccelGenMixin(_SchedulerBase):
                 self.accelgen_stats.preemptions_by_tier[mirror.tier.name] += 1
         planner.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
 
-    def _steer(self, plan: IterationPlan) -> tuple[list[VllmRequest], dict[str, int]]:
-        """Set vLLM up to execute ``plan``; returns the waiting requests set aside."""
+    def _steer(self, plan: IterationPlan) -> tuple[list[VllmRequest], list[VllmRequest], dict[str, int]]:
+        """Set vLLM up to execute ``plan``.
+
+        Returns:
+            The waiting and the running requests set aside for this step, and the
+            planned tokens by request id.
+        """
         for victim in plan.preempted:
             r = self.requests.get(victim.request_id)
             if r is not None and r.status == RequestStatus.RUNNING:
@@ -357,16 +363,22 @@ class _AccelGenMixin(_SchedulerBase):
         order = full + cut
         running_ids = {r.request_id for r in self.running}
         in_plan = set(planned)
-        self.running = [r for r in order if r.request_id in running_ids] + [
-            r for r in self.running if r.request_id not in in_plan
-        ]
-        waiting_all = list(self.waiting)
-        self.waiting.remove_requests(waiting_all)
-        hidden = [r for r in waiting_all if r.request_id not in in_plan]
-        was_waiting = {r.request_id for r in waiting_all}
-        for r in order:
-            if r.request_id in was_waiting:
-                self.waiting.add_request(r)
+        # Unplanned running requests are set aside too: vLLM serves running before
+        # waiting, so they would take budget the plan gave to admissions.
+        hidden_running = [r for r in self.running if r.request_id not in in_plan]
+        self.running = [r for r in order if r.request_id in running_ids]
+        hidden_waiting: list[VllmRequest] = []
+        admissions = [r for r in order if r.request_id not in running_ids]
+        if admissions:
+            # NOTE: O(queue) — only in steps that admit; otherwise the planned running
+            # requests use up the whole budget before vLLM looks at the queue.
+            waiting_all = list(self.waiting)
+            self.waiting.remove_requests(waiting_all)
+            hidden_waiting = [r for r in waiting_all if r.request_id not in in_plan]
+            was_waiting = {r.request_id for r in waiting_all}
+            for r in admissions:
+                if r.request_id in was_waiting:
+                    self.waiting.add_request(r)
         self.max_num_scheduled_tokens = min(sum(planned.values()), self._cap_tokens)
         if len(cut) == 1:
             size = planned[cut[0].request_id]
@@ -374,7 +386,7 @@ class _AccelGenMixin(_SchedulerBase):
             if all(n <= size for n in needs):
                 # vLLM caps every request's chunk at this threshold: only the cut one exceeds it.
                 self.scheduler_config.long_prefill_token_threshold = size
-        return hidden, planned
+        return hidden_waiting, hidden_running, planned
 
     def _record(
         self,
