@@ -81,10 +81,31 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     """The emulator plus uid/resourceVersion/generation stamping and owner-reference GC."""
 
     _versions: Iterable[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _last_version: int = attrs.field(default=0, init=False)
     log: list[tuple[str, str]] = attrs.field(factory=list, init=False)  # (method, path)
 
     def _next_version(self) -> str:
-        return str(next(iter(self._versions)))
+        self._last_version = next(iter(self._versions))
+        return str(self._last_version)
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        # A list carries the version a watch can start from (kmock answers "...").
+        result = await super()._serve_list(request)
+        if isinstance(result, dict):
+            result["metadata"] = {"resourceVersion": str(self._last_version)}
+        return result
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        # A watch from version N delivers only what changed after N, as the API server does;
+        # kmock replays everything, and kopf takes a replayed stale version for news.
+        raw_since = request.params.get("resourceVersion", "")
+        since = int(raw_since) if raw_since.isdigit() else 0
+        async for item in super()._serve_watch(request):
+            if since and isinstance(item, dict) and item.get("type") != "DELETED":
+                version = str(((item.get("object") or {}).get("metadata") or {}).get("resourceVersion"))
+                if version.isdigit() and int(version) <= since:
+                    continue
+            yield item
 
     def _current(self, request: rendering.Request) -> Mapping[str, Any] | None:
         if request.resource is None or request.name is None:

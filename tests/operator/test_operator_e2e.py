@@ -204,6 +204,23 @@ async def test_missing_secret_is_degraded_then_recovers(cluster: Cluster) -> Non
     )
 
 
+async def test_spec_the_schema_missed_is_degraded_not_a_crash(cluster: Cluster) -> None:
+    # The emulator runs no CRD validation, as a cluster without CEL support would not.
+    await cluster.create_pool(make_pool(tiers=[{"name": "chat", "ttftMs": 500}]))
+    cond = await cluster.wait_for(
+        lambda: (c := condition(cluster.pool(), "Degraded")) and c["status"] == "True" and c,
+        what="Degraded InvalidSpec",
+    )
+    assert cond["reason"] == "InvalidSpec" and "spec.tiers[0]" in cond["message"]
+    assert _deployment(cluster) is None
+    await cluster.patch(
+        cluster.pool_path("llama")[len(cluster.url) :],
+        {"spec": {"tiers": [{"name": "chat", "ttftMs": 500, "tbtMs": 50}], "defaultTier": "chat"}},
+    )
+    await cluster.wait_for(lambda: _deployment(cluster), what="the fixed spec rolled out")
+    await _reconciled(cluster)
+
+
 async def test_delete_clears_finalizer_and_collects_children(cluster: Cluster) -> None:
     await cluster.create_pool(make_pool())
     await _reconciled(cluster)
