@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 
 from accelgen.core.tiers import TierSet, parse_tiers
@@ -123,3 +125,36 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(got.get(k) == f'"{v}"' for k, v in labels.items()):
             return float(value)
     return 0.0
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    """Poll ``predicate`` until true or ``timeout_s`` passes; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+async def disconnecting_clients(url: str, n: int, chunks: int, key: str = "") -> int:
+    """``n`` streaming clients that each read ``chunks`` SSE events, then hang up."""
+    got = 0
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal got
+        body = {"prompt": "x", "max_tokens": 500, "stream": True, "ignore_eos": True}
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with session.post(url + "/v1/completions", json=body, headers=headers) as resp:
+            assert resp.status == 200
+            seen = 0
+            async for line in resp.content:
+                if line.startswith(b"data:"):
+                    seen += 1
+                    if seen == chunks:
+                        got += 1
+                        break  # leaving the block closes the connection mid-stream
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await asyncio.gather(*(one(session) for _ in range(n)))
+    return got

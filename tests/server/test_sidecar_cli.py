@@ -13,9 +13,8 @@ from pathlib import Path
 
 import httpx
 import yaml
-from sidecar_harness import TIERS_CONFIG
+from sidecar_harness import TIERS_CONFIG, wait_for
 from sidecar_process import ServeProcess
-from test_sidecar_faults import _wait_for
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
@@ -88,7 +87,7 @@ def test_tiers_reload_on_sighup_and_on_change_without_dropping_requests(tmp_path
         }
         tiers.write_text(yaml.safe_dump(config))
         os.kill(server.proc.pid, signal.SIGHUP)
-        assert _wait_for(lambda: _tier_status(server.url, "gold") == 200, 5)
+        assert wait_for(lambda: _tier_status(server.url, "gold") == 200, 5)
         # A broken file is refused and the sidecar keeps its tiers.
         tiers.write_text("tiers: [")
         os.kill(server.proc.pid, signal.SIGHUP)
@@ -97,7 +96,7 @@ def test_tiers_reload_on_sighup_and_on_change_without_dropping_requests(tmp_path
         # A change of the file alone is picked up too (ConfigMap updates send no signal).
         config["tiers"] = [t for t in config["tiers"] if t["name"] != "gold"]
         tiers.write_text(yaml.safe_dump(config))
-        assert _wait_for(lambda: _tier_status(server.url, "gold") == 400, 5)
+        assert wait_for(lambda: _tier_status(server.url, "gold") == 400, 5)
         worker.join(60)
         assert result == {"status": 200, "events": 61}  # 60 tokens and [DONE]
         metrics = httpx.get(server.url + "/metrics").text

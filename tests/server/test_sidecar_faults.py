@@ -6,26 +6,16 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import aiohttp
 import httpx
 import openai
 import pytest
-from sidecar_harness import Stack, metric_value
+from sidecar_harness import Stack, disconnecting_clients, metric_value, wait_for
 
 from accelgen.server.admission import AdmissionConfig
 from accelgen.server.launch import free_port
 from accelgen.server.sim_engine import SimEngineConfig
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 class EngineProcess:
@@ -34,7 +24,7 @@ class EngineProcess:
     def __init__(self, port: int, *extra: str) -> None:
         self.port = port
         self.proc = subprocess.Popen([sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port), *extra])
-        assert _wait_for(self._healthy, 20), "sim engine did not start"
+        assert wait_for(self._healthy, 20), "sim engine did not start"
 
     def _healthy(self) -> bool:
         try:
@@ -72,7 +62,7 @@ def test_engine_killed_mid_stream_then_back(engine_process: EngineProcess) -> No
                     engine_process.kill()
         assert 3 <= received < 100
         assert "engine" in str(err.value.message)
-        assert _wait_for(lambda: not _ready(stack), 3)
+        assert wait_for(lambda: not _ready(stack), 3)
         ready = httpx.get(stack.url + "/readyz")
         assert ready.status_code == 503 and ready.json()["ready"] is False
         # Down: a clean 503 at once, never a hang.
@@ -89,7 +79,7 @@ def test_engine_killed_mid_stream_then_back(engine_process: EngineProcess) -> No
         assert failed == 2
         restarted = EngineProcess(engine_process.port)
         try:
-            assert _wait_for(lambda: _ready(stack), 5)
+            assert wait_for(lambda: _ready(stack), 5)
             out = client.completions.create(model="m", prompt="x", max_tokens=3)
             assert out.usage is not None and out.usage.completion_tokens == 3
         finally:
@@ -110,45 +100,22 @@ def test_stalled_engine_is_502_after_the_token_timeout() -> None:
         stack.stop()
 
 
-async def _disconnecting_clients(url: str, n: int, chunks: int, key: str = "") -> int:
-    """``n`` streaming clients that each read ``chunks`` SSE events, then hang up."""
-    got = 0
-
-    async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal got
-        body = {"prompt": "x", "max_tokens": 500, "stream": True, "ignore_eos": True}
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        async with session.post(url + "/v1/completions", json=body, headers=headers) as resp:
-            assert resp.status == 200
-            seen = 0
-            async for line in resp.content:
-                if line.startswith(b"data:"):
-                    seen += 1
-                    if seen == chunks:
-                        got += 1
-                        break  # leaving the block closes the connection mid-stream
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        await asyncio.gather(*(one(session) for _ in range(n)))
-    return got
-
-
 def test_200_clients_disconnecting_leave_nothing_running() -> None:
     stack = Stack(admission=AdmissionConfig(max_in_flight=256), sim=SimEngineConfig(max_num_seqs=256)).start()
     try:
-        assert asyncio.run(_disconnecting_clients(stack.url, 200, 2)) == 200
+        assert asyncio.run(disconnecting_clients(stack.url, 200, 2)) == 200
         engine = stack.engine
         assert engine is not None and stack.sidecar is not None
         sidecar = stack.sidecar
-        assert _wait_for(lambda: not engine.running and not engine.waiting, 5)
+        assert wait_for(lambda: not engine.running and not engine.waiting, 5)
         assert engine.free_blocks == engine.config.num_kv_blocks  # every KV block back
-        assert _wait_for(lambda: sidecar.admission.in_flight == 0, 5)
+        assert wait_for(lambda: sidecar.admission.in_flight == 0, 5)
 
         def engine_running() -> float:
             text = httpx.get(stack.url + "/metrics").text
             return float(metric_value(text, "vllm:num_requests_running"))
 
-        assert _wait_for(lambda: engine_running() == 0, 5)
+        assert wait_for(lambda: engine_running() == 0, 5)
         text = httpx.get(stack.url + "/metrics").text
         assert metric_value(text, "accelgen_requests_total", tier="standard", outcome="cancelled") == 200
         assert metric_value(text, "accelgen_requests_completed_total", tier="standard") == 0

@@ -21,9 +21,8 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from sidecar_harness import metric_value
+from sidecar_harness import disconnecting_clients, metric_value, wait_for
 from sidecar_process import ServeProcess
-from test_sidecar_faults import _disconnecting_clients, _wait_for
 
 
 def _vllm_import_error() -> str | None:
@@ -140,7 +139,7 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
         # engine steps, so later counts may not have landed yet.)
         return bool(snap.get("requests_by_tier", {}).get("interactive", 0) > 0)
 
-    assert _wait_for(engine_saw_tiers, 10), env.stats_file.read_text()
+    assert wait_for(engine_saw_tiers, 10), env.stats_file.read_text()
     assert not json.loads(env.stats_file.read_text()).get("slo_metadata_problems")
 
 
@@ -168,7 +167,7 @@ def test_tenants(env: Env) -> None:
 
 
 def test_disconnecting_clients_leave_the_engine_idle(env: Env) -> None:
-    assert asyncio.run(_disconnecting_clients(env.url, 40, 2, key=KEY)) == 40
+    assert asyncio.run(disconnecting_clients(env.url, 40, 2, key=KEY)) == 40
 
     def engine_idle() -> bool:
         text = httpx.get(env.engine_url + "/metrics").text
@@ -176,5 +175,5 @@ def test_disconnecting_clients_leave_the_engine_idle(env: Env) -> None:
         return bool(running + metric_value(text, "vllm:num_requests_waiting") == 0)
 
     started = time.monotonic()
-    assert _wait_for(engine_idle, 10)
+    assert wait_for(engine_idle, 10)
     print(f"\nengine idle {time.monotonic() - started:.2f}s after 40 clients hung up")
