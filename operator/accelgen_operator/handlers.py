@@ -94,6 +94,32 @@ def _write_status(patch: kopf.Patch, status: Mapping[str, Any], desired: Mapping
         patch.status[key] = value
 
 
+async def _optional_crds(kube: KubeClient, spec: Mapping[str, Any]) -> dict[str, bool]:
+    """Which optional children can be made: asked for by the spec and their CRD served."""
+    wants_monitor = bool((spec.get("metrics") or {}).get("serviceMonitor", True))
+    wants_gateway = bool((spec.get("gateway") or {}).get("enabled", False))
+    monitor_group, monitor_version, monitor_plural = SERVICE_MONITOR_API
+    gateway_group, gateway_version, gateway_plural = GATEWAY_POOL_API
+    return {
+        "has_service_monitor_crd": wants_monitor
+        and await kube.has_resource(f"{monitor_group}/{monitor_version}", monitor_plural),
+        "has_gateway_crd": wants_gateway
+        and await kube.has_resource(f"{gateway_group}/{gateway_version}", gateway_plural),
+    }
+
+
+def _record_failure(
+    body: kopf.Body, patch: kopf.Patch, status: Mapping[str, Any], cond: Condition, generation: int | None
+) -> None:
+    """A failed reconcile: Degraded in the status and a Warning Event with the reason."""
+    _write_status(
+        patch,
+        status,
+        {"lastReconcile": _outcome(cond, generation), "conditions": _degraded(status, cond, generation)},
+    )
+    kopf.warn(body, reason=cond.reason, message=cond.message)
+
+
 async def _check_secret(kube: KubeClient, namespace: str, spec: Mapping[str, Any]) -> Condition | None:
     """A Degraded condition when the tenant-keys Secret or its key is missing, else None."""
     auth = spec.get("auth")
@@ -166,46 +192,19 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         namespace = str(namespace)  # InferencePools are namespaced
         generation = meta.get("generation")
         try:
-            children = build_children(
-                name,
-                namespace,
-                spec,
-                has_service_monitor_crd=(spec.get("metrics") or {}).get("serviceMonitor", True)
-                and await kube.has_resource(
-                    f"{SERVICE_MONITOR_API[0]}/{SERVICE_MONITOR_API[1]}", SERVICE_MONITOR_API[2]
-                ),
-                has_gateway_crd=(spec.get("gateway") or {}).get("enabled", False)
-                and await kube.has_resource(f"{GATEWAY_POOL_API[0]}/{GATEWAY_POOL_API[1]}", GATEWAY_POOL_API[2]),
-            )
-        except ConfigError as err:
-            cond = Condition("Degraded", "True", "InvalidSpec", str(err))
-            _write_status(
-                patch,
-                status,
-                {
-                    "lastReconcile": _outcome(cond, generation),
-                    "conditions": _degraded(status, cond, generation),
-                },
-            )
-            kopf.warn(body, reason="InvalidSpec", message=str(err))
-            raise kopf.PermanentError(str(err)) from None
-        try:
+            children = build_children(name, namespace, spec, **await _optional_crds(kube, spec))
             problem = await _check_secret(kube, namespace, spec)
             if problem is None:
                 kopf.adopt(children, owner=body)
                 report = await ensure_all(kube, [stamp_hash(c) for c in children])
+        except ConfigError as err:
+            # The schema let it through but the core refuses it: only a new spec helps.
+            _record_failure(body, patch, status, Condition("Degraded", "True", "InvalidSpec", str(err)), generation)
+            raise kopf.PermanentError(str(err)) from None
         except KubeError as err:
             problem = Condition("Degraded", "True", "ApplyFailed", str(err))
         if problem is not None:
-            _write_status(
-                patch,
-                status,
-                {
-                    "lastReconcile": _outcome(problem, generation),
-                    "conditions": _degraded(status, problem, generation),
-                },
-            )
-            kopf.warn(body, reason=problem.reason, message=problem.message)
+            _record_failure(body, patch, status, problem, generation)
             raise kopf.TemporaryError(problem.message, delay=backoff_s(cfg, retry))
         _write_status(
             patch,

@@ -255,6 +255,8 @@ async def test_restart_changes_nothing_that_is_right() -> None:
             idle_from = len(emu.log)
             await asyncio.sleep(1.0)  # three stats intervals
             assert emu.writes(idle_from) == [], "an idle operator writes nothing"
+            # Neither the ServiceMonitor nor the gateway CRD is served here: no such child.
+            assert not any("servicemonitors" in p or "networking" in p for _, p in emu.writes())
         restart_from = len(emu.log)
         async with running_operator(cfg):
             await asyncio.sleep(1.5)
