@@ -6,7 +6,6 @@ registered as configurations of the same class.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from accelgen.core.config import PolicyConfig
@@ -99,5 +98,3 @@ def make_policy(
     cfg = (config or PolicyConfig()).replace(**dict(spec.overrides))
     return spec.cls(tiers=tiers, latency_model=latency_model, limits=limits, config=cfg)
 
-
-PolicyFactory = Callable[..., Policy]
