@@ -183,6 +183,27 @@ async def test_low_attainment_scales_up_within_bounds(cluster: Cluster, sidecars
     assert "lastScaleReason" in (cluster.pool() or {})["status"]["autoscaling"]
 
 
+async def test_idle_pool_well_above_target_scales_down_to_min(cluster: Cluster, sidecars: Any) -> None:
+    scaling = {
+        "minReplicas": 2,
+        "maxReplicas": 4,
+        "tier": "interactive",
+        "evaluationPeriods": 1,
+        "cooldownSeconds": 0,
+        "minCompleted": 10,
+    }
+    await cluster.create_pool(make_pool(replicas=4, autoscaling=scaling))
+    await _reconciled(cluster)
+    sidecar = await sidecars()
+    sidecar.answer = pod_stats({"interactive": (100, 100)}, waiting=0, kv=0.1)
+    await cluster.create(f"/api/v1/namespaces/{NS}/pods", make_pod("llama", "llama-0", port=sidecar.port))
+    await cluster.wait_for(lambda: (_deployment(cluster) or {})["spec"]["replicas"] == 2, what="down to 2")
+    for _ in range(4):
+        await asyncio.sleep(FAST.stats_interval_s)
+        assert (cluster.pool() or {})["spec"]["replicas"] == 2, "never below minReplicas"
+    assert len(cluster.events("ScaledDown")) == 2
+
+
 async def test_missing_secret_is_degraded_then_recovers(cluster: Cluster) -> None:
     await cluster.create_pool(make_pool(auth={"secretName": "absent"}))
     cond = await cluster.wait_for(
