@@ -13,7 +13,6 @@ iteration samples one new output token. Preemption by recompute drops the KV and
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from accelgen.core.tiers import SLOTier
@@ -85,8 +84,3 @@ class Request:
 def blocks_for(num_tokens: int, block_size: int) -> int:
     """KV blocks that hold ``num_tokens`` tokens."""
     return -(-num_tokens // block_size) if num_tokens > 0 else 0
-
-
-def late_tokens_allowed(num_output_tokens: int) -> int:
-    """Late tokens a request may have and still meet its SLO: max(1, ⌈1 % of output⌉)."""
-    return max(1, math.ceil(0.01 * num_output_tokens))

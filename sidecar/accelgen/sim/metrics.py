@@ -12,37 +12,26 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from accelgen.core.request import late_tokens_allowed
-from accelgen.core.tiers import SLOTier, TierSet
+from accelgen.core.slo import TokenTimeline
+from accelgen.core.tiers import TierSet
 from accelgen.sim.workload import SimRequest
 
 
 @dataclass(slots=True)
-class _Record:
-    tier: SLOTier
-    arrival_s: float
-    first_token_s: float | None = None
-    last_token_s: float | None = None
-    num_tokens: int = 0
-    num_late: int = 0
+class _Record(TokenTimeline):
     finish_s: float | None = None
     dropped: bool = False
     preemptions: int = 0
 
-    def meets_slo(self) -> bool:
-        if self.finish_s is None:
-            return False
-        if self.tier.deadline_s is not None:
-            return self.finish_s - self.arrival_s <= self.tier.deadline_s
-        assert self.first_token_s is not None and self.tier.ttft_slo_s is not None
-        ttft_ok = self.first_token_s - self.arrival_s <= self.tier.ttft_slo_s
-        return ttft_ok and self.num_late <= late_tokens_allowed(self.num_tokens)
+    def met(self) -> bool:
+        return self.finish_s is not None and self.meets_slo(self.finish_s)
 
 
 @dataclass(slots=True)
@@ -60,18 +49,9 @@ class Recorder:
 
     def token(self, request_id: str, now: float) -> None:
         rec = self.records[request_id]
-        tier = rec.tier
-        if rec.last_token_s is None:
-            rec.first_token_s = now
-            if tier.ttft_slo_s is not None and now - rec.arrival_s > tier.ttft_slo_s:
-                rec.num_late += 1
-        else:
-            gap = now - rec.last_token_s
-            self.gaps_s[tier.name].append(gap)
-            if tier.tbt_slo_s is not None and gap > tier.tbt_slo_s:
-                rec.num_late += 1
-        rec.last_token_s = now
-        rec.num_tokens += 1
+        gap_s = rec.token(now)
+        if gap_s is not None:
+            self.gaps_s[rec.tier.name].append(gap_s)
 
     def finished(self, request_id: str, now: float) -> None:
         self.records[request_id].finish_s = now
@@ -102,10 +82,11 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 def _summarize(recs: Sequence[_Record], gaps: Sequence[float], span_s: float) -> dict[str, Any]:
     done = [r for r in recs if r.finish_s is not None]
-    met = [r for r in done if r.meets_slo()]
+    met = [r for r in done if r.met()]
     online = [r for r in recs if r.tier.deadline_s is None]
     tokens = sum(r.num_tokens for r in online)
-    late = sum(r.num_late for r in online)
+    # NOTE: a late first token counts as a late token here (it is not in num_late).
+    late = sum(r.num_late + (r.ttft_s is not None and r.ttft_s > (r.tier.ttft_slo_s or math.inf)) for r in online)
     ttfts = [r.first_token_s - r.arrival_s for r in recs if r.first_token_s is not None]
     rate = (lambda x: x / span_s) if span_s > 0 else (lambda x: 0.0)
     return {

@@ -97,4 +97,3 @@ def make_policy(
     spec = get_spec(name)
     cfg = (config or PolicyConfig()).replace(**dict(spec.overrides))
     return spec.cls(tiers=tiers, latency_model=latency_model, limits=limits, config=cfg)
-
