@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from factories import make_tiers
-
 from accelgen.core.slo import TokenTimeline, late_tokens_allowed
+from factories import make_tiers
 
 TIERS = make_tiers()
 
