@@ -132,3 +132,11 @@ def test_client_that_never_finishes_its_body_harms_nobody(stack: Stack) -> None:
         stuck.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
         assert httpx.post(stack.url + "/v1/completions", json=OK_BODY).status_code == 200
     assert httpx.get(stack.url + "/healthz").status_code == 200
+
+
+def test_request_larger_than_the_engine_is_400_not_a_hang(stack: Stack) -> None:
+    # Found by fuzzing: 100 sequences of 3,000 tokens never fit the KV cache.
+    started = time.monotonic()
+    resp = _post(stack, json.dumps({"prompt": "x", "n": 100, "max_tokens": 3000}))
+    assert resp.status_code == 400 and "KV blocks" in resp.json()["error"]["message"]
+    assert time.monotonic() - started < 5

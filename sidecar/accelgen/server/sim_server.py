@@ -65,6 +65,14 @@ async def _generate(engine: SimEngine, body: dict[str, Any], *, chat: bool) -> t
             f"({parsed.num_prompt_tokens} in the messages, {max_tokens} in the completion)."
         )
         raise web.HTTPBadRequest(text=json.dumps(error_body(400, message)), content_type="application/json")
+    cfg = engine.config
+    blocks = -(-(parsed.num_prompt_tokens + max_tokens) // cfg.block_size_tokens) * n
+    if blocks > cfg.num_kv_blocks:  # it could never be admitted: refuse rather than hang
+        message = (
+            f"n={n} sequences of {parsed.num_prompt_tokens + max_tokens} tokens need "
+            f"{blocks} KV blocks; the engine has {cfg.num_kv_blocks}"
+        )
+        raise web.HTTPBadRequest(text=json.dumps(error_body(400, message)), content_type="application/json")
     priority = body["priority"] if isinstance(body.get("priority"), int) else 0
     request = SimRequest(num_prompt_tokens=parsed.num_prompt_tokens, max_tokens=max_tokens, n=n, priority=priority)
     kind = "chat.completion.chunk" if chat else "text_completion"
