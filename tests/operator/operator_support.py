@@ -98,10 +98,14 @@ class FakeSidecar:
         self.status = 200
         self.hits = 0
         self.port = 0
+        self.hang = False
+        self._released = asyncio.Event()
         self._runner: aiohttp.web.AppRunner | None = None
 
     async def _stats(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         self.hits += 1
+        if self.hang:
+            await self._released.wait()  # an engine pod that never answers
         if isinstance(self.answer, bytes):
             return aiohttp.web.Response(body=self.answer, status=self.status)
         return aiohttp.web.json_response(self.answer, status=self.status)
@@ -117,6 +121,7 @@ class FakeSidecar:
         return self
 
     async def stop(self) -> None:
+        self._released.set()
         if self._runner is not None:
             await self._runner.cleanup()
 

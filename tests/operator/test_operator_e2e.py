@@ -122,7 +122,8 @@ async def test_spec_change_rolls_the_deployment_but_tier_change_reloads_in_place
 async def test_stats_drive_status_tiers_and_slo_attained(cluster: Cluster, sidecars: Any) -> None:
     await cluster.create_pool(make_pool(replicas=4))
     await _reconciled(cluster)
-    a, b, broken = await sidecars(), await sidecars(), await sidecars()
+    a, b, broken, hung = await sidecars(), await sidecars(), await sidecars(), await sidecars()
+    hung.hang = True
     a.answer = pod_stats({"interactive": (90, 90), "standard": (10, 10)})
     b.answer = pod_stats({"interactive": (10, 5), "batch": (4, 4)})
     broken.answer = b"<html>not json</html>"
@@ -131,6 +132,7 @@ async def test_stats_drive_status_tiers_and_slo_attained(cluster: Cluster, sidec
         make_pod("llama", "llama-b", port=b.port),
         make_pod("llama", "llama-broken", port=broken.port),
         make_pod("llama", "llama-down", port=1),  # nothing listens there
+        make_pod("llama", "llama-hung", port=hung.port),  # answers never
         make_pod("llama", "llama-starting", port=a.port, ready=False),
         make_pod("other", "other-pool", port=a.port),
     ]
@@ -145,7 +147,8 @@ async def test_stats_drive_status_tiers_and_slo_attained(cluster: Cluster, sidec
     rows = {r["name"]: r for r in status["tiers"]}
     assert rows["interactive"]["completed"] == 100 and rows["interactive"]["attainment"] == 0.95
     assert rows["batch"]["sloMet"] == 4
-    assert status["podsUnreachable"] == 2  # broken JSON and a closed port: skipped and counted
+    # Broken JSON, a closed port and a pod past the timeout: skipped and counted.
+    assert status["podsUnreachable"] == 3
     assert status["tightestTier"] == "interactive" and status["tightestAttainment"] == 0.95
     assert condition(cluster.pool(), "SLOAttained")["status"] == "True"  # type: ignore[index]
 
