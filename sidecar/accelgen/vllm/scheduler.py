@@ -229,6 +229,7 @@ class _AccelGenMixin(_SchedulerBase):
         t0 = time.perf_counter()
         planner = self.planner
         plan: IterationPlan | None = None
+        exact = False
         if planner is not None:
             self._sync(planner)
             plan = planner.plan(time.time())
@@ -255,8 +256,10 @@ class _AccelGenMixin(_SchedulerBase):
                 for r in hidden_waiting:
                     self.waiting.add_request(r)
             returned_s = time.perf_counter()
-            record = self._record(plan, output, planned, planner_s=planner_s, schedule_s=returned_s - t0)
-        shape = batch_shape(output, self.requests)
+            exact = output.num_scheduled_tokens == planned
+            record = self._record(plan, output, planned, exact, planner_s=planner_s, schedule_s=returned_s - t0)
+        # The plan's shape when vLLM ran the plan as planned (the common case, and cheaper).
+        shape = plan.shape if plan is not None and exact else batch_shape(output, self.requests)
         predicted_s = self.calibrator.model.predict_s(shape)
         self._pending.append(_PendingStep(output, returned_s, shape, predicted_s, record))
         return output
@@ -317,11 +320,21 @@ class _AccelGenMixin(_SchedulerBase):
     def _sync(self, planner: Policy) -> None:
         """Make the planner's view equal vLLM's: token counts, KV, running or waiting."""
         in_planner = {id(m) for m in planner.running}
+        mirrors = self._mirrors
+        block_size = self.block_size
+        token_s = self._last_token_wall_s
         for r in self.running:
-            mirror = self._mirrors.get(r.request_id)
+            mirror = mirrors.get(r.request_id)
             if mirror is None:
                 continue
-            self._sync_one(r, mirror)
+            # NOTE: _sync_one inlined for running requests (the per-step hot loop).
+            outputs = r.num_output_tokens + r.num_output_placeholders
+            if outputs > mirror.num_output_tokens:
+                mirror.last_token_s = token_s
+            mirror.num_output_tokens = outputs
+            computed = r.num_computed_tokens
+            mirror.num_computed_tokens = computed
+            mirror.num_blocks = -(-computed // block_size)
             if id(mirror) not in in_planner:
                 # Admitted by vLLM without the plan (only on a mismatch): adopt it.
                 planner.abort(mirror.request_id)
@@ -357,9 +370,12 @@ class _AccelGenMixin(_SchedulerBase):
             r = self.requests.get(chunk.request.request_id)
             if r is None:
                 continue
-            planned[r.request_id] = chunk.num_tokens
+            n = planned[r.request_id] = chunk.num_tokens
+            if n == 1:  # a decode (or a one-token tail): never cut
+                full.append(r)
+                continue
             need = r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
-            (cut if chunk.num_tokens < need else full).append(r)
+            (cut if n < need else full).append(r)
         order = full + cut
         running_ids = {r.request_id for r in self.running}
         in_plan = set(planned)
@@ -393,6 +409,7 @@ class _AccelGenMixin(_SchedulerBase):
         plan: IterationPlan,
         output: SchedulerOutput,
         planned: dict[str, int],
+        exact: bool,
         *,
         planner_s: float,
         schedule_s: float,
@@ -406,8 +423,6 @@ class _AccelGenMixin(_SchedulerBase):
         stats.last_budget_tokens = plan.budget_tokens
         if plan.is_empty:
             stats.num_empty_plans += 1
-        scheduled = dict(output.num_scheduled_tokens)
-        exact = scheduled == planned
         if not exact:
             stats.num_inexact_steps += 1
         if stats._log is None:
@@ -430,7 +445,7 @@ class _AccelGenMixin(_SchedulerBase):
             "preempted": {m.request_id: m.tier.name for m in plan.preempted},
             "running_by_tier": running_by_tier,
             "num_waiting": len(self.waiting),
-            "scheduled": scheduled,
+            "scheduled": dict(output.num_scheduled_tokens),
             "planned": None if exact else planned,
         }
 
