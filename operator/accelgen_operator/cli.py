@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="no peering: only for a single replica you are sure of")  # fmt: skip
     mode.add_argument("--peering", default=None,
                       help="kopf peering object name (default: kopf's default)")  # fmt: skip
+    run.add_argument("--priority", type=int, default=0,
+                     help="peering priority: a higher one pauses the others")  # fmt: skip
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="kopf's liveness endpoint (empty to disable)")  # fmt: skip
     run.add_argument("--server", default=None,
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             namespaces=args.namespace,
             standalone=args.standalone,
             peering_name=args.peering,
+            priority=args.priority,
             liveness_endpoint=args.liveness or None,
         )
     )

@@ -23,6 +23,7 @@ async def running_operator(
     *,
     namespaces: Collection[str] = (),
     standalone: bool = True,
+    liveness_endpoint: str | None = None,
     start_timeout_s: float = 30.0,
 ) -> AsyncIterator[None]:
     """Start kopf with our handlers in a thread, wait until it is ready, stop it on exit."""
@@ -37,6 +38,7 @@ async def running_operator(
                     standalone=standalone,
                     clusterwide=not namespaces,
                     namespaces=list(namespaces),
+                    liveness_endpoint=liveness_endpoint,
                     stop_flag=stop,
                     ready_flag=ready,
                 )

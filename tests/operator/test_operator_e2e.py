@@ -286,3 +286,30 @@ async def test_restart_changes_nothing_that_is_right() -> None:
             await asyncio.sleep(1.5)
         assert len(emu.log) > restart_from, "the new operator did look"
         assert emu.writes(restart_from) == []
+
+
+async def test_liveness_endpoint_reports_the_api_client() -> None:
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as sock:  # a free loopback port for kopf's liveness server
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with emulated_api() as (_, url):
+        cfg = OperatorConfig(api_url=url, stats_interval_s=0.3, stats_timeout_s=0.5)
+        liveness = f"http://127.0.0.1:{port}/healthz"
+        async with (
+            running_operator(cfg, liveness_endpoint=liveness),
+            aiohttp.ClientSession() as http,
+        ):
+            body: dict[str, Any] = {}
+            for _ in range(100):  # kopf starts its probe server shortly after it is ready
+                try:
+                    async with http.get(liveness) as resp:
+                        assert resp.status == 200
+                        body = await resp.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+    assert "apiCalls" in body and isinstance(body["apiCalls"], dict)
