@@ -158,3 +158,27 @@ def test_request_infeasible_even_when_idle_is_served_if_idle_refused_if_busy() -
         assert err.value.status == 429 and err.value.code == "slo_infeasible"
 
     asyncio.run(scenario())
+
+
+def test_a_persisting_engine_queue_holds_releases_a_passing_one_does_not() -> None:
+    async def scenario() -> None:
+        clock, shed = Clock(), list[Ticket]()
+        adm = _admission(clock, shed, max_in_flight=10)
+        adm.in_flight = 3
+        eng = adm.engine
+        eng.waiting_before, eng.waiting, eng.updated_s = 0, 6, clock.now_s  # one poll only
+        first = adm.make_ticket(TIERS.get("standard"), 10, 10)
+        adm.admit(first)
+        adm.pump()
+        assert first.released.done()
+        clock.now_s += 0.3
+        eng.waiting_before, eng.waiting, eng.updated_s = 6, 6, clock.now_s  # two polls in a row
+        second = adm.make_ticket(TIERS.get("standard"), 10, 10)
+        adm.admit(second)
+        adm.pump()
+        assert not second.released.done()
+        eng.waiting_before, eng.waiting = 6, 0
+        adm.pump()
+        assert second.released.done()
+
+    asyncio.run(scenario())

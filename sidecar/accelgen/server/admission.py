@@ -57,7 +57,7 @@ class AdmissionConfig:
     max_queue_total: int = 1024
     max_in_flight: int = 64  # requests released to the engine and not yet finished
     kv_high_watermark: float = 0.95  # hold releases above this engine KV usage
-    waiting_limit: int = 4  # hold while the engine reports this many waiting...
+    waiting_limit: int = 4  # hold while the engine reports this many waiting twice...
     settle_s: float = 0.05  # ...in a snapshot taken this long after our last release
     shed_late: bool = True  # drop queued online requests whose TTFT is already lost
     # Admission plans to release a request within this fraction of its slack, leaving
@@ -242,7 +242,10 @@ class Admission:
         if eng.kv_usage >= cfg.kv_high_watermark and self.in_flight > 0:
             return False
         settled = eng.updated_s - self._last_release_s >= cfg.settle_s
-        return not (settled and eng.waiting >= cfg.waiting_limit and self.in_flight > 0)
+        # NOTE: requests wait in vLLM for a step boundary anyway; only a queue seen in two
+        # polls in a row means the engine is saturated.
+        queued = min(eng.waiting, eng.waiting_before) >= cfg.waiting_limit
+        return not (settled and queued and self.in_flight > 0)
 
     def pump(self) -> None:
         """Shed what is already lost, then release least-slack-first while there is room."""

@@ -135,6 +135,7 @@ class EngineClient:
                 log.warning("engine not ready: %s", type(err).__name__)
             state.ready, state.error = False, f"engine unreachable: {type(err).__name__}"
             return
+        state.waiting_before = state.waiting
         state.running, state.waiting, state.kv_usage, state.vllm_text = parse_engine_metrics(text)
         if healthy and self.default_model is None:
             await self._learn_model()

@@ -21,6 +21,7 @@ class EngineState:
     ready: bool = False
     running: int = 0
     waiting: int = 0
+    waiting_before: int = 0  # the poll before: a queue that persists, not a passing one
     kv_usage: float = 0.0
     updated_s: float = -1e9
     vllm_text: str = ""  # the engine's vllm:* families, re-exported on our /metrics
