@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -127,7 +123,6 @@ class Server:
     stats_file: Path
     log_file: Path
     start_s: float
-    calibration_preloaded: bool
 
     def post(self, path: str, body: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -140,65 +135,37 @@ class Server:
             return data
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def server(vllm_available: None, tiny_model: Path, workdir: Path, calibrated_file: Path) -> Iterator[Server]:
-    port = _free_port()
-    stats_file = workdir / "server-stats.json"
-    log_file = workdir / "server.log"
+    from accelgen.vllm.launch import EngineServer, ServerConfig
+
     # A copy, so the server's refits do not touch the in-process engine's file.
     calibration = workdir / "server-calibration.json"
     calibration.write_bytes(calibrated_file.read_bytes())
-    env = {
-        **os.environ,
-        "ACCELGEN_TIERS": str(workdir / "tiers.yaml"),
-        "ACCELGEN_STATS_FILE": str(stats_file),
-        "ACCELGEN_CALIBRATION_FILE": str(calibration),
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
-    }
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_model), "--served-model-name", "tiny",
-        "--load-format", "dummy", "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", str(MAX_MODEL_LEN), "--max-num-batched-tokens", str(CAP_TOKENS),
-        "--max-num-seqs", "32", "--num-gpu-blocks-override", str(KV_BLOCKS),
-        "--kv-cache-memory-bytes", str(KV_MEMORY_BYTES),
-        "--enforce-eager", "--no-enable-prefix-caching",
-        "--scheduler-cls", "accelgen.vllm.AccelGenScheduler",
-    ]  # fmt: skip
-    t0 = time.monotonic()
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
+    cfg = ServerConfig(
+        model_dir=tiny_model,
+        served_model_name="tiny",
+        max_model_len=MAX_MODEL_LEN,
+        max_num_batched_tokens=CAP_TOKENS,
+        max_num_seqs=32,
+        num_gpu_blocks=KV_BLOCKS,
+        kv_cache_memory_bytes=KV_MEMORY_BYTES,
+        tiers_file=workdir / "tiers.yaml",
+        stats_file=workdir / "server-stats.json",
+        calibration_file=calibration,
+    )
+    engine_server = EngineServer(cfg, log_file=workdir / "server.log", start_timeout_s=240)
     try:
-        deadline = t0 + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_file.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(base_url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after 240 s:\n{log_file.read_text()[-4000:]}")
-            time.sleep(0.5)
-        yield Server(base_url, stats_file, log_file, time.monotonic() - t0, True)
+        engine_server.start()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    try:
+        assert engine_server.start_s is not None
+        yield Server(
+            engine_server.base_url, workdir / "server-stats.json", engine_server.log_file, engine_server.start_s
+        )
     finally:
-        # The API server, its engine core and workers share one process group.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        engine_server.stop()
 
 
 @pytest.fixture(scope="session")
