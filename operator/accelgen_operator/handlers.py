@@ -22,7 +22,7 @@ import kopf
 
 from accelgen.core.errors import ConfigError
 from accelgen_operator import GROUP, PLURAL, VERSION
-from accelgen_operator.apply import ensure_all
+from accelgen_operator.apply import ApplyReport, ensure_all
 from accelgen_operator.autoscaling import AutoscalePolicy, AutoscaleState, decide
 from accelgen_operator.kube import KubeClient, KubeError
 from accelgen_operator.resources import (
@@ -92,6 +92,17 @@ def _degraded_from(status: Mapping[str, Any]) -> Condition:
 def _write_status(patch: kopf.Patch, status: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
     for key, value in status_delta(status, desired).items():
         patch.status[key] = value
+
+
+async def _apply(kube: KubeClient, body: kopf.Body, children: list[dict[str, Any]]) -> ApplyReport:
+    """Own the children (owner references) and make each match its stamped hash."""
+    kopf.adopt(children, owner=body)
+    return await ensure_all(kube, [stamp_hash(c) for c in children])
+
+
+def _reconciled(status: Mapping[str, Any], generation: int | None) -> bool:
+    last = status.get("lastReconcile") or {}
+    return bool(last.get("reason") == RECONCILED.reason and last.get("generation") == generation)
 
 
 async def _optional_crds(kube: KubeClient, spec: Mapping[str, Any]) -> dict[str, bool]:
@@ -195,8 +206,7 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
             children = build_children(name, namespace, spec, **await _optional_crds(kube, spec))
             problem = await _check_secret(kube, namespace, spec)
             if problem is None:
-                kopf.adopt(children, owner=body)
-                report = await ensure_all(kube, [stamp_hash(c) for c in children])
+                report = await _apply(kube, body, children)
         except ConfigError as err:
             # The schema let it through but the core refuses it: only a new spec helps.
             _record_failure(body, patch, status, Condition("Degraded", "True", "InvalidSpec", str(err)), generation)
@@ -247,6 +257,11 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
             return  # reconcile reports the spec as Degraded; nothing to observe
         try:
             deployment = await kube.get("apps/v1", "deployments", namespace, name) or {}
+            if not deployment and _reconciled(status, meta.get("generation")):
+                # Deleted by hand since: nothing else would notice (children are not watched).
+                children = build_children(name, namespace, spec, **await _optional_crds(kube, spec))
+                report = await _apply(kube, body, children)
+                logger.warning(f"re-created missing children: {', '.join(report.changed)}")
             pods = await kube.list("v1", "pods", namespace, labels=selector_labels(name))
         except KubeError as err:
             logger.info(f"cannot read the pool's Deployment or pods, will retry: {err}")

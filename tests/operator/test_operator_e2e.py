@@ -255,6 +255,16 @@ async def test_delete_clears_finalizer_and_collects_children(cluster: Cluster) -
         assert cluster.obj(resource, name) is None, f"{resource}/{name} left behind"
 
 
+async def test_a_deployment_deleted_by_hand_comes_back(cluster: Cluster) -> None:
+    await cluster.create_pool(make_pool())
+    await _reconciled(cluster)
+    async with cluster.http.delete(f"{cluster.url}/apis/apps/v1/namespaces/{NS}/deployments/llama") as resp:
+        assert resp.status == 200
+    assert _deployment(cluster) is None
+    restored = await cluster.wait_for(lambda: _deployment(cluster), what="the Deployment re-created")
+    assert _container(restored, "engine")["args"][:2] == ["--model", "meta-llama/Llama-3.1-8B-Instruct"]
+
+
 async def test_optional_children_when_their_crds_exist(cluster: Cluster) -> None:
     gateway = {"enabled": True, "endpointPicker": {"name": "llama-epp"}}
     await cluster.create_pool(make_pool(gateway=gateway))
