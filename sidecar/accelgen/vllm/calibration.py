@@ -31,8 +31,10 @@ import numpy as np
 from accelgen.core.errors import ConfigError
 from accelgen.core.latency import BatchShape, FittedLatencyModel
 
-#: [ours] A prior for a 2-layer, hidden-256 Llama on two CPU cores (the tests' tiny model),
-#: measured on this project's CI machines; anything else calibrates within a few dozen steps.
+#: [ours] A rough prior for the tests' tiny model on a small CPU, from the figures in the
+#: project's issue (prefill of 1,024 tokens ~34 ms; a decode step of 128 requests ~15 ms).
+#: It is only used until ``min_samples`` steps have been timed (or a calibration file
+#: is given); on a busy 2-core machine the real steps were 3-10x slower.
 TINY_CPU_PRIOR = FittedLatencyModel(coefficients=(0.003, 3.0e-5, 2.0e-5, 2.0e-9, 5.0e-8), name="prior-tiny-cpu")
 
 
