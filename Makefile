@@ -29,7 +29,7 @@ lint: venv
 	$(BIN)/ruff check sidecar operator tests
 
 typecheck: venv
-	$(BIN)/mypy sidecar/accelgen
+	$(BIN)/mypy sidecar/accelgen operator/accelgen_operator
 
 imports: venv
 	$(BIN)/lint-imports
