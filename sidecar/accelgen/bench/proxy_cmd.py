@@ -32,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent streams")
     parser.add_argument("--max-tokens", type=int, default=32, help="output tokens a request")
     parser.add_argument("--prompt-words", type=int, default=64, help="prompt length in words")
+    parser.add_argument(
+        "--sim-time-scale",
+        type=float,
+        default=1.0,
+        help="slow down (or, with 0, remove) the sim engine's iteration times; 0 isolates "
+        "what the proxy hop itself adds to TTFT",
+    )
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the report as JSON")
 
 
@@ -116,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         engine_url = args.engine_url
         if engine_url is None:
             port = free_port()
-            children.append(_child(["accelgen.server.sim_server", "--port", str(port)]))
+            children.append(
+                _child(["accelgen.server.sim_server", "--port", str(port), "--time-scale", str(args.sim_time_scale)])
+            )
             engine_url = f"http://127.0.0.1:{port}"
         asyncio.run(wait_http_ok(engine_url + "/v1/models", timeout_s=60))
         port = free_port()

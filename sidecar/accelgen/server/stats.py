@@ -59,7 +59,9 @@ class WindowStats:
         self._rings: dict[str, list[_Slot]] = {}
 
     def _slot(self, tier: str, now_s: float) -> _Slot:
-        ring = self._rings.setdefault(tier, [_Slot() for _ in range(self.window_s)])
+        ring = self._rings.get(tier)
+        if ring is None:
+            ring = self._rings[tier] = [_Slot() for _ in range(self.window_s)]
         second = int(now_s)
         slot = ring[second % self.window_s]
         if slot.second != second:
