@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import signal
 import sys
 from pathlib import Path
@@ -67,6 +68,13 @@ async def serve(args: argparse.Namespace) -> int:
         url, sim_runner = await start_sim(latency, config)
         cleanup.append(sim_runner)
     else:
+        if importlib.util.find_spec("vllm") is None:
+            print(
+                "accelgen: error: vLLM is not installed (`make vllm` installs the CPU build); "
+                "or use --engine sim, or --engine-url URL",
+                file=sys.stderr,
+            )
+            return 2
         model_dir = Path(args.model) if args.model else ensure_tiny_model()
         extra = [] if args.model else list(TINY_MODEL_ARGS)
         vllm = VllmProcess(
