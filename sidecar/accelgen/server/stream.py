@@ -10,10 +10,10 @@ A streamed chunk is one token event (vLLM sends one chunk per engine step).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from accelgen.core.slo import TokenTimeline
 from accelgen.core.tiers import SLOTier
 
 
@@ -57,17 +57,21 @@ def peek(data: bytes) -> tuple[bool, dict[str, Any] | None]:
 
 @dataclass(slots=True)
 class Timing:
-    """Token times of one request, on the sidecar's monotonic clock."""
+    """One request's tokens as the sidecar sees them (monotonic clock).
+
+    The verdict is :class:`accelgen.core.slo.TokenTimeline`'s, the same code the
+    simulator judges with; this adds the gaps (for histograms) and the engine's usage.
+    """
 
     tier: SLOTier
     arrival_s: float
-    first_token_s: float | None = None
-    last_token_s: float | None = None
-    num_events: int = 0
-    num_late: int = 0
+    timeline: TokenTimeline = field(init=False)
     gaps_s: list[float] = field(default_factory=list)
     prompt_tokens: int | None = None
     output_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        self.timeline = TokenTimeline(tier=self.tier, arrival_s=self.arrival_s)
 
     def observe(self, event: dict[str, Any], now_s: float) -> bool:
         """Account one parsed engine chunk; True if it carried output."""
@@ -92,35 +96,24 @@ class Timing:
             self.output_tokens = usage.get("completion_tokens", self.output_tokens)
 
     def _token(self, now_s: float) -> None:
-        if self.first_token_s is None:
-            self.first_token_s = now_s
-        elif self.last_token_s is not None:
-            gap_s = now_s - self.last_token_s
+        gap_s = self.timeline.token(now_s)
+        if gap_s is not None:
             self.gaps_s.append(gap_s)
-            tbt = self.tier.tbt_slo_s
-            if tbt is not None and gap_s > tbt:
-                self.num_late += 1
-        self.last_token_s = now_s
-        self.num_events += 1
 
     @property
     def ttft_s(self) -> float | None:
-        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+        return self.timeline.ttft_s
 
     @property
     def num_output_tokens(self) -> int:
-        return self.output_tokens if isinstance(self.output_tokens, int) else self.num_events
+        """The engine's count (a chunk may carry several tokens), else the chunks seen."""
+        if isinstance(self.output_tokens, int):
+            return self.output_tokens
+        return self.timeline.num_tokens
 
     def meets_slo(self, end_s: float) -> bool:
-        """The request-level verdict for a completed request."""
-        tier = self.tier
-        if tier.is_offline:
-            return end_s - self.arrival_s <= (tier.deadline_s or math.inf)
-        ttft = self.ttft_s
-        if ttft is None or ttft > (tier.ttft_slo_s or math.inf):
-            return False
-        allowed = max(1, math.ceil(0.01 * self.num_output_tokens))
-        return self.num_late <= allowed
+        """The request-level verdict for a request completed at ``end_s``."""
+        return self.timeline.meets_slo(end_s, num_output_tokens=self.num_output_tokens)
 
 
 @dataclass(slots=True)
