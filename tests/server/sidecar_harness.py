@@ -18,13 +18,13 @@ import aiohttp
 from aiohttp import web
 
 from accelgen.core.tiers import TierSet, parse_tiers
-from accelgen.server.admission import AdmissionConfig
 from accelgen.server.app import build_app
 from accelgen.server.sim_engine import SimEngine, SimEngineConfig
 from accelgen.server.sim_server import SIM_ENGINE, build_sim_app
 from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
 from accelgen.server.state import Sidecar, SidecarConfig
 from accelgen.server.tenants import KeyStore
+from accelgen.server.tickets import AdmissionConfig
 
 T = TypeVar("T")
 

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from sidecar_harness import TIERS
 
-from accelgen.server.admission import Admission, AdmissionConfig, Ticket
+from accelgen.server.admission import Admission
 from accelgen.server.engine_state import EngineState, parse_engine_metrics
 from accelgen.server.errors import ApiError
 from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
+from accelgen.server.tickets import AdmissionConfig, Ticket
 
 
 class Clock:
@@ -33,7 +34,7 @@ def _admission(clock: Clock, shed: list[Ticket], *, rate_per_s: float = 20.0, **
     )
     for _ in range(20):
         clock.now_s += 1.0 / rate_per_s
-        adm._done_s.append(clock.now_s)
+        adm.rate.finished(clock.now_s)
     return adm
 
 

@@ -13,9 +13,9 @@ import openai
 import pytest
 from sidecar_harness import Stack, disconnecting_clients, metric_value, wait_for
 
-from accelgen.server.admission import AdmissionConfig
 from accelgen.server.launch import free_port
 from accelgen.server.sim_engine import SimEngineConfig
+from accelgen.server.tickets import AdmissionConfig
 
 
 class EngineProcess:

@@ -17,56 +17,23 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import math
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from accelgen.core.tiers import SLOTier
 from accelgen.server.engine_state import EngineState
 from accelgen.server.errors import ApiError
+from accelgen.server.rate import CompletionRate
 from accelgen.server.speed import Speed
-
-
-def _looseness(tier: SLOTier) -> tuple[bool, float, int]:
-    """Sorts tiers tight to loose: online before offline, then by TTFT target, priority."""
-    return (tier.is_offline, tier.ttft_slo_s or math.inf, tier.priority)
-
-
-@dataclass(eq=False, slots=True)
-class Ticket:
-    """One request's place in the sidecar (identity semantics)."""
-
-    tier: SLOTier
-    arrival_s: float
-    num_prompt_tokens: int
-    max_tokens: int
-    deadline_s: float  # TTFT deadline (online) or completion deadline (offline)
-    key_s: float  # latest start time: release order, least first
-    seq: int
-    released: asyncio.Future[None] = field(repr=False)
-    queued: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class AdmissionConfig:
-    """Bounds and watermarks of admission and release."""
-
-    max_queue_per_tier: int = 256
-    max_queue_total: int = 1024
-    max_in_flight: int = 64  # requests released to the engine and not yet finished
-    kv_high_watermark: float = 0.95  # hold releases above this engine KV usage
-    waiting_limit: int = 4  # hold while the engine reports this many waiting twice...
-    settle_s: float = 0.05  # ...in a snapshot taken this long after our last release
-    shed_late: bool = True  # drop queued online requests whose TTFT is already lost
-    # Admission plans to release a request within this fraction of its slack, leaving
-    # the rest for the unevenness of completions (slots free in bursts, not evenly).
-    slack_use: float = 0.6
+from accelgen.server.tickets import AdmissionConfig, Ticket, looseness
 
 
 class Admission:
-    """Admits, queues, sheds and releases requests; the handlers await :meth:`enter`."""
+    """Admits, queues, sheds and releases requests.
+
+    A handler calls :meth:`make_ticket`, :meth:`admit` (may raise 429), awaits
+    :meth:`wait` (may raise 503 if shed), and calls :meth:`leave` when done.
+    """
 
     def __init__(
         self,
@@ -87,39 +54,22 @@ class Admission:
         self._heap: list[tuple[float, int, Ticket]] = []
         self._seq = itertools.count()
         self._last_release_s = -1e9
-        self._done_s: deque[float] = deque(maxlen=256)  # completion times, for the rate
-        # Running means of what requests ask for, for the predicted rate before any finish.
-        self._mean_prompt_tokens: float | None = None
-        self._mean_output_tokens = 0.0
+        self.rate = CompletionRate(speed, slots=config.max_in_flight)
 
     def queued(self) -> int:
         return sum(self.depth.values())
-
-    def _completion_rate(self, now_s: float) -> float:
-        """Requests the engine finishes per second: observed in the last minute, else predicted."""
-        recent = [t for t in self._done_s if now_s - t <= 60.0]
-        if len(recent) >= 4:
-            return len(recent) / max(0.5, now_s - recent[0])
-        slots = self.config.max_in_flight
-        service_s = self.speed.service_s(
-            int(self._mean_prompt_tokens or 256), int(self._mean_output_tokens), num_running=slots
-        )
-        return slots / max(1e-3, service_s)
 
     def _ahead(self, key_s: float) -> list[Ticket]:
         return [t for k, _, t in self._heap if t.queued and k <= key_s]
 
     def _predicted_wait_s(self, num_ahead: int, now_s: float) -> float:
         free = self.config.max_in_flight - self.in_flight
-        return max(0, num_ahead + 1 - free) / self._completion_rate(now_s)
+        return max(0, num_ahead + 1 - free) / self.rate.per_s(now_s)
 
     def make_ticket(self, tier: SLOTier, num_prompt_tokens: int, max_tokens: int) -> Ticket:
         now_s = self.clock()
         running = max(1, self.in_flight)
-        if self._mean_prompt_tokens is None:
-            self._mean_prompt_tokens, self._mean_output_tokens = num_prompt_tokens, max_tokens
-        self._mean_prompt_tokens += 0.05 * (num_prompt_tokens - self._mean_prompt_tokens)
-        self._mean_output_tokens += 0.05 * (max_tokens - self._mean_output_tokens)
+        self.rate.asked(num_prompt_tokens, max_tokens)
         if tier.is_offline:
             deadline_s = now_s + (tier.deadline_s or 0.0)
             need_s = self.speed.service_s(num_prompt_tokens, max_tokens, num_running=running)
@@ -160,10 +110,10 @@ class Admission:
             )
         if ticket.key_s >= now_s and wait_s > usable_s:
             free = self.config.max_in_flight - self.in_flight
-            allowed = int(usable_s * self._completion_rate(now_s)) + free - 1
+            allowed = int(usable_s * self.rate.per_s(now_s)) + free - 1
             looser = sorted(
-                (t for t in ahead if _looseness(t.tier) > _looseness(ticket.tier)),
-                key=lambda t: (_looseness(t.tier), t.key_s),
+                (t for t in ahead if looseness(t.tier) > looseness(ticket.tier)),
+                key=lambda t: (looseness(t.tier), t.key_s),
                 reverse=True,
             )
             excess = len(ahead) - max(0, allowed)
@@ -232,7 +182,7 @@ class Admission:
     def leave(self, ticket: Ticket) -> None:
         """A released request has finished with the engine (any outcome)."""
         self.in_flight -= 1
-        self._done_s.append(self.clock())
+        self.rate.finished(self.clock())
         self.pump()
 
     def _has_room(self, now_s: float) -> bool:

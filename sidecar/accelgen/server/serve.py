@@ -16,7 +16,6 @@ from aiohttp import web
 from accelgen.config import load_tiers
 from accelgen.core.latency import LatencyModel
 from accelgen.core.tiers import TierSet, parse_tiers
-from accelgen.server.admission import AdmissionConfig
 from accelgen.server.app import build_app
 from accelgen.server.launch import (
     TINY_MODEL_ARGS,
@@ -29,6 +28,7 @@ from accelgen.server.sim_engine import SimEngineConfig
 from accelgen.server.speed import ScaledLatencyModel, Speed, load_latency_model
 from accelgen.server.state import Sidecar, SidecarConfig
 from accelgen.server.tenants import load_keys
+from accelgen.server.tickets import AdmissionConfig
 
 
 def load_config(args: argparse.Namespace, engine_url: str) -> SidecarConfig:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from accelgen.core.tiers import TierSet
-from accelgen.server.admission import Admission, AdmissionConfig, Ticket
+from accelgen.server.admission import Admission
 from accelgen.server.engine import EngineClient
 from accelgen.server.errors import ApiError
 from accelgen.server.limits import TenantLimiter
@@ -16,6 +16,7 @@ from accelgen.server.speed import Speed
 from accelgen.server.stats import WindowStats
 from accelgen.server.stream import Timing
 from accelgen.server.tenants import KeyStore, Tenant
+from accelgen.server.tickets import AdmissionConfig, Ticket
 
 log = logging.getLogger("accelgen.server")
 
