@@ -1,0 +1,266 @@
+"""The chart's ClusterRole is exactly what the operator uses: extracted from its code, and observed.
+
+Two sources, both compared with the rendered rules as (apiGroup, resource, verb) triples:
+
+* static: the operator's own API calls, read from its source (``kube.get/list/create/patch``
+  with literal resources, and ``apply.ensure``'s verbs on every kind ``build_children``
+  makes with all options on), plus kopf's needs as kopf documents them (its watches,
+  finalizer and status patches, Events, discovery, peering). Chart rules == this set.
+* observed: the real kopf operator run against the emulated API with a pool that uses
+  every feature (tenant-keys Secret, ServiceMonitor and gateway CRDs present,
+  autoscaling); every request it sent must be allowed by the chart's rules.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from deploy_support import ROOT, objects, one, render
+
+from accelgen_operator import API_VERSION, KIND
+from accelgen_operator.apply import plural_of
+from accelgen_operator.emulator import OPTIONAL_RESOURCES, emulated_api
+from accelgen_operator.handlers import OperatorConfig
+from accelgen_operator.resources import build_children
+from accelgen_operator.runner import running_operator
+
+Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
+OPERATOR_SRC = ROOT / "operator" / "accelgen_operator"
+# Not the operator: the emulator, the benchmark and the test runner.
+_NOT_OPERATOR = {"emulator.py", "bench.py", "runner.py"}
+_CLIENT_VERBS = {"get", "list", "create", "patch"}
+
+# kopf's own API use (kopf's documentation, "Deployment": RBAC), for this operator's resource.
+KOPF_NEEDS: set[Triple] = {
+    ("accelgen.dev", "inferencepools", "list"),
+    ("accelgen.dev", "inferencepools", "watch"),
+    ("accelgen.dev", "inferencepools", "patch"),  # finalizer, progress annotations, spec.replicas
+    ("accelgen.dev", "inferencepools/status", "patch"),  # status subresource
+    ("", "events", "create"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+}
+KOPF_PEERING: set[Triple] = {
+    ("kopf.dev", plural, verb)
+    for plural in ("clusterkopfpeerings", "kopfpeerings")
+    for verb in ("get", "list", "watch", "patch")
+}
+
+
+def _group(api_version: str) -> str:
+    return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+
+
+def _literal_calls() -> set[Triple]:
+    """``kube.<verb>("apiVersion", "plural", ...)`` calls with literal arguments."""
+    found: set[Triple] = set()
+    for path in sorted(OPERATOR_SRC.glob("*.py")):
+        if path.name in _NOT_OPERATOR:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            target = node.func.value
+            if not (isinstance(target, ast.Name) and target.id == "kube" and node.func.attr in _CLIENT_VERBS):
+                continue
+            args = node.args[:2]
+            if len(args) == 2 and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
+                api_version, plural = (a.value for a in args)  # type: ignore[attr-defined]
+                found.add((_group(api_version), plural, node.func.attr))
+    return found
+
+
+def _ensure_verbs() -> set[str]:
+    """The client verbs ``apply.ensure`` calls on every child."""
+    tree = ast.parse((OPERATOR_SRC / "apply.py").read_text())
+    (ensure,) = [n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "ensure"]
+    return {
+        n.func.attr
+        for n in ast.walk(ensure)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "kube"
+        and n.func.attr in _CLIENT_VERBS
+    }
+
+
+def _full_spec() -> dict[str, Any]:
+    return {
+        "model": "m",
+        "replicas": 1,
+        "engine": {"image": "engine:1", "gpus": 1},
+        "sidecar": {"image": "sidecar:1"},
+        "tiers": [
+            {"name": "interactive", "ttftMs": 500, "tbtMs": 100, "priority": 0, "attainmentTarget": 0.95},
+            {"name": "batch", "deadlineSeconds": 3600, "priority": 1},
+        ],
+        "auth": {"secretName": "keys"},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
+        "gateway": {"enabled": True, "endpointPicker": {"name": "epp"}},
+        "metrics": {"serviceMonitor": True},
+    }
+
+
+def code_triples() -> set[Triple]:
+    """Everything the operator's code (and kopf for it) needs, peering included."""
+    children = build_children("p", "ns", _full_spec(), has_service_monitor_crd=True, has_gateway_crd=True)
+    kinds = {(_group(c["apiVersion"]), plural_of(c)) for c in children}
+    ensure = {(g, p, verb) for g, p in kinds for verb in _ensure_verbs()}
+    return _literal_calls() | ensure | KOPF_NEEDS | KOPF_PEERING
+
+
+def chart_triples(values: dict[str, Any] | None = None) -> set[Triple]:
+    role = one(objects(render(values)), "ClusterRole")
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_extraction_finds_the_operators_calls() -> None:
+    """The extraction is not vacuous: it sees the calls the operator is known to make."""
+    literal = _literal_calls()
+    assert {("", "secrets", "get"), ("apps", "deployments", "get"), ("", "pods", "list")} <= literal
+    assert _ensure_verbs() == {"get", "create", "patch"}
+    assert ("monitoring.coreos.com", "servicemonitors", "create") in code_triples()
+    assert ("inference.networking.k8s.io", "inferencepools", "patch") in code_triples()
+
+
+def test_chart_rules_equal_what_the_code_uses() -> None:
+    chart = chart_triples()
+    code = code_triples()
+    assert chart - code == set(), "the chart grants more than the operator uses"
+    assert code - chart == set(), "the operator needs more than the chart grants"
+    # No wildcards, nothing destructive.
+    assert not any("*" in t for t in chart)
+    assert not {verb for _, _, verb in chart} & {"delete", "deletecollection", "update", "escalate", "bind"}
+
+
+def test_without_peering_the_peering_rules_go() -> None:
+    off = {"operator": {"peering": {"enabled": False, "name": "default", "create": False, "priority": 0}}}
+    assert chart_triples(off) == code_triples() - KOPF_PEERING
+
+
+def _to_triple(method: str, path: str) -> Triple | None:
+    """An API request as RBAC sees it; None for discovery (allowed to every user)."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "api":
+        group, rest = "", parts[2:]
+    elif parts[0] == "apis" and len(parts) > 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    if not rest:
+        return None
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        rest = rest[2:]
+    resource, name, sub = rest[0], rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else None
+    if sub:
+        resource = f"{resource}/{sub}"
+    verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method)
+    if verb is None:  # GET: one object, or a collection (list, or watch: the query is not logged)
+        verb = "get" if name else "list"
+    return group, resource, verb
+
+
+async def _run_operator() -> list[tuple[str, str]]:
+    """Run the operator on a full-featured pool; every request it sent (not ours)."""
+    optional = list(OPTIONAL_RESOURCES)
+    async with emulated_api(optional=optional) as (emu, url):
+        cfg = OperatorConfig(api_url=url, stats_interval_s=0.3, stats_timeout_s=0.5, retry_base_s=0.2, retry_max_s=1.0)
+        async with running_operator(cfg), aiohttp.ClientSession() as http:
+            ours: list[tuple[str, str]] = []
+            secret = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "keys", "namespace": "serving"},
+                "data": {"keys.yaml": "dGVuYW50czogW10K"},
+            }
+            pool = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "p", "namespace": "serving"}}
+            pool["spec"] = _full_spec()
+            for path, body in (
+                ("/api/v1/namespaces/serving/secrets", secret),
+                ("/apis/accelgen.dev/v1alpha1/namespaces/serving/inferencepools", pool),
+            ):
+                (await http.post(url + path, json=body)).raise_for_status()
+                ours.append(("POST", path))
+            deadline = time.monotonic() + 30
+            wanted = {"servicemonitors", "inferencepools/status", "pods"}
+            while time.monotonic() < deadline:
+                seen = {(t or ("", "", ""))[1] for t in (_to_triple(m, p) for m, p in emu.log)}
+                if wanted <= seen and any(p.endswith("/inference.networking.k8s.io/v1") for _, p in emu.log):
+                    break
+                await asyncio.sleep(0.1)
+            # A spec change: every child is patched (the merge-patch path of apply.ensure).
+            pool_path = "/apis/accelgen.dev/v1alpha1/namespaces/serving/inferencepools/p"
+            patch = {"spec": {"model": "m2"}}
+            headers = {"Content-Type": "application/merge-patch+json"}
+            (await http.patch(url + pool_path, json=patch, headers=headers)).raise_for_status()
+            ours.append(("PATCH", pool_path))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(m == "PATCH" and "/deployments/" in p for m, p in emu.log):
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # a few stats intervals: the timer's reads and status writes
+            log = list(emu.log)
+    for request in ours:
+        log.remove(request)
+    return log
+
+
+def test_every_request_the_operator_sends_is_allowed() -> None:
+    log = asyncio.run(_run_operator())
+    observed = {t for t in (_to_triple(m, p) for m, p in log) if t is not None}
+    allowed = chart_triples()
+    assert observed - allowed == set()
+    # The run exercised the operator's own calls (not only kopf's).
+    assert {
+        ("", "secrets", "get"),
+        ("", "pods", "list"),
+        ("apps", "deployments", "create"),
+        ("apps", "deployments", "patch"),
+        ("monitoring.coreos.com", "servicemonitors", "create"),
+        ("inference.networking.k8s.io", "inferencepools", "create"),
+        ("accelgen.dev", "inferencepools/status", "patch"),
+        ("", "events", "create"),
+    } <= observed
+
+
+def test_mapping_of_requests_to_rbac() -> None:
+    assert _to_triple("GET", "/apis/apps/v1/namespaces/x/deployments/d") == ("apps", "deployments", "get")
+    assert _to_triple("GET", "/api/v1/namespaces/x/pods") == ("", "pods", "list")
+    assert _to_triple("PATCH", "/apis/accelgen.dev/v1alpha1/namespaces/x/inferencepools/p/status") == (
+        "accelgen.dev",
+        "inferencepools/status",
+        "patch",
+    )
+    assert _to_triple("GET", "/api/v1/namespaces") == ("", "namespaces", "list")
+    assert _to_triple("GET", "/apis/monitoring.coreos.com/v1") is None
+
+
+@pytest.mark.parametrize("path", [Path("docs/operator.md")])
+def test_docs_permissions_section_is_a_superset(path: Path) -> None:
+    """docs/operator.md's Permissions list may be broader (it predates this check), never narrower."""
+    import yaml
+
+    text = (ROOT / path).read_text()
+    block = text.split("### Permissions", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    documented = {
+        (g, r, v)
+        for rule in yaml.safe_load(block)["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert chart_triples() - documented == set()
