@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sidecar_harness import TIERS
 
 from accelgen.server.admission import Admission
-from accelgen.server.engine_state import EngineState, parse_engine_metrics
+from accelgen.server.engine_state import EngineState, parse_engine_metrics, read_preemptions
 from accelgen.server.errors import ApiError
 from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
 from accelgen.server.tickets import AdmissionConfig, Ticket
@@ -181,5 +183,30 @@ def test_a_persisting_engine_queue_holds_releases_a_passing_one_does_not() -> No
         eng.waiting_before, eng.waiting = 6, 0
         adm.pump()
         assert second.released.done()
+
+    asyncio.run(scenario())
+
+
+def test_engine_preempting_holds_releases(tmp_path: Path) -> None:
+    # The in-engine side channel as accelgen.vllm.stats writes it.
+    stats = tmp_path / "engine-stats.json"
+    stats.write_text(json.dumps({"preemptions_by_tier": {"batch": 2, "interactive": 1}}))
+    assert read_preemptions(str(stats)) == 3
+    assert read_preemptions(str(tmp_path / "missing.json")) is None
+    stats.write_text("{not json")
+    assert read_preemptions(str(stats)) is None
+
+    async def scenario() -> None:
+        clock, shed = Clock(), list[Ticket]()
+        adm = _admission(clock, shed, max_in_flight=10)
+        adm.in_flight = 2
+        adm.engine.preempting = True  # the count grew since the last poll
+        ticket = adm.make_ticket(TIERS.get("standard"), 10, 10)
+        adm.admit(ticket)
+        adm.pump()
+        assert not ticket.released.done()
+        adm.engine.preempting = False
+        adm.pump()
+        assert ticket.released.done()
 
     asyncio.run(scenario())

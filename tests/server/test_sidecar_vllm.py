@@ -128,6 +128,7 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
         assert metric_value(text, "accelgen_requests_completed_total", tier=tier) == before[tier] + n
         assert metric_value(text, "accelgen_output_tokens_total", tier=tier) >= n * tokens
     assert "vllm:num_requests_running{" in text  # the engine's metrics, re-exported
+    assert "accelgen_engine_preemptions " in text  # read from the in-engine side channel
 
     def engine_saw_tiers() -> bool:
         try:

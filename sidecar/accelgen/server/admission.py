@@ -189,8 +189,8 @@ class Admission:
         cfg, eng = self.config, self.engine
         if self.in_flight >= cfg.max_in_flight:
             return False
-        if eng.kv_usage >= cfg.kv_high_watermark and self.in_flight > 0:
-            return False
+        if (eng.kv_usage >= cfg.kv_high_watermark or eng.preempting) and self.in_flight > 0:
+            return False  # KV is short: more requests would only be preempted or wait
         settled = eng.updated_s - self._last_release_s >= cfg.settle_s
         # NOTE: requests wait in vLLM for a step boundary anyway; only a queue seen in two
         # polls in a row means the engine is saturated.

@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model directory for the embedded vLLM (default: the tiny random-weight model, created once)",
     )
     parser.add_argument(
+        "--engine-stats",
+        metavar="FILE",
+        help="AccelGen's in-engine stats file (the engine's ACCELGEN_STATS_FILE, e.g. on a "
+        "shared volume); its preemptions hold releases back. Set for the embedded vLLM.",
+    )
+    parser.add_argument(
         "--vllm-arg",
         action="append",
         metavar="ARG",

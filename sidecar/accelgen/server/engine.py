@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from accelgen.server.engine_state import EngineState, parse_engine_metrics
+from accelgen.server.engine_state import EngineState, parse_engine_metrics, read_preemptions
 from accelgen.server.errors import ApiError, normalize_engine_error
 
 log = logging.getLogger("accelgen.server")
@@ -26,8 +26,16 @@ log = logging.getLogger("accelgen.server")
 class EngineClient:
     """Streams generations from one engine and keeps :class:`EngineState` fresh."""
 
-    def __init__(self, base_url: str, *, connect_timeout_s: float = 3.0, token_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout_s: float = 3.0,
+        token_timeout_s: float = 30.0,
+        stats_path: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.stats_path = stats_path  # AccelGen's in-engine side channel, if known
         self.connect_timeout_s = connect_timeout_s
         self.token_timeout_s = token_timeout_s
         self.state = EngineState()
@@ -137,6 +145,11 @@ class EngineClient:
             return
         state.waiting_before = state.waiting
         state.running, state.waiting, state.kv_usage, state.vllm_text = parse_engine_metrics(text)
+        if self.stats_path is not None:
+            total = read_preemptions(self.stats_path)
+            if total is not None:
+                state.preempting = total > state.preemptions
+                state.preemptions = total
         if healthy and self.default_model is None:
             await self._learn_model()
         state.updated_s = time.monotonic()

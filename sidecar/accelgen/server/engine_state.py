@@ -3,10 +3,13 @@
 vLLM exports ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and
 ``vllm:kv_cache_usage_perc`` (a fraction in [0, 1] despite the name; older versions
 call it ``vllm:gpu_cache_usage_perc``), one series per model; they are summed.
+AccelGen's in-engine scheduler also writes a stats file (its side channel, see
+:mod:`accelgen.vllm.stats`); its preemption count says when KV is short.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 _RUNNING = "vllm:num_requests_running"
@@ -25,7 +28,23 @@ class EngineState:
     kv_usage: float = 0.0
     updated_s: float = -1e9
     vllm_text: str = ""  # the engine's vllm:* families, re-exported on our /metrics
+    preemptions: int = 0  # cumulative, from AccelGen's in-engine side channel
+    preempting: bool = False  # the count grew since the previous poll: KV is short
     error: str = "engine not checked yet"
+
+
+def read_preemptions(path: str) -> int | None:
+    """Total preemptions in the in-engine scheduler's stats snapshot (``accelgen.vllm.stats``).
+
+    The file is rewritten atomically by the engine; None if it is missing or unreadable.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            snapshot = json.load(handle)
+        by_tier = snapshot.get("preemptions_by_tier") or {}
+        return int(sum(int(v) for v in by_tier.values()))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _sample(line: str) -> tuple[str, float] | None:

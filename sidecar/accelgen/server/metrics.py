@@ -82,6 +82,12 @@ class SidecarMetrics:
         self.engine_running = Gauge("accelgen_engine_requests_running", "Engine running requests", enames, registry=r)
         self.engine_waiting = Gauge("accelgen_engine_requests_waiting", "Engine waiting requests", enames, registry=r)
         self.engine_kv = Gauge("accelgen_engine_kv_usage_ratio", "Engine KV cache usage (0..1)", enames, registry=r)
+        self.engine_preemptions = Gauge(
+            "accelgen_engine_preemptions",
+            "Preemptions so far, from AccelGen's in-engine side channel (0 without it)",
+            enames,
+            registry=r,
+        )
         self.set_tiers(tiers)
 
     def labels(self, tier: str) -> dict[str, str]:

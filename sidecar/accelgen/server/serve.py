@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import cast
 
@@ -31,7 +33,7 @@ from accelgen.server.tenants import load_keys
 from accelgen.server.tickets import AdmissionConfig
 
 
-def load_config(args: argparse.Namespace, engine_url: str) -> SidecarConfig:
+def load_config(args: argparse.Namespace, engine_url: str, *, engine_stats: str | None = None) -> SidecarConfig:
     """The sidecar configuration from CLI flags; ConfigError for a bad file."""
     from accelgen.server.cli import DEFAULT_TIERS
 
@@ -49,6 +51,7 @@ def load_config(args: argparse.Namespace, engine_url: str) -> SidecarConfig:
         pool=args.pool,
         admission=admission,
         token_timeout_s=args.token_timeout_s,
+        engine_stats_path=engine_stats or args.engine_stats,
     )
 
 
@@ -60,6 +63,7 @@ async def serve(args: argparse.Namespace) -> int:
         latency = cast(LatencyModel, ScaledLatencyModel(latency, args.sim_time_scale))
     load_config(args, "http://unused")  # fail fast on bad files before starting an engine
     cleanup: list[object] = []
+    engine_stats: str | None = None
     engine = args.engine or ("url" if args.engine_url else "vllm")
     if args.engine_url:
         url = args.engine_url
@@ -77,11 +81,16 @@ async def serve(args: argparse.Namespace) -> int:
             return 2
         model_dir = Path(args.model) if args.model else ensure_tiny_model()
         extra = [] if args.model else list(TINY_MODEL_ARGS)
+        # The in-engine scheduler's side channel: the sidecar reads its preemptions.
+        engine_stats = os.environ.get("ACCELGEN_STATS_FILE") or str(
+            Path(tempfile.mkdtemp(prefix="accelgen-")) / "engine-stats.json"
+        )
         vllm = VllmProcess(
             model_dir,
             port=free_port(),
             tiers_path=args.tiers,
             extra_args=extra + list(args.vllm_arg or []),
+            env={"ACCELGEN_STATS_FILE": engine_stats},
         )
         cleanup.append(vllm)
         print(f"accelgen: starting vLLM on {vllm.url} (this takes a while)...", flush=True)
@@ -92,7 +101,7 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"accelgen: error: {err}", file=sys.stderr)
             return 1
         url = vllm.url
-    sidecar = Sidecar(load_config(args, url), Speed(latency))
+    sidecar = Sidecar(load_config(args, url, engine_stats=engine_stats), Speed(latency))
     runner = web.AppRunner(build_app(sidecar, tiers_path=args.tiers), handler_cancellation=True, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()

@@ -34,6 +34,7 @@ class SidecarConfig:
     token_timeout_s: float = 30.0
     poll_interval_s: float = 0.25
     stats_window_s: int = 60
+    engine_stats_path: str | None = None  # accelgen.vllm's side channel (ACCELGEN_STATS_FILE)
 
 
 class Sidecar:
@@ -48,6 +49,7 @@ class Sidecar:
             config.engine_url,
             connect_timeout_s=config.connect_timeout_s,
             token_timeout_s=config.token_timeout_s,
+            stats_path=config.engine_stats_path,
         )
         self.metrics = SidecarMetrics(config.tiers, pool=config.pool)
         self.stats = WindowStats(config.stats_window_s)
@@ -107,6 +109,7 @@ class Sidecar:
             (m.engine_running, state.running),
             (m.engine_waiting, state.waiting),
             (m.engine_kv, state.kv_usage),
+            (m.engine_preemptions, state.preemptions),
         )
         for gauge, value in values:
             (gauge.labels(pool=m.pool) if m.pool else gauge).set(value)
