@@ -113,7 +113,8 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
     client = _client(env)
     n, tokens = 5, 4
     text = httpx.get(env.url + "/metrics").text
-    before = {t: metric_value(text, "accelgen_requests_completed_total", tier=t) for t in ("interactive", "batch")}
+    counters = ("accelgen_requests_completed_total", "accelgen_output_tokens_total", "accelgen_ttft_seconds_count")
+    before = {(c, t): metric_value(text, c, tier=t) for c in counters for t in ("interactive", "batch")}
     for tier in ("interactive", "batch"):
         for _ in range(n):
             client.completions.create(
@@ -125,8 +126,8 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
             )
     text = httpx.get(env.url + "/metrics").text
     for tier in ("interactive", "batch"):
-        assert metric_value(text, "accelgen_requests_completed_total", tier=tier) == before[tier] + n
-        assert metric_value(text, "accelgen_output_tokens_total", tier=tier) >= n * tokens
+        for counter, added in zip(counters, (n, n * tokens, n), strict=True):
+            assert metric_value(text, counter, tier=tier) == before[(counter, tier)] + added
     assert "vllm:num_requests_running{" in text  # the engine's metrics, re-exported
     assert "accelgen_engine_preemptions " in text  # read from the in-engine side channel
 
