@@ -1,0 +1,57 @@
+# syntax=docker/dockerfile:1
+# AccelGen images, one target each (the Helm chart's defaults name them):
+#
+#   docker build --target operator -t ghcr.io/accelgen/accelgen-operator:0.1.0 .
+#   docker build --target sidecar  -t ghcr.io/accelgen/accelgen-sidecar:0.1.0 .
+#   docker build --target engine   -t ghcr.io/accelgen/accelgen-engine:0.1.0 .
+#
+# The package is built once, as a wheel, from this repository's pyproject.toml; the final
+# stages install that wheel only (no compiler, no sources) and run as UID 65532, the user
+# the operator's pod spec and the chart's securityContext expect.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# vLLM pinned as in pyproject.toml (vllm==0.32.0); tests/deploy checks they agree.
+ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
+
+# ---------------------------------------------------------------------------- build
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sidecar/ sidecar/
+COPY operator/ operator/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ------------------------------------------------------------------------- operator
+FROM ${PYTHON_IMAGE} AS operator
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)[operator]"
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["accelgen-operator"]
+CMD ["run"]
+
+# -------------------------------------------------------------------------- sidecar
+FROM ${PYTHON_IMAGE} AS sidecar
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)[server]"
+USER 65532:65532
+EXPOSE 8000
+ENTRYPOINT ["accelgen"]
+CMD ["serve", "--engine-url", "http://127.0.0.1:8001"]
+
+# --------------------------------------------------------------------------- engine
+# vLLM's own image with the accelgen package added, so that
+# `--scheduler-cls accelgen.vllm.AccelGenScheduler` resolves; vLLM and its CUDA stack
+# stay exactly as shipped (the wheel's own dependencies are already there or pure Python).
+FROM ${VLLM_IMAGE} AS engine
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HOME=/home/accelgen
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    python3 -m pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)" \
+    && python3 -c "import accelgen.vllm, vllm; accelgen.vllm.AccelGenScheduler" \
+    && useradd --uid 65532 --user-group --create-home --home-dir /home/accelgen accelgen
+USER 65532:65532
+EXPOSE 8001
+ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+CMD ["--host", "127.0.0.1", "--port", "8001", "--scheduler-cls", "accelgen.vllm.AccelGenScheduler"]
