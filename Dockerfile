@@ -21,9 +21,12 @@ COPY sidecar/ sidecar/
 COPY operator/ operator/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# ------------------------------------------------------------------------- operator
-FROM ${PYTHON_IMAGE} AS operator
+# ----------------------------------------------------------------- python runtime
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# ------------------------------------------------------------------------- operator
+FROM runtime AS operator
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)[operator]"
 USER 65532:65532
@@ -32,8 +35,7 @@ ENTRYPOINT ["accelgen-operator"]
 CMD ["run"]
 
 # -------------------------------------------------------------------------- sidecar
-FROM ${PYTHON_IMAGE} AS sidecar
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM runtime AS sidecar
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)[server]"
 USER 65532:65532

@@ -29,7 +29,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -117,13 +116,6 @@ def range_query(prometheus: str, expr: str, *, start_s: float, end_s: float, ste
     return result
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -185,7 +177,9 @@ class LocalStack:
         binary = prometheus_binary()
         if binary is None:
             raise RuntimeError("prometheus is not installed (scripts/install-prometheus.sh)")
-        sidecar_port, prom_port = _free_port(), _free_port()
+        from accelgen.server.launch import free_port
+
+        sidecar_port, prom_port = free_port(), free_port()
         self.sidecar_url = f"http://127.0.0.1:{sidecar_port}"
         self.prometheus_url = f"http://127.0.0.1:{prom_port}"
         sidecar_log = (self.workdir / "sidecar.log").open("wb")
