@@ -126,6 +126,7 @@ class _AccelGenMixin(_SchedulerBase):
         assert num_gpu_blocks is not None
         self._cap_tokens = self.scheduler_config.max_num_batched_tokens
         self._cap_threshold = self.scheduler_config.long_prefill_token_threshold
+        self._reserve_full_isl = self.scheduler_reserve_full_isl
         self.engine_limits = EngineLimits(
             num_kv_blocks=num_gpu_blocks - 1,  # one block is vLLM's reserved null block
             block_size_tokens=self.block_size,
@@ -158,6 +159,11 @@ class _AccelGenMixin(_SchedulerBase):
         self._publish_calibration()
 
     def _make_planner(self, name: str) -> Policy | None:
+        # vLLM admits a new request only if blocks for its whole prompt are free
+        # (scheduler_reserve_full_isl), even when it runs a first chunk only; under a
+        # planner, admission and KV reservation are the policy's decision (AccelGen
+        # reserves for the predicted output too), so vLLM allocates what is scheduled.
+        self.scheduler_reserve_full_isl = self._reserve_full_isl if name == STOCK_POLICY else False
         if name == STOCK_POLICY:
             return None
         if get_spec(name).clairvoyant:
@@ -341,10 +347,22 @@ class _AccelGenMixin(_SchedulerBase):
                 planner.running.append(mirror)
         vllm_running = {r.request_id for r in self.running}
         for mirror in list(planner.running):
-            if mirror.request_id not in vllm_running:
+            if mirror.request_id in vllm_running:
+                continue
+            request = self.requests.get(mirror.request_id)
+            if request is not None and request.status == RequestStatus.PREEMPTED:
                 # Preempted by vLLM itself (its KV view differed): recompute it later.
                 planner._preempt(mirror)
                 self.accelgen_stats.preemptions_by_tier[mirror.tier.name] += 1
+                self.accelgen_stats.engine_preemptions_by_tier[mirror.tier.name] += 1
+            else:
+                # A planned admission vLLM did not carry out: back to the queue as it was.
+                # NOTE: Policy has no public "requeue"; this is _preempt without counting.
+                planner._release(mirror)
+                mirror.num_computed_tokens = request.num_computed_tokens if request else 0
+                mirror.sort_key_s = None
+                planner._enqueue(mirror)
+                self.accelgen_stats.num_unexecuted_admissions += 1
         planner.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
 
     def _steer(self, plan: IterationPlan) -> tuple[list[VllmRequest], list[VllmRequest], dict[str, int]]:

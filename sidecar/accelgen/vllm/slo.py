@@ -7,10 +7,10 @@ A client names a tier, overrides its targets, or gives a deadline::
     {"vllm_xargs": {"ttft_ms": 800, "tbt_ms": 120}}             # targets only
     {"vllm_xargs": {"deadline_s": 600}}                         # offline: done within 600 s
 
-``tier`` is accepted as a synonym of ``slo_tier``. Requests without metadata get the
-configured default tier. Bad metadata never fails a request inside the engine (the
-sidecar validates at the edge): it falls back to the default tier and is counted.
-This module does not import vLLM.
+``tier`` and ``accelgen_tier`` (the sidecar's name) are accepted as synonyms of
+``slo_tier``. Requests without metadata get the configured default tier. Bad metadata
+never fails a request inside the engine (the sidecar validates at the edge): it falls
+back to the default tier and is counted. This module does not import vLLM.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from accelgen.core.tiers import SLOTier, TierSet
 
-TIER_KEYS = ("slo_tier", "tier")
+TIER_KEYS = ("slo_tier", "tier", "accelgen_tier")
 TARGET_KEYS = ("ttft_ms", "tbt_ms", "deadline_s")
 
 

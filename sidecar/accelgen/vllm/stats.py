@@ -62,7 +62,10 @@ class EngineStats:
         self.num_empty_plans = 0
         self.num_inexact_steps = 0
         self.num_fallback_steps = 0
+        self.num_unexecuted_admissions = 0
         self.preemptions_by_tier: Counter[str] = Counter()
+        # The subset vLLM made on its own (its KV view differed from the plan's).
+        self.engine_preemptions_by_tier: Counter[str] = Counter()
         self.requests_by_tier: Counter[str] = Counter()
         self.slo_problems: Counter[str] = Counter()
         self.last_budget_tokens = 0
@@ -105,6 +108,7 @@ class EngineStats:
             "num_empty_plans": self.num_empty_plans,
             "num_inexact_steps": self.num_inexact_steps,
             "num_fallback_steps": self.num_fallback_steps,
+            "num_unexecuted_admissions": self.num_unexecuted_admissions,
             "budget_tokens": {
                 "last": self.last_budget_tokens,
                 "min": min(budgets) if budgets else None,
@@ -128,6 +132,7 @@ class EngineStats:
                 "num": len(schedule),
             },
             "preemptions_by_tier": dict(self.preemptions_by_tier),
+            "engine_preemptions_by_tier": dict(self.engine_preemptions_by_tier),
             "requests_by_tier": dict(self.requests_by_tier),
             "slo_metadata_problems": dict(self.slo_problems),
             "calibration": self.calibration,
