@@ -2,8 +2,9 @@
 
 On 127.0.0.1 only: `accelgen serve --engine sim --pool demo` under a bounded streaming load
 (light, overload, light) across the three default tiers, scraped every second by a real
-Prometheus that evaluates monitoring/rules.yaml (every 2 s instead of 30 s). Both
-processes are stopped at the end. About 40 s.
+Prometheus that evaluates monitoring/rules.yaml (every 2 s instead of 30 s). Then the
+real alerts the overload raises are checked too. Both processes are stopped at the end.
+About 40 s.
 """
 
 from __future__ import annotations
@@ -99,6 +100,16 @@ def test_every_query_has_data(tmp_path: Path) -> None:
         goodput = instant_query(prom, "accelgen:throughput_requests:rate5m")
         assert {s["metric"]["tier"] for s in goodput} == {"interactive", "standard", "batch"}
         assert all(s["metric"]["pool"] == "demo" for s in goodput)
+
+        # The overload (16 req/s against a 4-sequence engine) makes the real alerts pending
+        # (their `for:` is minutes): the tightest tier is rejected, attainment falls below
+        # target; the healthy engine raises nothing.
+        _wait_for(prom, 'ALERTS{alertname="AccelGenTightTierRejecting"}', timeout_s=20)
+        pending = {(a["metric"]["alertname"], a["metric"].get("tier")) for a in instant_query(prom, "ALERTS")}
+        assert ("AccelGenTightTierRejecting", "interactive") in pending, pending
+        assert ("AccelGenAttainmentBelowTarget", "interactive") in pending, pending
+        assert not {t for name, t in pending if name == "AccelGenTightTierRejecting"} - {"interactive"}
+        assert not any(name == "AccelGenEngineNotReady" for name, _ in pending)
 
         # The documented PNG, from the same Prometheus.
         out = tmp_path / "dashboard.png"
