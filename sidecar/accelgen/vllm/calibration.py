@@ -45,7 +45,7 @@ class Calibrator:
         prior: The model used until enough samples exist.
         path: Where the fit is persisted (read at start if present); None: not persisted.
         min_samples: Samples needed before the first fit is used.
-        refit_every: Samples between refits.
+        refit_every: Samples between refits (at least an eighth of the window's samples).
         window: Most recent samples a fit uses.
         skip_first: Steps ignored at start (warm-up: allocator, first-touch, caches).
     """
@@ -94,7 +94,10 @@ class Calibrator:
         self._online_errors.append(abs(predicted_s - measured_s) / measured_s)
         self._samples.append((shape, measured_s))
         self._since_fit += 1
-        if len(self._samples) < self.min_samples or self._since_fit < self.refit_every:
+        # Refits get rarer as the window fills (a fit costs milliseconds inside the engine
+        # loop; once hundreds of samples agree, one more moves little).
+        due = max(self.refit_every, len(self._samples) // 8)
+        if len(self._samples) < self.min_samples or self._since_fit < due:
             return False
         return self.refit()
 
