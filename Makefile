@@ -1,5 +1,7 @@
 # AccelGen — one entry point for people and CI.
-#   make run    set up, then run the main job (the simulator benchmark on workloads/mixed.yaml)
+#   make serve  set up (venv + vLLM's CPU build), then serve: vLLM with AccelGen's scheduler
+#               and the SLO-aware sidecar in front, on http://127.0.0.1:8000
+#   make bench  set up, then compare the scheduling policies in the simulator (workloads/mixed.yaml)
 #   make test   set up, then lint, type-check, check import boundaries and run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -8,7 +10,7 @@ BIN := $(VENV)/bin
 # Extras installed into the project's virtual environment.
 EXTRAS ?= dev,operator,server
 
-.PHONY: venv run test lint typecheck imports pytest bench-planner clean
+.PHONY: venv serve bench run test prometheus lint typecheck imports pytest bench-planner clean
 
 $(BIN)/.installed-$(EXTRAS): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -19,8 +21,13 @@ $(BIN)/.installed-$(EXTRAS): pyproject.toml
 
 venv: $(BIN)/.installed-$(EXTRAS)
 
-run: venv
+serve: vllm
+	$(BIN)/accelgen serve $(ARGS)
+
+bench: venv
 	$(BIN)/accelgen bench sim workloads/mixed.yaml --json results/mixed.json
+
+run: bench
 
 bench-planner: venv
 	$(BIN)/accelgen bench planner
@@ -37,7 +44,12 @@ imports: venv
 pytest: venv
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck imports pytest
+# The vLLM tests need the real engine: `vllm` installs its CPU build (a no-op when present);
+# the monitoring tests need Prometheus (promtool and the server, Debian's package).
+test: vllm prometheus lint typecheck imports pytest
+
+prometheus:
+	bash scripts/install-prometheus.sh
 
 clean:
 	rm -rf $(VENV) results .mypy_cache .ruff_cache .pytest_cache

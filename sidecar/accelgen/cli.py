@@ -23,6 +23,11 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("bench", "planner"), "accelgen.bench.planner_cmd", "time one plan() of each policy"),
     (("bench", "vllm"), "accelgen.bench.vllm_cmd", "compare policies on real vLLM engines"),
     (("bench", "proxy"), "accelgen.bench.proxy_cmd", "sidecar overhead against the bare engine"),
+    (
+        ("bench", "dashboard"),
+        "accelgen.bench.dashboard_cmd",
+        "the Grafana dashboard's main panels as a PNG, from a real Prometheus",
+    ),
     (("model", "tiny"), "accelgen.vllm.tiny_model", "create a tiny random-weight model"),
     (("serve",), "accelgen.server.cli", "serve an engine behind the SLO-aware sidecar"),
 )
