@@ -49,15 +49,31 @@ def test_budget_is_full_without_tight_work() -> None:
     assert plan.num_tokens == 4096
 
 
-def test_lost_deadline_stops_constraining() -> None:
-    """A decode already past its deadline does not shrink the budget."""
+def test_lost_deadline_restarts_the_clock() -> None:
+    """A decode past its deadline no longer counts its remaining time (none is left), but
+    its next token is due one TBT after this one: the iteration is held to 45 ms again."""
     tiers = make_tiers()
     planner = make_planner()
     place_running(planner, make_request("late", tier=tiers.get("tight"), prompt=50), outputs=3, last_token_s=0.0)
     planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=6000))
     plan = planner.plan(now=0.2)  # its deadline was 0.05
-    assert plan.budget_tokens == 4096
+    assert plan.budget_tokens == 350
     assert plan.chunks[0].request.request_id == "late"  # still served first
+
+
+def test_idle_engine_admits_a_tier_tighter_than_one_decode() -> None:
+    """TBT 5 ms is below the 10 ms floor of any iteration: admitted anyway when idle."""
+    from accelgen.core.tiers import parse_tiers
+
+    tiers = parse_tiers({"default_tier": "x", "tiers": [{"name": "x", "ttft_ms": 100, "tbt_ms": 5}]})
+    planner = make_planner(tiers=tiers)
+    planner.add_request(make_request("r", tier=tiers.get("x"), prompt=20))
+    plan = planner.plan(now=0.0)
+    assert [c.request.request_id for c in plan.chunks] == ["r"]
+    planner.update(plan, now=0.011)
+    planner.add_request(make_request("s", tier=tiers.get("x"), prompt=20, arrival_s=0.011))
+    # Now one is running: a second would only make both miss every token.
+    assert "s" not in {c.request.request_id for c in planner.plan(now=0.011).chunks}
 
 
 def test_no_dynamic_chunking_ablation_uses_fixed_budget() -> None:

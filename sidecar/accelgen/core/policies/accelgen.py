@@ -120,19 +120,23 @@ class AccelGenPolicy(Policy):
         """The invariant: no iteration outlasts any running request's next deadline.
 
         A deadline closer than the cheapest possible iteration (one lone decode) is
-        already lost and does not constrain.
+        already lost and does not constrain. [ours] Its request's clock restarts
+        instead: the token after the late one is due one TBT after it, so the
+        iteration is still held to one TBT and one overrun does not become a run of
+        full-budget iterations that loses every deadline again.
         """
         if not self.config.dynamic_chunking:
             return math.inf
-        shortest = now + self._min_iteration_s + self.config.safety_margin_s
-        earliest = math.inf
+        shortest = self._min_iteration_s + self.config.safety_margin_s
+        limit = math.inf
         for r in self.running:
             tbt = r.tier.tbt_slo_s
             if tbt is not None and r.last_token_s is not None:
-                deadline = r.last_token_s + tbt
-                if shortest < deadline < earliest:
-                    earliest = deadline
-        return earliest - now - self.config.safety_margin_s
+                remaining = r.last_token_s + tbt - now
+                if remaining <= shortest:
+                    remaining = tbt
+                limit = min(limit, remaining)
+        return limit - self.config.safety_margin_s
 
     def _schedule(self, now: float) -> tuple[list[ScheduledChunk], int, list[Request]]:
         limit_s = self._time_limit_s(now)
@@ -383,6 +387,8 @@ class _Packer:
             return False
         if check_kv and not self.fits_kv(r, 1):
             return False
+        if not policy.running:
+            return True  # an idle engine serves anything it can hold, however tight its TBT
         num_decoding, kv_tokens, tightest_s = self._decode_load()
         tbt_s = min(tightest_s, r.tier.tbt_slo_s or math.inf)
         if tbt_s == math.inf:
