@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 import kopf
@@ -35,12 +36,27 @@ def _parser() -> argparse.ArgumentParser:
                      help="API URL without auth (e.g. `kubectl proxy`); default: in-cluster or kubeconfig")  # fmt: skip
     run.add_argument("--stats-interval", type=float, default=15.0, help="seconds between /stats reads")
     run.add_argument("--stats-timeout", type=float, default=2.0, help="seconds to wait for one pod")
+    run.add_argument("--default-engine-image", default=os.environ.get("ACCELGEN_DEFAULT_ENGINE_IMAGE") or None,
+                     help="image of pools without spec.engine.image (env ACCELGEN_DEFAULT_ENGINE_IMAGE)")  # fmt: skip
+    run.add_argument("--default-sidecar-image", default=os.environ.get("ACCELGEN_DEFAULT_SIDECAR_IMAGE") or None,
+                     help="image of pools without spec.sidecar.image (env ACCELGEN_DEFAULT_SIDECAR_IMAGE)")  # fmt: skip
     run.add_argument("--verbose", "-v", action="store_true")
     bench = sub.add_parser("bench", help="reconcile N pools against an in-memory API and measure")
     bench.add_argument("--pools", type=int, default=100)
     bench.add_argument("--stats-interval", type=float, default=2.0)
     bench.add_argument("--json", dest="json_path", default=None, help="also write the result here")
     return parser
+
+
+def config_from_args(args: argparse.Namespace) -> OperatorConfig:
+    """The ``run`` command's flags as an OperatorConfig (an empty image flag: no default)."""
+    return OperatorConfig(
+        api_url=args.server,
+        stats_interval_s=args.stats_interval,
+        stats_timeout_s=args.stats_timeout,
+        default_engine_image=args.default_engine_image or None,
+        default_sidecar_image=args.default_sidecar_image or None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(num_pools=args.pools, stats_interval_s=args.stats_interval, json_path=args.json_path)
     kopf.configure(verbose=args.verbose)
-    cfg = OperatorConfig(api_url=args.server, stats_interval_s=args.stats_interval, stats_timeout_s=args.stats_timeout)
+    cfg = config_from_args(args)
     asyncio.run(
         kopf.operator(
             registry=build_registry(cfg),

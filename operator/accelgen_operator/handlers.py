@@ -28,6 +28,7 @@ from accelgen_operator.kube import KubeClient, KubeError
 from accelgen_operator.resources import (
     GATEWAY_POOL_API,
     SERVICE_MONITOR_API,
+    DefaultImages,
     build_children,
     content_hash,
     effective_replicas,
@@ -59,6 +60,13 @@ class OperatorConfig:
     stats_timeout_s: float = 2.0
     retry_base_s: float = 5.0
     retry_max_s: float = 300.0
+    # Images for pools that omit spec.engine.image / spec.sidecar.image (None: no default).
+    default_engine_image: str | None = None
+    default_sidecar_image: str | None = None
+
+    @property
+    def images(self) -> DefaultImages:
+        return DefaultImages(engine=self.default_engine_image, sidecar=self.default_sidecar_image)
 
 
 def backoff_s(cfg: OperatorConfig, retry: int) -> float:
@@ -203,12 +211,13 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         namespace = str(namespace)  # InferencePools are namespaced
         generation = meta.get("generation")
         try:
-            children = build_children(name, namespace, spec, **await _optional_crds(kube, spec))
+            children = build_children(name, namespace, spec, images=cfg.images, **await _optional_crds(kube, spec))
             problem = await _check_secret(kube, namespace, spec)
             if problem is None:
                 report = await _apply(kube, body, children)
         except ConfigError as err:
-            # The schema let it through but the core refuses it: only a new spec helps.
+            # The schema let it through but the core refuses it, or no image is known
+            # (neither in the spec nor an operator default): only a new spec helps.
             _record_failure(body, patch, status, Condition("Degraded", "True", "InvalidSpec", str(err)), generation)
             raise kopf.PermanentError(str(err)) from None
         except KubeError as err:
@@ -259,12 +268,15 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
             deployment = await kube.get("apps/v1", "deployments", namespace, name) or {}
             if not deployment and _reconciled(status, meta.get("generation")):
                 # Deleted by hand since: nothing else would notice (children are not watched).
-                children = build_children(name, namespace, spec, **await _optional_crds(kube, spec))
+                children = build_children(name, namespace, spec, images=cfg.images, **await _optional_crds(kube, spec))
                 report = await _apply(kube, body, children)
                 logger.warning(f"re-created missing children: {', '.join(report.changed)}")
             pods = await kube.list("v1", "pods", namespace, labels=selector_labels(name))
         except KubeError as err:
             logger.info(f"cannot read the pool's Deployment or pods, will retry: {err}")
+            return
+        except ConfigError as err:  # cannot happen after a successful reconcile; never crash the timer
+            logger.warning(f"cannot re-create the pool's children: {err}")
             return
         result = await scrape(memo.http, pods, timeout_s=cfg.stats_timeout_s)
         if result.failures:

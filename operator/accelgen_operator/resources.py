@@ -1,6 +1,8 @@
 """Pure: an InferencePool (its name and spec) → the child manifests the operator applies.
 
 Every builder takes plain dicts and returns a plain dict; nothing here talks to the API.
+Images a pool omits come from the operator's defaults (:class:`DefaultImages`, its
+``--default-engine-image`` / ``--default-sidecar-image``); with neither, ConfigError.
 Owner references are added by the handler (``kopf.adopt``); the spec hash that makes
 re-applying idempotent is stamped by :func:`stamp_hash`.
 
@@ -20,16 +22,23 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from accelgen.core.errors import ConfigError
 from accelgen_operator.tierconfig import scheduler_config, tiers_config
 
 CONFIG_DIR = "/etc/accelgen"
 TIERS_PATH = f"{CONFIG_DIR}/tiers.yaml"
 SCHEDULER_PATH = f"{CONFIG_DIR}/scheduler.yaml"
 KEYS_PATH = f"{CONFIG_DIR}/keys/keys.yaml"
+# The engine's in-engine stats file (accelgen.vllm's side channel, ACCELGEN_STATS_FILE),
+# on an emptyDir both containers mount: the sidecar reads it (`--engine-stats`).
+RUN_DIR = "/var/run/accelgen"
+ENGINE_STATS_PATH = f"{RUN_DIR}/engine-stats.json"
+RUN_VOLUME = "run"
 ENGINE_PORT = 8001
 SIDECAR_PORT = 8000
 SCHEDULER_CLS = "accelgen.vllm.AccelGenScheduler"
@@ -44,6 +53,43 @@ GATEWAY_POOL_API = ("inference.networking.k8s.io", "v1", "inferencepools")
 
 _SIDECAR_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
 _NONROOT_UID = 65532
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultImages:
+    """The operator's images for pools that name none (``None``: no default)."""
+
+    engine: str | None = None
+    sidecar: str | None = None
+
+
+_IMAGE_FLAGS = {
+    "engine": "--default-engine-image / ACCELGEN_DEFAULT_ENGINE_IMAGE",
+    "sidecar": "--default-sidecar-image / ACCELGEN_DEFAULT_SIDECAR_IMAGE",
+}
+
+
+def resolve_images(spec: Mapping[str, Any], defaults: DefaultImages = DefaultImages()) -> dict[str, Any]:
+    """A copy of ``spec`` whose ``engine.image`` and ``sidecar.image`` are set.
+
+    A pool's own image wins; an omitted (or empty) one takes the operator's default.
+
+    Raises:
+        ConfigError: an image is neither in the spec nor defaulted by the operator.
+    """
+    out = dict(spec)
+    missing = []
+    for part, default in (("engine", defaults.engine), ("sidecar", defaults.sidecar)):
+        section = dict(spec.get(part) or {})
+        if not section.get("image"):
+            if not default:
+                missing.append(f"spec.{part}.image is not set and the operator has no default ({_IMAGE_FLAGS[part]})")
+                continue
+            section["image"] = default
+        out[part] = section
+    if missing:
+        raise ConfigError("; ".join(missing) + ": set the image in the pool or give the operator a default")
+    return out
 
 
 def content_hash(obj: Any) -> str:
@@ -141,10 +187,12 @@ def _engine_container(spec: Mapping[str, Any]) -> dict[str, Any]:
     env = [
         {"name": "ACCELGEN_TIERS", "value": TIERS_PATH},
         {"name": "ACCELGEN_SCHEDULER_CONFIG", "value": SCHEDULER_PATH},
+        {"name": "ACCELGEN_STATS_FILE", "value": ENGINE_STATS_PATH},
     ]
     mounts = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": RUN_VOLUME, "mountPath": RUN_DIR},
     ]
     cache = engine.get("modelCache")
     if cache:
@@ -184,6 +232,7 @@ def sidecar_args(name: str, spec: Mapping[str, Any]) -> list[str]:
         "--host", "0.0.0.0",
         "--port", str(SIDECAR_PORT),
         "--tiers", TIERS_PATH,
+        "--engine-stats", ENGINE_STATS_PATH,
     ]  # fmt: skip
     if spec.get("auth"):
         args += ["--keys", KEYS_PATH]
@@ -204,6 +253,7 @@ def _sidecar_container(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            {"name": RUN_VOLUME, "mountPath": RUN_DIR, "readOnly": True},
         ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, **probe},
         "livenessProbe": {
@@ -249,6 +299,8 @@ def _volumes(name: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
             "emptyDir": {"medium": "Memory", "sizeLimit": engine.get("shmSize", "8Gi")},
         },
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        # The engine writes its stats snapshot here (a few KiB), the sidecar reads it.
+        {"name": RUN_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
     ]
     cache = engine.get("modelCache")
     if cache:
@@ -271,13 +323,18 @@ def _scheduling(engine: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def pod_template(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+def pod_template(name: str, spec: Mapping[str, Any], images: DefaultImages = DefaultImages()) -> dict[str, Any]:
     """The pod template; its config-hash annotation changes whenever a restart is needed.
 
     The hash covers the pod spec and ``scheduler.yaml`` but not ``tiers.yaml``: tier
     targets reload in place (the sidecar watches the mounted file; the engine receives
-    each request's targets from the sidecar), so a tier-only change rolls nothing.
+    each request's targets from the sidecar), so a tier-only change rolls nothing. A
+    defaulted image is part of the pod spec: a new operator default rolls those pools.
+
+    Raises:
+        ConfigError: an image is neither in the spec nor in ``images``.
     """
+    spec = resolve_images(spec, images)
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 60,
@@ -296,8 +353,10 @@ def pod_template(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_deployment(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The Deployment running engine + sidecar pods."""
+def build_deployment(
+    name: str, namespace: str, spec: Mapping[str, Any], images: DefaultImages = DefaultImages()
+) -> dict[str, Any]:
+    """The Deployment running engine + sidecar pods (ConfigError: no image, see pod_template)."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -311,7 +370,7 @@ def build_deployment(name: str, namespace: str, spec: Mapping[str, Any]) -> dict
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
             },
-            "template": pod_template(name, spec),
+            "template": pod_template(name, spec, images),
         },
     }
 
@@ -380,17 +439,20 @@ def build_children(
     *,
     has_service_monitor_crd: bool = False,
     has_gateway_crd: bool = False,
+    images: DefaultImages = DefaultImages(),
 ) -> list[dict[str, Any]]:
     """Every child of a pool, in apply order (config first, so pods find it).
 
     Optional children appear only when their CRD exists and the spec asks for them.
+    ``images`` fill in the engine and sidecar images the spec omits.
 
     Raises:
-        ConfigError: the spec's tiers are not a valid tier configuration.
+        ConfigError: the spec's tiers are not a valid tier configuration, or an image is
+            neither in the spec nor in ``images``.
     """
     children = [
         build_config_map(name, namespace, spec),
-        build_deployment(name, namespace, spec),
+        build_deployment(name, namespace, spec, images),
         build_service(name, namespace),
         build_pdb(name, namespace),
     ]

@@ -114,3 +114,17 @@ def test_replicas_outside_autoscaling_bounds_accepted() -> None:
     doc = next(d for d in docs if d["kind"] == KIND)
     doc["spec"]["replicas"] = 20
     assert validate_pool(doc) == []
+
+
+def test_images_may_be_left_to_the_operators_defaults() -> None:
+    """A pool may omit engine.image and sidecar.image; an empty image is still refused."""
+    doc = copy.deepcopy(next(d for d in example_documents(GOOD[0]) if d["kind"] == KIND))
+    del doc["spec"]["engine"]["image"], doc["spec"]["sidecar"]["image"]
+    assert validate_pool(doc) == []
+    doc["spec"]["engine"]["image"] = ""
+    assert any("engine.image" in e for e in validate_pool(doc))
+    spec = pool_schema()["properties"]["spec"]
+    for part in ("engine", "sidecar"):
+        assert "image" not in spec["properties"][part].get("required", [])
+        assert "image" in spec["properties"][part]["properties"]
+    assert spec["required"] == ["model", "engine", "sidecar", "tiers"]

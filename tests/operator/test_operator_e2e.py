@@ -323,3 +323,76 @@ async def test_liveness_endpoint_reports_the_api_client() -> None:
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.05)
     assert "apiCalls" in body and isinstance(body["apiCalls"], dict)
+
+
+def _pool_without_images() -> dict[str, Any]:
+    pool = make_pool()
+    pool["spec"]["engine"].pop("image")
+    pool["spec"]["sidecar"].pop("image")
+    return pool
+
+
+async def test_a_pool_without_images_and_no_default_is_degraded_until_it_names_them(cluster: Cluster) -> None:
+    # The cluster fixture's operator has no default images.
+    await cluster.create_pool(_pool_without_images())
+    cond = await cluster.wait_for(
+        lambda: (c := condition(cluster.pool(), "Degraded")) and c["status"] == "True" and c,
+        what="Degraded InvalidSpec",
+    )
+    assert cond["reason"] == "InvalidSpec", cond
+    for needle in (
+        "spec.engine.image",
+        "--default-engine-image",
+        "spec.sidecar.image",
+        "ACCELGEN_DEFAULT_SIDECAR_IMAGE",
+    ):
+        assert needle in cond["message"], cond["message"]
+    await cluster.wait_for(lambda: cluster.events("InvalidSpec"), what="a Warning Event InvalidSpec")
+    assert _deployment(cluster) is None
+    await cluster.patch(
+        cluster.pool_path("llama")[len(cluster.url) :],
+        {"spec": {"engine": {"image": "engine:7"}, "sidecar": {"image": "sidecar:7"}}},
+    )
+    await _reconciled(cluster)
+    deployment = _deployment(cluster)
+    assert deployment is not None
+    assert (_container(deployment, "engine")["image"], _container(deployment, "sidecar")["image"]) == (
+        "engine:7",
+        "sidecar:7",
+    )
+    assert condition(cluster.pool(), "Degraded")["status"] == "False"  # type: ignore[index]
+
+
+async def test_a_pool_without_images_runs_the_operators_defaults_with_the_stats_channel() -> None:
+    async with emulated_api() as (emu, url):
+        cfg = OperatorConfig(
+            api_url=url,
+            stats_interval_s=FAST.stats_interval_s,
+            stats_timeout_s=FAST.stats_timeout_s,
+            default_engine_image="registry.example/engine:3",
+            default_sidecar_image="registry.example/sidecar:3",
+        )
+        import aiohttp
+
+        async with running_operator(cfg), aiohttp.ClientSession() as http:
+            cluster = Cluster(emu=emu, url=url, http=http)
+            await cluster.create_pool(_pool_without_images())
+            pool = await _reconciled(cluster)
+            assert condition(pool, "Degraded")["status"] == "False"  # type: ignore[index]
+            assert "image" not in pool["spec"]["engine"]  # the default is not written into the pool
+            deployment = _deployment(cluster)
+            assert deployment is not None
+            engine, sidecar = _container(deployment, "engine"), _container(deployment, "sidecar")
+            assert engine["image"] == "registry.example/engine:3"
+            assert sidecar["image"] == "registry.example/sidecar:3"
+            # The in-engine stats file reaches the sidecar over the shared emptyDir.
+            env = {e["name"]: e.get("value") for e in engine["env"]}
+            assert env["ACCELGEN_STATS_FILE"] == "/var/run/accelgen/engine-stats.json"
+            at = sidecar["args"].index("--engine-stats")
+            assert sidecar["args"][at + 1] == "/var/run/accelgen/engine-stats.json"
+            volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+            assert "emptyDir" in volumes["run"]
+            for container in (engine, sidecar):
+                assert any(
+                    m["name"] == "run" and m["mountPath"] == "/var/run/accelgen" for m in container["volumeMounts"]
+                )

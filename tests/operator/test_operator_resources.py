@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import kubernetes_validate
@@ -9,13 +10,16 @@ import pytest
 from operator_crd_schema import EXAMPLES, apply_defaults, example_documents, pool_schema
 from operator_support import make_spec
 
+from accelgen.core.errors import ConfigError
 from accelgen_operator.resources import (
     CONFIG_HASH_ANNOTATION,
     SCHEDULER_CLS,
     SPEC_HASH_ANNOTATION,
+    DefaultImages,
     build_children,
     build_deployment,
     effective_replicas,
+    resolve_images,
     stamp_hash,
 )
 
@@ -92,9 +96,10 @@ def test_engine_container_runs_vllm_with_accelgen_scheduler() -> None:
     env = {e["name"]: e["value"] for e in engine["env"]}
     assert env["ACCELGEN_TIERS"] == "/etc/accelgen/tiers.yaml"
     assert env["ACCELGEN_SCHEDULER_CONFIG"] == "/etc/accelgen/scheduler.yaml"
+    assert env["ACCELGEN_STATS_FILE"] == "/var/run/accelgen/engine-stats.json"
     assert engine["resources"]["limits"]["nvidia.com/gpu"] == 4
     mounts = {m["mountPath"]: m["name"] for m in engine["volumeMounts"]}
-    assert mounts == {"/etc/accelgen": "config", "/dev/shm": "dshm"}
+    assert mounts == {"/etc/accelgen": "config", "/dev/shm": "dshm", "/var/run/accelgen": "run"}
     for probe in ("startupProbe", "readinessProbe"):
         assert "127.0.0.1:8001/health" in " ".join(engine[probe]["exec"]["command"])
 
@@ -126,6 +131,8 @@ def test_sidecar_is_the_only_exposed_port_and_is_hardened() -> None:
         "8000",
         "--tiers",
         "/etc/accelgen/tiers.yaml",
+        "--engine-stats",
+        "/var/run/accelgen/engine-stats.json",
         "--pool",
         "llama",
     ]
@@ -220,3 +227,124 @@ def test_replicas_clamped_to_autoscaling_bounds() -> None:
     assert effective_replicas(make_spec(replicas=3)) == 3
     assert effective_replicas(make_spec(replicas=1, autoscaling={"minReplicas": 2, "maxReplicas": 4})) == 2
     assert effective_replicas(make_spec(replicas=9, autoscaling={"minReplicas": 2, "maxReplicas": 4})) == 4
+
+
+def _mount(container: dict[str, Any], volume: str) -> dict[str, Any]:
+    (found,) = [m for m in container["volumeMounts"] if m["name"] == volume]
+    return dict(found)
+
+
+@pytest.mark.parametrize("auth", [None, {"secretName": "tenants"}], ids=["no-auth", "auth"])
+def test_engine_stats_reach_the_sidecar_through_a_shared_empty_dir(auth: dict[str, Any] | None) -> None:
+    spec = make_spec(auth=auth) if auth else make_spec()
+    deployment = _children(spec)["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    engine, sidecar = _container(deployment, "engine"), _container(deployment, "sidecar")
+    # The engine writes the file it is told to (accelgen.vllm's ACCELGEN_STATS_FILE)...
+    (stats_file,) = [e["value"] for e in engine["env"] if e["name"] == "ACCELGEN_STATS_FILE"]
+    assert stats_file == "/var/run/accelgen/engine-stats.json"
+    # ...the sidecar reads that same file...
+    at = sidecar["args"].index("--engine-stats")
+    assert sidecar["args"][at + 1] == stats_file
+    assert sidecar["args"][-2:] == ["--pool", "llama"]
+    # ...through one emptyDir mounted in both at the file's directory: the engine writes
+    # it (temp file + rename in that directory), the sidecar only reads.
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "run"]
+    assert set(volume) == {"name", "emptyDir"} and volume["emptyDir"].get("medium") is None
+    assert _mount(engine, "run") == {"name": "run", "mountPath": "/var/run/accelgen"}
+    assert _mount(sidecar, "run") == {"name": "run", "mountPath": "/var/run/accelgen", "readOnly": True}
+    assert stats_file.rsplit("/", 1)[0] == "/var/run/accelgen"
+    # Every mount names a volume of the pod, and no two mounts of a container share a path.
+    names = {v["name"] for v in pod["volumes"]}
+    for container in (engine, sidecar):
+        assert {m["name"] for m in container["volumeMounts"]} <= names
+        paths = [m["mountPath"] for m in container["volumeMounts"]]
+        assert len(paths) == len(set(paths))
+
+
+def _without_images(**overrides: Any) -> dict[str, Any]:
+    spec = make_spec(**overrides)
+    spec["engine"] = {k: v for k, v in spec["engine"].items() if k != "image"}
+    spec["sidecar"] = {k: v for k, v in spec["sidecar"].items() if k != "image"}
+    return spec
+
+
+DEFAULTS = DefaultImages(engine="registry.example/engine:9", sidecar="registry.example/sidecar:9")
+NO_DEFAULTS = DefaultImages()
+
+
+def _images(spec: dict[str, Any], images: DefaultImages = NO_DEFAULTS) -> tuple[str, str]:
+    deployment = _children(spec, images=images)["Deployment"]
+    return _container(deployment, "engine")["image"], _container(deployment, "sidecar")["image"]
+
+
+def test_a_pool_without_images_gets_the_operators_defaults() -> None:
+    assert _images(_without_images(), DEFAULTS) == ("registry.example/engine:9", "registry.example/sidecar:9")
+    # An empty image is as good as none (the CRD forbids it; a cluster without validation may not).
+    spec = make_spec(engine={"image": "", "gpus": 1}, sidecar={"image": ""})
+    assert _images(spec, DEFAULTS) == ("registry.example/engine:9", "registry.example/sidecar:9")
+    # No engine/sidecar section at all: the defaults still apply, the engine keeps its 1 GPU.
+    bare = {k: v for k, v in make_spec().items() if k not in ("engine", "sidecar")}
+    deployment = _children(bare, images=DEFAULTS)["Deployment"]
+    assert _container(deployment, "engine")["image"] == "registry.example/engine:9"
+    assert _container(deployment, "engine")["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_a_pools_own_images_win_over_the_defaults() -> None:
+    assert _images(make_spec(), DEFAULTS) == ("engine:1", "sidecar:1")
+    # Each image on its own: one set in the pool, the other defaulted.
+    spec = make_spec(sidecar={})
+    assert _images(spec, DEFAULTS) == ("engine:1", "registry.example/sidecar:9")
+    assert _images(spec, DefaultImages(sidecar="s:2")) == ("engine:1", "s:2")
+
+
+def test_resolving_images_does_not_touch_the_spec() -> None:
+    spec = _without_images()
+    before = copy.deepcopy(spec)
+    resolved = resolve_images(spec, DEFAULTS)
+    assert spec == before
+    assert resolved["engine"] == {"gpus": 1, "image": "registry.example/engine:9"}
+    assert resolved["sidecar"] == {"image": "registry.example/sidecar:9"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "images", "missing"),
+    [
+        (_without_images(), DefaultImages(), ["spec.engine.image", "spec.sidecar.image"]),
+        (_without_images(), DefaultImages(engine="e:1"), ["spec.sidecar.image"]),
+        (_without_images(), DefaultImages(sidecar="s:1"), ["spec.engine.image"]),
+        (make_spec(sidecar={}), DefaultImages(engine="e:1"), ["spec.sidecar.image"]),
+        (_without_images(), DefaultImages(engine="", sidecar=""), ["spec.engine.image", "spec.sidecar.image"]),
+    ],
+    ids=["neither", "no-sidecar-default", "no-engine-default", "engine-set-sidecar-not", "empty-defaults"],
+)
+def test_no_image_and_no_default_is_a_config_error_naming_what_is_missing(
+    spec: dict[str, Any], images: DefaultImages, missing: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_children("llama", "serving", spec, images=images)
+    message = str(err.value)
+    for field in ("spec.engine.image", "spec.sidecar.image"):
+        assert (field in message) == (field in missing), message
+    if "spec.engine.image" in missing:
+        assert "--default-engine-image" in message and "ACCELGEN_DEFAULT_ENGINE_IMAGE" in message
+    if "spec.sidecar.image" in missing:
+        assert "--default-sidecar-image" in message and "ACCELGEN_DEFAULT_SIDECAR_IMAGE" in message
+
+
+def test_a_new_default_rolls_only_the_pools_that_use_it() -> None:
+    defaulted, pinned = _without_images(), make_spec()
+    old, new = DefaultImages(engine="e:1", sidecar="s:1"), DefaultImages(engine="e:2", sidecar="s:1")
+
+    def pod_hash(spec: dict[str, Any], images: DefaultImages) -> str:
+        template = build_deployment("llama", "serving", spec, images)["spec"]["template"]
+        return str(template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION])
+
+    assert pod_hash(defaulted, old) != pod_hash(defaulted, new)
+    assert pod_hash(pinned, old) == pod_hash(pinned, new) == pod_hash(pinned, DefaultImages())
+
+
+def test_defaulted_manifests_validate_against_kubernetes_schemas() -> None:
+    children = build_children("pool", "serving", _without_images(), images=DEFAULTS)
+    for manifest in children:
+        kubernetes_validate.validate(stamp_hash(manifest), K8S_VERSION, strict=True)
