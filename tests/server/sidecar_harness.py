@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -51,6 +52,8 @@ class Stack:
     engine_url: str | None = None  # an engine elsewhere instead of the in-process sim
     token_timeout_s: float = 30.0
     tiers_path: str | None = None
+    engine_stats: str | None = None  # the in-engine stats file the sidecar reads
+    sim_stats: str | None = None  # where the in-process sim engine writes it
     url: str = ""
     sidecar: Sidecar | None = None
     engine: SimEngine | None = None
@@ -74,7 +77,8 @@ class Stack:
     async def _start(self) -> None:
         engine_url = self.engine_url
         if engine_url is None:
-            sim_app = build_sim_app(DEFAULT_SIM_MODEL, self.sim)
+            stats_path = Path(self.sim_stats) if self.sim_stats else None
+            sim_app = build_sim_app(DEFAULT_SIM_MODEL, self.sim, stats_path=stats_path)
             engine_url = await self._serve(sim_app)
             self.engine = sim_app[SIM_ENGINE]
         config = SidecarConfig(
@@ -85,6 +89,7 @@ class Stack:
             admission=self.admission,
             token_timeout_s=self.token_timeout_s,
             poll_interval_s=0.1,
+            engine_stats_path=self.engine_stats,
         )
         self.sidecar = Sidecar(config, Speed(DEFAULT_SIM_MODEL))
         self.url = await self._serve(build_app(self.sidecar, tiers_path=self.tiers_path))

@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--engine-stats",
         metavar="FILE",
         help="AccelGen's in-engine stats file (the engine's ACCELGEN_STATS_FILE, e.g. on a "
-        "shared volume); its preemptions hold releases back. Set for the embedded vLLM.",
+        "shared volume); its preemptions hold releases back, its token budget is exported. "
+        "Set for the embedded vLLM; the sim engine writes it (to a temporary file without this flag).",
     )
     parser.add_argument(
         "--vllm-arg",

@@ -17,7 +17,13 @@ from typing import Any
 
 import aiohttp
 
-from accelgen.server.engine_state import EngineState, parse_engine_metrics, read_preemptions
+from accelgen.server.engine_state import (
+    EngineState,
+    budget_of,
+    parse_engine_metrics,
+    preemptions_of,
+    read_engine_stats,
+)
 from accelgen.server.errors import ApiError, normalize_engine_error
 
 log = logging.getLogger("accelgen.server")
@@ -145,11 +151,13 @@ class EngineClient:
             return
         state.waiting_before = state.waiting
         state.running, state.waiting, state.kv_usage, state.vllm_text = parse_engine_metrics(text)
-        if self.stats_path is not None:
-            total = read_preemptions(self.stats_path)
+        snapshot = read_engine_stats(self.stats_path) if self.stats_path is not None else None
+        if snapshot is not None:  # a missing file keeps what was last seen
+            total = preemptions_of(snapshot)
             if total is not None:
                 state.preempting = total > state.preemptions
                 state.preemptions = total
+            state.budget_tokens = budget_of(snapshot)
         if healthy and self.default_model is None:
             await self._learn_model()
         state.updated_s = time.monotonic()

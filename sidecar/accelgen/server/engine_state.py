@@ -4,13 +4,17 @@ vLLM exports ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and
 ``vllm:kv_cache_usage_perc`` (a fraction in [0, 1] despite the name; older versions
 call it ``vllm:gpu_cache_usage_perc``), one series per model; they are summed.
 AccelGen's in-engine scheduler also writes a stats file (its side channel, see
-:mod:`accelgen.vllm.stats`); its preemption count says when KV is short.
+:mod:`accelgen.vllm.stats`; the sim engine writes the same file): its preemption count
+says when KV is short, its ``budget_tokens`` (last, and median/min/max over the
+engine's recent steps) is exported as a gauge.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
@@ -30,21 +34,49 @@ class EngineState:
     vllm_text: str = ""  # the engine's vllm:* families, re-exported on our /metrics
     preemptions: int = 0  # cumulative, from AccelGen's in-engine side channel
     preempting: bool = False  # the count grew since the previous poll: KV is short
+    budget_tokens: dict[str, float] = field(default_factory=dict)  # from the side channel
     error: str = "engine not checked yet"
 
 
-def read_preemptions(path: str) -> int | None:
-    """Total preemptions in the in-engine scheduler's stats snapshot (``accelgen.vllm.stats``).
+def read_engine_stats(path: str) -> dict[str, Any] | None:
+    """The in-engine scheduler's stats snapshot (``accelgen.vllm.stats``), or None.
 
-    The file is rewritten atomically by the engine; None if it is missing or unreadable.
+    The file is rewritten atomically by the engine; None if it is missing, unreadable
+    or not a JSON object.
     """
     try:
         with open(path, encoding="utf-8") as handle:
             snapshot = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return snapshot if isinstance(snapshot, dict) else None
+
+
+def preemptions_of(snapshot: dict[str, Any]) -> int | None:
+    """Total preemptions in a snapshot (summed over tiers); None if malformed."""
+    try:
         by_tier = snapshot.get("preemptions_by_tier") or {}
         return int(sum(int(v) for v in by_tier.values()))
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError):
         return None
+
+
+def budget_of(snapshot: dict[str, Any]) -> dict[str, float]:
+    """The snapshot's ``budget_tokens`` stats that are finite numbers (none before a step)."""
+    raw = snapshot.get("budget_tokens")
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        str(stat): float(value)
+        for stat, value in raw.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def read_preemptions(path: str) -> int | None:
+    """Total preemptions in the stats file at ``path``; None if missing or unreadable."""
+    snapshot = read_engine_stats(path)
+    return None if snapshot is None else preemptions_of(snapshot)
 
 
 def _sample(line: str) -> tuple[str, float] | None:

@@ -35,9 +35,15 @@ def free_port() -> int:
         return port
 
 
-async def start_sim(model: LatencyModel, config: SimEngineConfig) -> tuple[str, web.AppRunner]:
-    """The sim engine on an ephemeral loopback port of this process: (url, runner)."""
-    runner = web.AppRunner(build_sim_app(model, config), handler_cancellation=True, access_log=None)
+async def start_sim(
+    model: LatencyModel, config: SimEngineConfig, *, stats_path: Path | None = None
+) -> tuple[str, web.AppRunner]:
+    """The sim engine on an ephemeral loopback port of this process: (url, runner).
+
+    ``stats_path``: where the sim engine writes its in-engine stats file, if anywhere.
+    """
+    app = build_sim_app(model, config, stats_path=stats_path)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -7,7 +7,9 @@ cancelled (client went away); ``accelgen_requests_completed_total``,
 ``accelgen_requests_slo_met_total``, ``accelgen_output_tokens_total``,
 ``accelgen_goodput_tokens_total``. Histograms of TTFT, TBT gaps and queue time whose
 bucket edges include every tier's targets (fixed at start: a reload with new targets
-keeps the old edges). Gauges: queue depth, each tier's targets, and the engine as seen.
+keeps the old edges). Gauges: queue depth, each tier's targets (latency targets and
+attainment target, republished on a tier reload), and the engine as seen, including
+the token budget per step that AccelGen's in-engine scheduler reports in its stats file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from prometheus_client import (
 from accelgen.core.tiers import SLOTier, TierSet
 
 OUTCOMES = ("admitted", "rejected", "shed", "failed", "cancelled")
+# The in-engine stats file's ``budget_tokens`` keys (accelgen.vllm.stats), as label ``stat``.
+BUDGET_STATS = ("last", "median", "min", "max")
 _BASE_EDGES_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -77,6 +81,12 @@ class SidecarMetrics:
             [*names, "target"],
             registry=r,
         )
+        self.attainment_target = Gauge(
+            "accelgen_tier_attainment_target_ratio",
+            "Each tier's attainment target: the share of its requests that should meet their SLO",
+            names,
+            registry=r,
+        )
         enames = ("pool",) if pool else ()
         self.engine_ready = Gauge("accelgen_engine_ready", "1 if the engine answers", enames, registry=r)
         self.engine_running = Gauge("accelgen_engine_requests_running", "Engine running requests", enames, registry=r)
@@ -88,6 +98,13 @@ class SidecarMetrics:
             enames,
             registry=r,
         )
+        self.engine_budget = Gauge(
+            "accelgen_engine_budget_tokens",
+            "Token budget per engine step chosen by AccelGen's in-engine scheduler: the last "
+            "step's, and median/min/max over the engine's recent steps (from its stats file)",
+            [*enames, "stat"],
+            registry=r,
+        )
         self.set_tiers(tiers)
 
     def labels(self, tier: str) -> dict[str, str]:
@@ -96,6 +113,7 @@ class SidecarMetrics:
     def set_tiers(self, tiers: TierSet) -> None:
         """(Re)publish target gauges and create every tier's series at zero."""
         self.target.clear()
+        self.attainment_target.clear()
         for tier in tiers:
             self._touch(tier)
 
@@ -121,6 +139,15 @@ class SidecarMetrics:
         ):
             if value is not None:
                 self.target.labels(**lab, target=target).set(value)
+        self.attainment_target.labels(**lab).set(tier.attainment_target)
+
+    def set_budget(self, budget: dict[str, float]) -> None:
+        """Publish the engine's budget stats; a stat the engine did not report has no series."""
+        self.engine_budget.clear()
+        for stat in BUDGET_STATS:
+            if stat in budget:
+                pool = {"pool": self.pool} if self.pool else {}
+                self.engine_budget.labels(**pool, stat=stat).set(budget[stat])
 
     def count(self, tier: str, outcome: str) -> None:
         self.requests.labels(**self.labels(tier), outcome=outcome).inc()

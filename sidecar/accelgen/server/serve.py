@@ -69,7 +69,15 @@ async def serve(args: argparse.Namespace) -> int:
         url = args.engine_url
     elif engine == "sim":
         config = SimEngineConfig(max_num_seqs=args.sim_max_num_seqs)
-        url, sim_runner = await start_sim(latency, config)
+        # The sim engine writes the same in-engine stats file as accelgen.vllm does
+        # (--engine-stats, or a file of its own removed at exit); the sidecar reads it.
+        if args.engine_stats:
+            engine_stats = args.engine_stats
+        else:
+            stats_dir = tempfile.TemporaryDirectory(prefix="accelgen-")
+            cleanup.append(stats_dir)
+            engine_stats = str(Path(stats_dir.name) / "engine-stats.json")
+        url, sim_runner = await start_sim(latency, config, stats_path=Path(engine_stats))
         cleanup.append(sim_runner)
     else:
         if importlib.util.find_spec("vllm") is None:
@@ -126,4 +134,7 @@ async def serve(args: argparse.Namespace) -> int:
             elif isinstance(item, VllmProcess):
                 with contextlib.suppress(ProcessLookupError):
                     item.stop()
+        for item in cleanup:  # after the engines that write into them
+            if isinstance(item, tempfile.TemporaryDirectory):
+                item.cleanup()
     return 0

@@ -5,16 +5,25 @@ policy) while sequences and KV blocks last, gives every running request that fin
 its prompt one decode token and spends the rest of the token budget on prompt chunks,
 then sleeps for the model's predicted time of that batch shape and emits the tokens.
 A request reserves KV for prompt + max_tokens on admission (no preemption).
+
+Like AccelGen's scheduler inside vLLM, it can write the in-engine stats file
+(:class:`accelgen.vllm.stats.EngineStats`, policy ``sim``): its budget per step is the
+tokens it scheduled in that step (decodes + prompt chunks), so the sidecar's
+``accelgen_engine_budget_tokens`` has data without vLLM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from accelgen.core.latency import BatchShape, LatencyModel
+from accelgen.vllm.stats import EngineStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +57,12 @@ class SimRequest:
 class SimEngine:
     """The batching loop; :meth:`submit` a request, read its ``tokens`` queue."""
 
-    def __init__(self, model: LatencyModel, config: SimEngineConfig) -> None:
+    def __init__(self, model: LatencyModel, config: SimEngineConfig, *, stats_path: Path | None = None) -> None:
         self.model = model
         self.config = config
+        # The side channel accelgen.vllm writes (written only with a path; counted always).
+        self.stats = EngineStats(policy="sim", path=stats_path)
+        self._written_s, self._written_steps = -1e9, -1  # -1: not even the empty file yet
         self.waiting: list[SimRequest] = []
         self.running: list[SimRequest] = []
         self.free_blocks = config.num_kv_blocks
@@ -113,15 +125,43 @@ class SimEngine:
                 budget -= chunk
         return shape, work
 
+    def _record(self, shape: BatchShape) -> None:
+        self.stats.num_steps += 1
+        self.stats.last_budget_tokens = shape.num_tokens
+        self.stats.budget_tokens.append(shape.num_tokens)
+        if time.monotonic() - self._written_s >= self.stats.interval_s:
+            self._write_stats()
+
+    def _write_stats(self) -> None:
+        # ~2 ms with a full window, in the sidecar's event loop under --engine sim:
+        # at most every interval_s while busy, and once when idle (see _loop).
+        self.stats.maybe_write(force=True)
+        self._written_s, self._written_steps = time.monotonic(), self.stats.num_steps
+
     async def run(self) -> None:
-        """The engine loop (a background task)."""
+        """The engine loop (a background task); the stats file is written at exit too."""
+        try:
+            await self._loop()
+        finally:
+            self.stats.close()
+
+    async def _loop(self) -> None:
         while True:
             self._admit()
             if not self.running:
                 self._wake.clear()
+                if self._written_steps != self.stats.num_steps:
+                    # Idle with steps not in the file yet: write them if it stays idle for
+                    # interval_s (one write per quiet spell, not one per request).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.stats.interval_s)
+                    if not self._wake.is_set():
+                        self._write_stats()
+                    continue
                 await self._wake.wait()
                 continue
             shape, work = self._plan()
+            self._record(shape)
             await asyncio.sleep(self.model.predict_s(shape) * self.config.time_scale)
             for request, chunk in work:
                 if request.aborted:

@@ -5,7 +5,10 @@
 ``max_tokens`` tokens (default 16) of placeholder text, finish reason ``length``.
 Prompt length is estimated as UTF-8 bytes / 4 (no tokenizer).
 
-Standalone: ``python -m accelgen.server.sim_server --port 8100``.
+With ``stats_path`` it writes AccelGen's in-engine stats file as ``accelgen.vllm`` does
+(see :mod:`accelgen.server.sim_engine`).
+
+Standalone: ``python -m accelgen.server.sim_server --port 8100 [--stats-file FILE]``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -111,10 +115,13 @@ async def _generate(engine: SimEngine, body: dict[str, Any], *, chat: bool) -> t
     return request, chunks()
 
 
-def build_sim_app(model: LatencyModel, config: SimEngineConfig) -> web.Application:
-    """An aiohttp app serving a :class:`SimEngine` like a vLLM OpenAI server."""
+def build_sim_app(model: LatencyModel, config: SimEngineConfig, *, stats_path: Path | None = None) -> web.Application:
+    """An aiohttp app serving a :class:`SimEngine` like a vLLM OpenAI server.
+
+    ``stats_path``: where to write the in-engine stats file (none without it).
+    """
     app = web.Application(client_max_size=4 * 1024 * 1024)
-    engine = SimEngine(model, config)
+    engine = SimEngine(model, config, stats_path=stats_path)
 
     async def serve(request: web.Request, chat: bool) -> web.StreamResponse:
         try:
@@ -206,9 +213,12 @@ def main() -> None:
     parser.add_argument("--latency-model", default=None)
     parser.add_argument("--max-num-seqs", type=int, default=32)
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--stats-file", type=Path, help="write the in-engine stats file here (the sidecar's --engine-stats)"
+    )
     args = parser.parse_args()
     config = SimEngineConfig(max_num_seqs=args.max_num_seqs, time_scale=args.time_scale)
-    app = build_sim_app(load_latency_model(args.latency_model), config)
+    app = build_sim_app(load_latency_model(args.latency_model), config, stats_path=args.stats_file)
     web.run_app(app, host=args.host, port=args.port, print=None, handler_cancellation=True)
 
 

@@ -113,3 +113,4 @@ class Sidecar:
         )
         for gauge, value in values:
             (gauge.labels(pool=m.pool) if m.pool else gauge).set(value)
+        m.set_budget(state.budget_tokens)
