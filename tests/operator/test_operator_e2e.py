@@ -396,3 +396,29 @@ async def test_a_pool_without_images_runs_the_operators_defaults_with_the_stats_
                 assert any(
                     m["name"] == "run" and m["mountPath"] == "/var/run/accelgen" for m in container["volumeMounts"]
                 )
+
+
+async def test_an_operator_restarted_with_defaults_fixes_a_pool_it_refused() -> None:
+    # The chart upgrade case: the operator comes back with default images and resumes the pool.
+    async with emulated_api() as (emu, url):
+        fast = {"stats_interval_s": FAST.stats_interval_s, "stats_timeout_s": FAST.stats_timeout_s}
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            cluster = Cluster(emu=emu, url=url, http=http)
+            async with running_operator(OperatorConfig(api_url=url, **fast)):
+                await cluster.create_pool(_pool_without_images())
+                await cluster.wait_for(
+                    lambda: (c := condition(cluster.pool(), "Degraded")) and c["reason"] == "InvalidSpec",
+                    what="Degraded InvalidSpec",
+                )
+            assert _deployment(cluster) is None
+            cfg = OperatorConfig(api_url=url, default_engine_image="e:5", default_sidecar_image="s:5", **fast)
+            async with running_operator(cfg):
+                deployment = await cluster.wait_for(lambda: _deployment(cluster), what="the Deployment")
+                await cluster.wait_for(
+                    lambda: (c := condition(cluster.pool(), "Degraded")) and c["status"] == "False",
+                    what="Degraded False",
+                )
+            assert _container(deployment, "engine")["image"] == "e:5"
+            assert _container(deployment, "sidecar")["image"] == "s:5"
