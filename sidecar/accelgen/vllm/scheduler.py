@@ -76,27 +76,6 @@ class _PendingStep:
     record: dict[str, Any] | None  # for the step log, completed with the measured time
 
 
-def set_latency_model(policy: Policy, model: LatencyModel, *, name: str) -> None:
-    """Give ``policy`` a new latency model, refreshing what it derived from the old one.
-
-    NOTE: the core has no hook for this yet; the values a policy derives from its model
-    at construction (AccelGen's reference chunk and iteration, Sarathi's cached budget)
-    are refreshed from a freshly built twin.
-    """
-    twin = make_policy(
-        name,
-        tiers=policy.tiers,
-        latency_model=model,
-        limits=policy.limits,
-        config=policy.config,
-    )
-    policy.model = model
-    for attr in ("ref_chunk_tokens", "ref_iteration_s"):
-        if hasattr(twin, attr):
-            setattr(policy, attr, getattr(twin, attr))
-    policy.__dict__.pop("budget_tokens", None)  # functools.cached_property
-
-
 def batch_shape(output: SchedulerOutput, requests: dict[str, VllmRequest]) -> BatchShape:
     """The shape of a step vLLM scheduled (call after ``schedule()`` advanced the counts)."""
     shape = BatchShape()
@@ -294,11 +273,7 @@ class _AccelGenMixin(_SchedulerBase):
                 self.accelgen_stats.record_step(step.record)
             if self.calibrator.add(step.shape, measured_s):
                 if self.planner is not None:
-                    set_latency_model(
-                        self.planner,
-                        cast("LatencyModel", self.calibrator.model),
-                        name=self.policy_name,
-                    )
+                    self.planner.set_latency_model(self.calibrator.model)
                 self._publish_calibration()
         result = super().update_from_output(scheduler_output, model_runner_output)
         self._last_update_end_s = time.perf_counter()

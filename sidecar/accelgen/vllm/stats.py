@@ -148,6 +148,8 @@ class EngineStats:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".stats-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(self.snapshot(), f, indent=1)
+        # NOTE: mkstemp makes it 0600; the sidecar reading it may run as another user.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, self.path)
 
     def close(self) -> None:
