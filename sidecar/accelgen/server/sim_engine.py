@@ -150,7 +150,7 @@ class SimEngine:
             self._admit()
             if not self.running:
                 self._wake.clear()
-                if self._written_steps != self.stats.num_steps:
+                if self.stats.path is not None and self._written_steps != self.stats.num_steps:
                     # Idle with steps not in the file yet: write them if it stays idle for
                     # interval_s (one write per quiet spell, not one per request).
                     with contextlib.suppress(TimeoutError):
