@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,10 +36,6 @@ pytestmark = [
         reason="the Prometheus server is not installed: run scripts/install-prometheus.sh (Debian's prometheus)",
     ),
 ]
-# The in-engine token budget comes from AccelGen's scheduler inside vLLM (a side-channel
-# file, accelgen.vllm.stats); no sidecar exports it as a metric yet, and the sim engine has
-# no such scheduler. Its panel is the one allowed to be empty, only while the metric is absent.
-BUDGET_METRIC = "accelgen_engine_budget_tokens"
 _COMPARISON = re.compile(r"\s(<=|>=|==|!=|<|>)\s")
 
 
@@ -64,6 +59,8 @@ def _wait_for(prometheus: str, expr: str, timeout_s: float) -> None:
     raise AssertionError(f"no data for {expr} within {timeout_s:g} s")
 
 
+# NOTE: timing on a shared 2-core machine; a rerun, not a looser assertion.
+@pytest.mark.flaky(reruns=2)
 def test_every_query_has_data(tmp_path: Path) -> None:
     panels = dashboard_panels(DASHBOARD)
     rules = rule_expressions(RULES)
@@ -86,14 +83,8 @@ def test_every_query_has_data(tmp_path: Path) -> None:
                 queries[f"recorded series {name}"] = name
         sizes = {label: len(instant_query(prom, expr)) for label, expr in queries.items()}
 
-        with urllib.request.urlopen(stack.sidecar_url + "/metrics", timeout=5) as resp:
-            exported = resp.read().decode()
         empty = sorted(label for label, n in sizes.items() if n == 0)
-        if BUDGET_METRIC in exported:
-            assert empty == []
-        else:
-            assert all(BUDGET_METRIC in label for label in empty), empty
-            assert len(empty) == 1, empty
+        assert empty == []
         assert len(sizes) >= 40
 
         # Per tier, not one series for all: the dashboard shows three tiers, the sim pool's.

