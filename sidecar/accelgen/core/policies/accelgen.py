@@ -88,6 +88,13 @@ class AccelGenPolicy(Policy):
             expected_output_tokens=self.expected_output_tokens(request),
         )
 
+    def _decode_deadline_s(self, request: Request) -> float:
+        """When a decoding request's slack runs out (its next-token deadline, online)."""
+        tbt = request.tier.tbt_slo_s
+        if tbt is not None and request.last_token_s is not None:
+            return request.last_token_s + tbt
+        return self._latest_start(request)
+
     def _running_slack(self, request: Request, now: float) -> float:
         if request.is_decoding and request.tier.tbt_slo_s is not None:
             assert request.last_token_s is not None
@@ -159,7 +166,7 @@ class AccelGenPolicy(Policy):
         self, decodes: list[Request], now: float, limit_s: float, cap: int
     ) -> tuple[list[ScheduledChunk], BatchShape]:
         if self.config.slo_ordering:
-            decodes.sort(key=lambda r: self._running_slack(r, now))
+            decodes.sort(key=self._decode_deadline_s)  # slack = deadline − now: same order
         else:
             decodes.sort(key=lambda r: r.arrival_s)
         # Largest prefix of the slack order whose iteration fits the limit (at least one).
