@@ -12,39 +12,33 @@ import pytest
 
 from accelgen.core.config import PolicyConfig
 from accelgen.core.latency import BatchShape
+from accelgen.core.plan import IterationPlan
 from factories import make_limits, make_planner, make_request, make_tiers, place_running
+
+
+def plan_with_one_decode(now: float, *, decode_tier: str = "tight", prompt: int = 3000) -> IterationPlan:
+    """A decode of ``decode_tier`` whose last token was at 0, and a loose prompt waiting."""
+    tiers = make_tiers()
+    planner = make_planner()
+    place_running(planner, make_request("d", tier=tiers.get(decode_tier), prompt=50), outputs=3, last_token_s=0.0)
+    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=prompt))
+    return planner.plan(now=now)
 
 
 def test_budget_follows_tightest_running_deadline() -> None:
     """S_b = largest s with 10 ms + 0.1 ms·s ≤ (deadline − now − margin)."""
-    tiers = make_tiers()
-    planner = make_planner()
-    place_running(planner, make_request("d", tier=tiers.get("tight"), prompt=50), outputs=3, last_token_s=0.0)
-    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=3000))
-    plan = planner.plan(now=0.0)
+    plan = plan_with_one_decode(0.0)
     # limit = 50 ms − 5 ms = 45 ms → s ≤ (0.045 − 0.010) / 0.0001 = 350 tokens (1 decode + 349)
     assert plan.budget_tokens == 350
     assert [(c.request.request_id, c.num_tokens) for c in plan.chunks] == [("d", 1), ("p", 349)]
     assert plan.predicted_s <= 0.045 + 1e-12
     # 20 ms later the same decode (not yet run) leaves 25 ms: s ≤ 150.
-    assert make_planner_after(20e-3).budget_tokens == 150
-
-
-def make_planner_after(now: float):  # type: ignore[no-untyped-def]
-    tiers = make_tiers()
-    planner = make_planner()
-    place_running(planner, make_request("d", tier=tiers.get("tight"), prompt=50), outputs=3, last_token_s=0.0)
-    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=3000))
-    return planner.plan(now=now)
+    assert plan_with_one_decode(20e-3).budget_tokens == 150
 
 
 def test_budget_is_full_without_tight_work() -> None:
     """Only a loose decode (TBT 500 ms): limit 495 ms → 4850 tokens, capped at 4096."""
-    tiers = make_tiers()
-    planner = make_planner()
-    place_running(planner, make_request("d", tier=tiers.get("loose"), prompt=50), outputs=3, last_token_s=0.0)
-    planner.add_request(make_request("p", tier=tiers.get("loose"), prompt=6000))
-    plan = planner.plan(now=0.0)
+    plan = plan_with_one_decode(0.0, decode_tier="loose", prompt=6000)
     assert plan.budget_tokens == 4096
     assert plan.num_tokens == 4096
 
