@@ -83,3 +83,13 @@ def test_quick_start_commands_run_as_far_as_possible() -> None:
 def test_doc_links_the_picture() -> None:
     assert "](dashboard.png)" in DOC.read_text()
     assert (ROOT / "docs" / "dashboard.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_kubernetes_commands_are_the_tested_ones() -> None:
+    """README's Kubernetes quick start uses only commands exercised above."""
+    readme = (ROOT / "README.md").read_text()
+    lines = [line.strip() for line in readme.splitlines() if line.strip().startswith(("helm ", "kubectl "))]
+    assert lines, "README lost its Kubernetes quick start"
+    tested = quick_start()
+    for line in lines:
+        assert shlex.split(line) in tested, line
