@@ -82,6 +82,7 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)  # request id -> error
     unfinished: list[str] = field(default_factory=list)  # cut off at the drain limit
     late_sends_s: list[float] = field(default_factory=list)  # send time - arrival time
+    retried: list[str] = field(default_factory=list)  # connection reset before any token
     wall_s: float = 0.0
 
 
@@ -207,17 +208,30 @@ async def _replay(
                 await asyncio.sleep(delay)
             outcome.late_sends_s.append(max(0.0, loop.time() - t0 - req.arrival_s))
 
+            received = 0
+
             def on_tokens(n: int) -> None:
+                nonlocal received
+                received += n
                 now = loop.time() - t0
                 for _ in range(n):
                     recorder.token(req.request_id, now)
 
-            try:
-                await _send(session, url, bodies[req.request_id], on_tokens)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # a failed request is counted, never fatal
-                outcome.failed[req.request_id] = f"{type(err).__name__}: {err}"
+            for attempt in range(2):
+                try:
+                    await _send(session, url, bodies[req.request_id], on_tokens)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except aiohttp.ClientConnectionError as err:
+                    # A pooled keep-alive connection reset before any token: send again
+                    # (the time lost stays in this request's TTFT).
+                    if attempt == 0 and received == 0:
+                        outcome.retried.append(req.request_id)
+                        continue
+                    outcome.failed[req.request_id] = f"{type(err).__name__}: {err}"
+                except Exception as err:  # a failed request is counted, never fatal
+                    outcome.failed[req.request_id] = f"{type(err).__name__}: {err}"
                 recorder.dropped(req.request_id)
                 return
             recorder.finished(req.request_id, loop.time() - t0)
@@ -317,6 +331,7 @@ def _run_config(
         calibration=stats.get("calibration"),
         failed=len(outcome.failed),
         unfinished=len(outcome.unfinished),
+        retried=len(outcome.retried),
         errors=dict(list(outcome.failed.items())[:5]),
         send_lag_p99_s=float(np.percentile(outcome.late_sends_s, 99)) if outcome.late_sends_s else 0.0,
         engine_start_s=start_s,
