@@ -119,3 +119,36 @@ def test_inverted_budget_is_the_largest_that_fits(intercept, per_token, limit, d
     if n < 8192 and model.predict_s(base) <= limit:
         assert model.predict_s(base.plus_prefill(n + 1, context_tokens=0)) > limit
     assert math.isfinite(n)
+
+
+@given(
+    coefficients=st.tuples(
+        st.floats(0.0, 0.05), st.floats(0.0, 1e-3), st.floats(0.0, 1e-3), st.floats(0.0, 1e-7), st.floats(0.0, 1e-6)
+    ),
+    limit=st.floats(0.0, 2.0),
+    base_prefill=st.integers(0, 4096),
+    base_context=st.integers(0, 8192),
+    decodes=st.integers(0, 256),
+    context=st.integers(0, 16384),
+    cap=st.integers(0, 8192),
+)
+def test_closed_form_inversion_equals_bisection(  # type: ignore[no-untyped-def]
+    coefficients, limit, base_prefill, base_context, decodes, context, cap
+) -> None:
+    """The fitted model's solved budget is exactly what bisection on its predictions finds."""
+    from accelgen.core.latency import FittedLatencyModel, max_prefill_tokens_within
+
+    fitted = FittedLatencyModel(coefficients=coefficients)
+
+    class Opaque:  # the same predictions behind the bare protocol: inverted by bisection
+        name = "opaque"
+
+        def predict_s(self, shape: BatchShape) -> float:
+            return fitted.predict_s(shape)
+
+    base = BatchShape(num_decodes=decodes, decode_kv_tokens=decodes * 100).plus_prefill(
+        base_prefill, context_tokens=base_context
+    )
+    solved = max_prefill_tokens_within(fitted, limit, base=base, context_tokens=context, cap_tokens=cap)
+    searched = max_prefill_tokens_within(Opaque(), limit, base=base, context_tokens=context, cap_tokens=cap)
+    assert solved == searched

@@ -94,9 +94,13 @@ def max_prefill_tokens_within(
     """Largest chunk ``s`` ≤ ``cap_tokens`` with ``predict(base + chunk s) ≤ limit_s``.
 
     Returns 0 when even the base alone does not fit (the caller decides what to drop).
+    The fitted model is inverted in closed form (the planner does this several times a
+    step); any other model by bisection.
     """
     if cap_tokens <= 0 or model.predict_s(base) > limit_s:
         return 0
+    if isinstance(model, FittedLatencyModel):
+        return model.max_prefill_tokens(limit_s, base=base, context_tokens=context_tokens, cap_tokens=cap_tokens)
     if model.predict_s(base.plus_prefill(cap_tokens, context_tokens=context_tokens)) <= limit_s:
         return cap_tokens
     lo, hi = 0, cap_tokens  # predict(lo) fits, predict(hi) does not
@@ -202,6 +206,34 @@ class FittedLatencyModel:
             + c[3] * shape.prefill_attention_pairs
             + c[4] * shape.decode_kv_tokens
         )
+
+    def max_prefill_tokens(self, limit_s: float, *, base: BatchShape, context_tokens: int, cap_tokens: int) -> int:
+        """:func:`max_prefill_tokens_within` for this model, solved rather than searched.
+
+        A chunk of ``s`` tokens after ``context_tokens`` adds ``c1·s + c3·s·(context + s/2)``
+        to ``base``'s time: a quadratic in ``s``. The root is rounded down, then checked
+        against :meth:`predict_s` itself (a step or two at most) so that floating-point
+        rounding never lets a chunk overrun the limit.
+        """
+        _, c1, _, c3, _ = self.coefficients
+        room = limit_s - self.predict_s(base)
+        if room < 0:
+            return 0
+        linear = c1 + c3 * context_tokens
+        # The positive root of c3/2·s² + linear·s = room, in the form without cancellation.
+        denominator = math.sqrt(linear * linear + 2.0 * c3 * room) + linear
+        if denominator <= 0:
+            return cap_tokens  # chunk tokens cost nothing in this model
+        n = max(0, math.floor(min(2.0 * room / denominator, float(cap_tokens))))
+
+        def fits(k: int) -> bool:
+            return self.predict_s(base.plus_prefill(k, context_tokens=context_tokens)) <= limit_s
+
+        while n > 0 and not fits(n):
+            n -= 1
+        while n < cap_tokens and fits(n + 1):
+            n += 1
+        return n
 
     @classmethod
     def fit(cls, samples: Sequence[tuple[BatchShape, float]], *, name: str = "fitted") -> FittedLatencyModel:

@@ -25,6 +25,7 @@ import math
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 
 from accelgen.core.latency import BatchShape, max_prefill_tokens_within
 from accelgen.core.plan import ScheduledChunk, shape_of
@@ -88,13 +89,6 @@ class AccelGenPolicy(Policy):
             expected_output_tokens=self.expected_output_tokens(request),
         )
 
-    def _decode_deadline_s(self, request: Request) -> float:
-        """When a decoding request's slack runs out (its next-token deadline, online)."""
-        tbt = request.tier.tbt_slo_s
-        if tbt is not None and request.last_token_s is not None:
-            return request.last_token_s + tbt
-        return self._latest_start(request)
-
     def _running_slack(self, request: Request, now: float) -> float:
         if request.is_decoding and request.tier.tbt_slo_s is not None:
             assert request.last_token_s is not None
@@ -123,61 +117,83 @@ class AccelGenPolicy(Policy):
 
     # ---------------------------------------------------------------- planning
 
-    def _time_limit_s(self, now: float) -> float:
-        """The invariant: no iteration outlasts any running request's next deadline.
+    def _scan_running(self, now: float) -> tuple[list[Request], list[Request], float]:
+        """One pass over the running set: (decodes in slack order, prompts in progress, time limit).
 
-        A deadline closer than the cheapest possible iteration (one lone decode) is
-        already lost and does not constrain. [ours] Its request's clock restarts
-        instead: the token after the late one is due one TBT after it, so the
+        The time limit is the invariant: no iteration outlasts any running request's
+        next deadline. A deadline closer than the cheapest possible iteration (one lone
+        decode) is already lost and does not constrain. [ours] Its request's clock
+        restarts instead: the token after the late one is due one TBT after it, so the
         iteration is still held to one TBT and one overrun does not become a run of
         full-budget iterations that loses every deadline again.
+
+        A decode's slack is its next-token deadline (its latest start when it has no TBT
+        target) minus ``now``; sorting by the deadline gives the same order.
+
+        NOTE: the planner's hot loop (every running request, every iteration), hence
+        the inlined ``is_decoding`` and the single pass.
         """
-        if not self.config.dynamic_chunking:
-            return math.inf
+        ordered = self.config.slo_ordering
         shortest = self._min_iteration_s + self.config.safety_margin_s
         limit = math.inf
+        keyed: list[tuple[float, Request]] = []
+        prefilling: list[Request] = []
         for r in self.running:
             tbt = r.tier.tbt_slo_s
-            if tbt is not None and r.last_token_s is not None:
-                remaining = r.last_token_s + tbt - now
+            last = r.last_token_s
+            deadline = None
+            if tbt is not None and last is not None:
+                deadline = last + tbt
+                remaining = deadline - now
                 if remaining <= shortest:
                     remaining = tbt
-                limit = min(limit, remaining)
-        return limit - self.config.safety_margin_s
+                if remaining < limit:
+                    limit = remaining
+            outputs = r.num_output_tokens
+            if outputs > 0 and r.num_prompt_tokens + outputs - r.num_computed_tokens == 1:
+                if not ordered:
+                    keyed.append((r.arrival_s, r))
+                else:
+                    keyed.append((self._latest_start(r) if deadline is None else deadline, r))
+            else:
+                prefilling.append(r)
+        keyed.sort(key=itemgetter(0))
+        limit_s = limit - self.config.safety_margin_s if self.config.dynamic_chunking else math.inf
+        return [r for _, r in keyed], prefilling, limit_s
 
     def _schedule(self, now: float) -> tuple[list[ScheduledChunk], int, list[Request]]:
-        limit_s = self._time_limit_s(now)
+        decodes, prefilling, limit_s = self._scan_running(now)
         cap = self.limits.max_num_batched_tokens
-        decodes = [r for r in self.running if r.is_decoding]
         chunks, shape = self._schedule_decodes(decodes, now, limit_s, cap)
-        # NOTE: after the decodes, which may have preempted some of these.
-        prefilling = [r for r in self.running if not r.is_decoding]
+        if self._preempted_now:  # the decodes preempted some running requests
+            gone = set(self._preempted_now)
+            prefilling = [r for r in prefilling if r not in gone]
         left = cap - shape.num_tokens
         if limit_s < math.inf:
             left = max_prefill_tokens_within(self.model, limit_s, base=shape, context_tokens=0, cap_tokens=left)
         budget = shape.num_tokens + left
         dropped: list[Request] = []
-        if left > 0:
-            candidates = self._candidates(prefilling, now, dropped)
+        # Only prompts in progress and admissions use the rest; with neither possible
+        # (the common decode-only step) there is nothing to pack.
+        admitting = bool(self._waiting) and (self.drop_lost or len(self.running) < self.limits.max_num_seqs)
+        if left > 0 and (prefilling or admitting):
+            candidates = self._candidates(prefilling, now, dropped, admitting=admitting)
             self._schedule_prefills(candidates, chunks, shape, budget, limit_s, now)
         return chunks, budget, dropped
 
     def _schedule_decodes(
         self, decodes: list[Request], now: float, limit_s: float, cap: int
     ) -> tuple[list[ScheduledChunk], BatchShape]:
-        if self.config.slo_ordering:
-            decodes.sort(key=self._decode_deadline_s)  # slack = deadline − now: same order
-        else:
-            decodes.sort(key=lambda r: r.arrival_s)
-        # Largest prefix of the slack order whose iteration fits the limit (at least one).
-        kv_prefix = [0]
-        for r in decodes:
-            kv_prefix.append(kv_prefix[-1] + r.num_computed_tokens)
+        """The largest prefix of the slack order whose iteration fits the limit (at least one)."""
         n = min(len(decodes), cap)
+        model = self.model
         if limit_s < math.inf and n > 1:
+            kv_prefix = [0]
+            for r in decodes:
+                kv_prefix.append(kv_prefix[-1] + r.num_computed_tokens)
 
             def fits(k: int) -> bool:
-                return self.model.predict_s(BatchShape(num_decodes=k, decode_kv_tokens=kv_prefix[k])) <= limit_s
+                return model.predict_s(BatchShape(num_decodes=k, decode_kv_tokens=kv_prefix[k])) <= limit_s
 
             if not fits(n):
                 lo, hi = 1, n
@@ -188,11 +204,11 @@ class AccelGenPolicy(Policy):
         chunks: list[ScheduledChunk] = []
         block_size = self.limits.block_size_tokens
         for r in decodes[:n]:
-            if not r.is_decoding:
+            computed = r.num_computed_tokens
+            if computed == 0:
                 continue  # preempted to make room for a tighter decode
-            # NOTE: the hot loop of the planner; a decode needs a new block exactly when
-            # its computed tokens fill the blocks it holds.
-            if r.num_computed_tokens % block_size == 0:
+            # A decode needs a new block exactly when its computed tokens fill its blocks.
+            if computed % block_size == 0:
                 if self.free_blocks == 0 and not self._make_room(
                     r,
                     chunks,
@@ -203,11 +219,14 @@ class AccelGenPolicy(Policy):
                     continue
                 r.num_blocks += 1
                 self.free_blocks -= 1
-            chunks.append(ScheduledChunk(r, 1, r.num_computed_tokens))
-        return chunks, shape_of(chunks)
+            chunks.append(ScheduledChunk(r, 1, computed))
+        # NOTE: summed at the end: _make_room removes its victims' chunks from ``chunks``.
+        return chunks, BatchShape(num_decodes=len(chunks), decode_kv_tokens=sum(c[2] for c in chunks))
 
-    def _candidates(self, prefilling: list[Request], now: float, dropped: list[Request]) -> list[tuple[float, Request]]:
-        """Prompts in progress and the head of the queue as (order, request), sorted.
+    def _candidates(
+        self, prefilling: list[Request], now: float, dropped: list[Request], *, admitting: bool
+    ) -> list[tuple[float, Request]]:
+        """Prompts in progress and (when ``admitting``) the head of the queue as (order, request), sorted.
 
         The order is slack (arrival time when SLO ordering is off). Queued requests
         found lost on the way are re-queued last (or dropped, for the oracle).
@@ -215,7 +234,7 @@ class AccelGenPolicy(Policy):
         ordered = self.config.slo_ordering
         cands = [(self._latest_start(r) - now if ordered else r.arrival_s, r) for r in prefilling]
         i = 0
-        while i < len(self._waiting) and len(cands) < 4 * self.config.max_window:
+        while admitting and i < len(self._waiting) and len(cands) < 4 * self.config.max_window:
             key, _, r = self._waiting[i]
             if key[0] < _LOST_S and self.config.deprioritize_lost and self._is_lost(r, now):
                 del self._waiting[i]
@@ -351,13 +370,15 @@ class _Packer:
         self.busy_long = {
             r for _, r in candidates if r.num_prompt_tokens >= self.long_tokens and r.num_computed_tokens > 0
         }
-        self.shape = shape
-        self.resync()
+        self._start(shape)
 
     def resync(self) -> None:
-        """(Re)derive the batch state from ``chunks``, e.g. after preemptions."""
-        self.shape = shape_of(self.chunks)
-        self.left = self.budget - self.shape.num_tokens
+        """Re-derive the batch state from ``chunks``, e.g. after preemptions."""
+        self._start(shape_of(self.chunks))
+
+    def _start(self, shape: BatchShape) -> None:
+        self.shape = shape
+        self.left = self.budget - shape.num_tokens
         # A request preempted while packing is re-queued and may be met again.
         self.scheduled = {c.request for c in self.chunks}
         self._load: list[float] | None = None
