@@ -181,23 +181,17 @@ def test_side_channel_publishes_in_engine_stats(engine) -> None:
 def test_schedule_overhead_against_stock_on_the_same_engine(engine) -> None:
     """Median ``schedule()`` time under AccelGen vs vLLM's own, same engine and load.
 
-    The goal is <= 1.5x (docs/vllm.md has the measured ratio); this guards against a
-    gross regression on a shared, noisy machine.
+    The measurement of ``accelgen bench overhead`` (goal <= 1.5x; README and
+    docs/vllm.md have the measured ratio); this guards against a gross regression on a
+    shared, noisy machine, and that the benchmark's load runs and is counted.
     """
-    import random
+    from accelgen.bench.overhead_cmd import measure
 
-    stats = engine.scheduler.accelgen_stats
-    medians: dict[str, float] = {}
-    for name in ("vllm-stock", "accelgen"):
-        rng = random.Random(11)
-        with policy(engine, name):
-            stats.schedule_s.clear()
-            for _ in range(32):
-                tier = rng.choice(["tight", "loose"])
-                add(engine, prompt_tokens=rng.choice([64, 128, 400]), max_tokens=rng.choice([24, 48]), slo_tier=tier)
-            run_until_idle(engine)
-            medians[name] = statistics.median(stats.schedule_s)
-    ratio = medians["accelgen"] / medians["vllm-stock"]
-    print(f"schedule() median: accelgen {medians['accelgen'] * 1e6:.0f} us, "
-          f"stock {medians['vllm-stock'] * 1e6:.0f} us, ratio {ratio:.2f}")  # fmt: skip
-    assert ratio < 3.0, medians
+    report = measure(engine.llm, requests=32, rounds=1, seed=11)
+    rows = report["policies"]
+    print(f"schedule() median: accelgen {rows['accelgen']['median_s'] * 1e6:.0f} us, "
+          f"stock {rows['vllm-stock']['median_s'] * 1e6:.0f} us, ratio {report['ratio']:.2f}")  # fmt: skip
+    assert rows["vllm-stock"]["steps"] >= 48 and rows["accelgen"]["steps"] >= 48  # 48-token outputs: 48+ steps
+    assert 0 < rows["accelgen"]["planner_median_s"] < rows["accelgen"]["median_s"]
+    assert engine.scheduler.policy_name == "accelgen"  # left as it was
+    assert report["ratio"] < 3.0, report
