@@ -97,6 +97,18 @@ def test_bench_vllm_replays_on_two_engines(vllm_available: None, tiny_model: Pat
         assert sum(t["requests"] for t in result["tiers"].values()) == n
         assert result["throughput_tokens_per_s"] > 0
         assert result["engine_start_s"] > 0
+        assert 0 <= result["client_loop_lag_p99_s"] <= result["client_loop_lag_max_s"]
+        assert len(result["load_avg_1m"]) == 2
+        # A completed online request that missed did so by its first token or late tokens.
+        missed = result["missed_ttft"] + result["missed_tbt"]
+        assert missed == sum(t["missed_ttft"] + t["missed_tbt"] for t in result["tiers"].values())
+        assert missed <= result["completed"] - result["slo_met"]
+        # The per-request log: one line per request, verdicts matching the summary.
+        log = [json.loads(line) for line in (tmp_path / "wd" / f"{name}-requests.jsonl").read_text().splitlines()]
+        assert len(log) == n
+        assert sum(r["met"] for r in log) == result["slo_met"]
+        for r in log:
+            assert len(r["late_gaps"]) == r["late_tokens"], r
     # The AccelGen engine ran the planner (stats file) and saved its fitted model.
     ours = report["policies"]["accelgen"]
     assert ours["iterations"] and ours["iterations"] > 0

@@ -22,12 +22,15 @@ far simulator and engine agree.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import os
 import random
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,7 +86,10 @@ class Outcome:
     unfinished: list[str] = field(default_factory=list)  # cut off at the drain limit
     late_sends_s: list[float] = field(default_factory=list)  # send time - arrival time
     retried: list[str] = field(default_factory=list)  # connection reset before any token
+    token_times_s: dict[str, list[float]] = field(default_factory=dict)  # arrival of each token chunk
+    loop_lags_s: list[float] = field(default_factory=list)  # how late the client's 10-ms ticks woke
     wall_s: float = 0.0
+    start_wall_s: float = 0.0  # time.time() at the replay's t = 0 (to match the step log)
 
 
 def _server_config(
@@ -201,6 +207,7 @@ async def _replay(
 
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        outcome.start_wall_s = time.time()
 
         async def one(req: SimRequest) -> None:
             delay = t0 + req.arrival_s - loop.time()
@@ -209,11 +216,13 @@ async def _replay(
             outcome.late_sends_s.append(max(0.0, loop.time() - t0 - req.arrival_s))
 
             received = 0
+            times = outcome.token_times_s[req.request_id] = []
 
             def on_tokens(n: int) -> None:
                 nonlocal received
                 received += n
                 now = loop.time() - t0
+                times.append(now)
                 for _ in range(n):
                     recorder.token(req.request_id, now)
 
@@ -236,6 +245,14 @@ async def _replay(
                 return
             recorder.finished(req.request_id, loop.time() - t0)
 
+        async def ticker() -> None:
+            # The client's own lateness: token times include it (the client shares the CPU).
+            while True:
+                t = loop.time()
+                await asyncio.sleep(0.01)
+                outcome.loop_lags_s.append(loop.time() - t - 0.01)
+
+        tick = asyncio.ensure_future(ticker())
         tasks = {asyncio.ensure_future(one(r)): r.request_id for r in requests}
         last = requests[-1].arrival_s if requests else 0.0
         remaining = t0 + last + drain_s - loop.time()
@@ -245,6 +262,7 @@ async def _replay(
             outcome.unfinished.append(tasks[task])
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        tick.cancel()
         outcome.wall_s = loop.time() - t0
     return outcome
 
@@ -294,6 +312,7 @@ def _run_config(
     print(f"[{name}] starting vLLM ...", flush=True)
     with EngineServer(cfg, log_file=workdir / f"{name}-server.log", start_timeout_s=420.0) as server:
         print(f"[{name}] healthy after {server.start_s:.0f} s; replaying {len(requests)} requests", flush=True)
+        load_before = os.getloadavg()[0]
         outcome = asyncio.run(
             _replay(
                 server.base_url,
@@ -306,9 +325,11 @@ def _run_config(
                 drain_s=drain_s,
             )
         )
+        load_after = os.getloadavg()[0]
         metric_preemptions = _preemptions_from_metrics(server.base_url)
         start_s = server.start_s
         port = server.port
+    _write_request_log(workdir / f"{name}-requests.jsonl", recorder, outcome)
     stats: dict[str, Any] = {}
     if cfg.stats_file is not None and cfg.stats_file.exists():
         try:
@@ -334,6 +355,11 @@ def _run_config(
         retried=len(outcome.retried),
         errors=dict(list(outcome.failed.items())[:5]),
         send_lag_p99_s=float(np.percentile(outcome.late_sends_s, 99)) if outcome.late_sends_s else 0.0,
+        client_loop_lag_p99_s=float(np.percentile(outcome.loop_lags_s, 99)) if outcome.loop_lags_s else 0.0,
+        client_loop_lag_max_s=max(outcome.loop_lags_s, default=0.0),
+        # The machine's 1-minute load average before and after the replay: other work on
+        # the same cores shows up here (and in the client's lags), not in the engine.
+        load_avg_1m=[round(load_before, 2), round(load_after, 2)],
         engine_start_s=start_s,
         engine_port=port,
         replay_wall_s=outcome.wall_s,
@@ -344,6 +370,32 @@ def _run_config(
         flush=True,
     )
     return result
+
+
+def _write_request_log(path: Path, recorder: Recorder, outcome: Outcome) -> None:
+    """One JSON line per request: its verdict and, for a missed one, why (late tokens' times).
+
+    Times are seconds from the replay's start; ``start_wall_s`` in each line puts them on
+    the step log's clock (``t_s``).
+    """
+    with path.open("w", encoding="utf-8") as f:
+        for rid, rec in recorder.records.items():
+            times = outcome.token_times_s.get(rid, [])
+            tbt = rec.tier.tbt_slo_s
+            late = [(b, b - a) for a, b in itertools.pairwise(times) if tbt is not None and b - a > tbt]
+            line = {
+                "id": rid,
+                "tier": rec.tier.name,
+                "arrival_s": rec.arrival_s,
+                "ttft_s": rec.ttft_s,
+                "tokens": rec.num_tokens,
+                "late_tokens": rec.num_late,
+                "met": rec.met(),
+                "late_gaps": [[round(t, 4), round(gap, 4)] for t, gap in late],
+                "error": outcome.failed.get(rid),
+                "start_wall_s": outcome.start_wall_s,
+            }
+            f.write(json.dumps(line) + "\n")
 
 
 def _write_engine_files(raw: dict[str, Any], workdir: Path) -> None:

@@ -88,6 +88,9 @@ def _summarize(recs: Sequence[_Record], gaps: Sequence[float], span_s: float) ->
     # NOTE: a late first token counts as a late token here (it is not in num_late).
     late = sum(r.num_late + (r.ttft_s is not None and r.ttft_s > (r.tier.ttft_slo_s or math.inf)) for r in online)
     ttfts = [r.first_token_s - r.arrival_s for r in recs if r.first_token_s is not None]
+    # Why completed online requests missed: their first token, or too many late ones.
+    missed = [r for r in done if r.tier.deadline_s is None and not r.met()]
+    missed_ttft = sum(1 for r in missed if r.ttft_s is None or r.ttft_s > (r.tier.ttft_slo_s or math.inf))
     rate = (lambda x: x / span_s) if span_s > 0 else (lambda x: 0.0)
     return {
         "requests": len(recs),
@@ -105,4 +108,6 @@ def _summarize(recs: Sequence[_Record], gaps: Sequence[float], span_s: float) ->
         "tbt_p99_s": _pct(gaps, 99),
         "latency_mean_s": float(np.mean([r.finish_s - r.arrival_s for r in done])) if done else 0.0,  # type: ignore[operator]
         "preemptions": sum(r.preemptions for r in recs),
+        "missed_ttft": missed_ttft,
+        "missed_tbt": len(missed) - missed_ttft,
     }
