@@ -138,6 +138,24 @@ class Policy(ABC):
                 return r
         return None
 
+    def requeue(self, request: Request, *, num_computed_tokens: int = 0, preempted: bool = False) -> None:
+        """Send a running request back to the queue because its engine decided so.
+
+        For an engine that overrides a plan (e.g. vLLM preempting on its own KV view, or
+        not carrying out a planned admission). Args:
+            request: A request this policy has running.
+            num_computed_tokens: What the engine still holds computed for it (0 after a
+                preemption by recompute).
+            preempted: Count it as a preemption (in ``num_preemptions`` and the plan's
+                ``preempted``), as when the policy itself preempts.
+        """
+        if preempted:
+            self._preempt(request)
+            return
+        self._release(request)
+        request.num_computed_tokens = num_computed_tokens
+        self._enqueue(request)
+
     def set_latency_model(self, model: LatencyModel) -> None:
         """Plan with ``model`` from now on (e.g. once an engine has calibrated one)."""
         self.model = model
@@ -208,7 +226,6 @@ class Policy(ABC):
         self._release(request)
         request.num_computed_tokens = 0
         request.num_preemptions += 1
-        request.sort_key_s = None
         self.num_preemptions += 1
         self._preempted_now.append(request)
         self._enqueue(request)

@@ -13,7 +13,7 @@ iteration samples one new output token. Preemption by recompute drops the KV and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from accelgen.core.tiers import SLOTier
 
@@ -44,8 +44,6 @@ class Request:
     num_blocks: int = 0
     num_preemptions: int = 0
     finished: bool = False
-    # Cached ordering key of a queued request (see accelgen.core.slack); None = stale.
-    sort_key_s: float | None = field(default=None, repr=False)
 
     @property
     def num_tokens(self) -> int:

@@ -304,6 +304,7 @@ class _AccelGenMixin(_SchedulerBase):
         mirrors = self._mirrors
         block_size = self.block_size
         token_s = self._last_token_wall_s
+        matched = 0
         for r in self.running:
             mirror = mirrors.get(r.request_id)
             if mirror is None:
@@ -316,10 +317,15 @@ class _AccelGenMixin(_SchedulerBase):
             computed = r.num_computed_tokens
             mirror.num_computed_tokens = computed
             mirror.num_blocks = -(-computed // block_size)
-            if id(mirror) not in in_planner:
+            if id(mirror) in in_planner:
+                matched += 1
+            else:
                 # Admitted by vLLM without the plan (only on a mismatch): adopt it.
                 planner.abort(mirror.request_id)
                 planner.running.append(mirror)
+        planner.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        if matched == len(in_planner):
+            return  # every request the planner has running, vLLM has running (the common case)
         vllm_running = {r.request_id for r in self.running}
         for mirror in list(planner.running):
             if mirror.request_id in vllm_running:
@@ -327,18 +333,13 @@ class _AccelGenMixin(_SchedulerBase):
             request = self.requests.get(mirror.request_id)
             if request is not None and request.status == RequestStatus.PREEMPTED:
                 # Preempted by vLLM itself (its KV view differed): recompute it later.
-                planner._preempt(mirror)
+                planner.requeue(mirror, preempted=True)
                 self.accelgen_stats.preemptions_by_tier[mirror.tier.name] += 1
                 self.accelgen_stats.engine_preemptions_by_tier[mirror.tier.name] += 1
             else:
                 # A planned admission vLLM did not carry out: back to the queue as it was.
-                # NOTE: Policy has no public "requeue"; this is _preempt without counting.
-                planner._release(mirror)
-                mirror.num_computed_tokens = request.num_computed_tokens if request else 0
-                mirror.sort_key_s = None
-                planner._enqueue(mirror)
+                planner.requeue(mirror, num_computed_tokens=request.num_computed_tokens if request else 0)
                 self.accelgen_stats.num_unexecuted_admissions += 1
-        planner.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
 
     def _steer(self, plan: IterationPlan) -> tuple[list[VllmRequest], list[VllmRequest], dict[str, int]]:
         """Set vLLM up to execute ``plan``.
