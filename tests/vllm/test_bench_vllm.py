@@ -99,6 +99,7 @@ def test_bench_vllm_replays_on_two_engines(vllm_available: None, tiny_model: Pat
         assert result["engine_start_s"] > 0
         assert 0 <= result["client_loop_lag_p99_s"] <= result["client_loop_lag_max_s"]
         assert len(result["load_avg_1m"]) == 2
+        assert result["replays_goodput_rps"] == [result["goodput_rps"]]  # one replay (--repeats 1)
         # A completed online request that missed did so by its first token or late tokens.
         missed = result["missed_ttft"] + result["missed_tbt"]
         assert missed == sum(t["missed_ttft"] + t["missed_tbt"] for t in result["tiers"].values())

@@ -216,3 +216,11 @@ def test_bench_overhead_rejects_non_positive_counts(flag: str, capsys: pytest.Ca
 
     assert main(["bench", "overhead", flag, "0"]) == 2
     assert f"{flag} must be at least 1" in capsys.readouterr().out
+
+
+def test_bench_vllm_rejects_zero_repeats(capsys: pytest.CaptureFixture[str]) -> None:
+    from accelgen.cli import main
+
+    workload = Path(__file__).resolve().parents[2] / "workloads" / "mixed-cpu.yaml"
+    assert main(["bench", "vllm", str(workload), "--repeats", "0"]) == 2
+    assert "--repeats" in capsys.readouterr().err

@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drain-s", type=float, default=120.0, help="wait at most this long after the last arrival (default 120)"
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="replay every configuration this many times, the order reversed each round; each "
+        "configuration reports its median-goodput replay, and all replays' goodputs (default 1)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         help="folder with traces/ (default: $ACCELGEN_DATA_DIR or ../shared/data)",
@@ -93,7 +100,7 @@ class Outcome:
 
 
 def _server_config(
-    name: str, workload: Workload, model_dir: Path, workdir: Path, calibration: Path | None
+    name: str, workload: Workload, model_dir: Path, workdir: Path, calibration: Path | None, *, tag: str
 ) -> ServerConfig:
     from accelgen.vllm.launch import ServerConfig
 
@@ -114,8 +121,8 @@ def _server_config(
         policy=name,
         tiers_file=workdir / "tiers.yaml",
         scheduler_config=workdir / "scheduler.yaml",
-        stats_file=workdir / f"{name}-stats.json",
-        step_log=workdir / f"{name}-steps.jsonl",
+        stats_file=workdir / f"{tag}-stats.json",
+        step_log=workdir / f"{tag}-steps.jsonl",
         calibration_file=calibration,
         **common,
     )
@@ -298,7 +305,12 @@ def _run_config(
     vocab: int,
     drain_s: float,
     calibration: Path | None,
+    tag: str,
 ) -> dict[str, Any]:
+    """Start ``name``'s engine, replay ``requests`` against it, stop it; its result.
+
+    Its files in ``workdir`` are named ``{tag}-*`` (server log, stats, step log, requests).
+    """
     import asyncio
 
     import numpy as np
@@ -307,10 +319,10 @@ def _run_config(
     from accelgen.vllm.launch import EngineServer
     from accelgen.vllm.stats import read_stats
 
-    cfg = _server_config(name, workload, model_dir, workdir, calibration)
+    cfg = _server_config(name, workload, model_dir, workdir, calibration, tag=tag)
     recorder = Recorder(requests, workload.tiers)
     print(f"[{name}] starting vLLM ...", flush=True)
-    with EngineServer(cfg, log_file=workdir / f"{name}-server.log", start_timeout_s=420.0) as server:
+    with EngineServer(cfg, log_file=workdir / f"{tag}-server.log", start_timeout_s=420.0) as server:
         print(f"[{name}] healthy after {server.start_s:.0f} s; replaying {len(requests)} requests", flush=True)
         load_before = os.getloadavg()[0]
         outcome = asyncio.run(
@@ -329,7 +341,7 @@ def _run_config(
         metric_preemptions = _preemptions_from_metrics(server.base_url)
         start_s = server.start_s
         port = server.port
-    _write_request_log(workdir / f"{name}-requests.jsonl", recorder, outcome)
+    _write_request_log(workdir / f"{tag}-requests.jsonl", recorder, outcome)
     stats: dict[str, Any] = {}
     if cfg.stats_file is not None and cfg.stats_file.exists():
         try:
@@ -470,6 +482,8 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         if name not in ("vllm-fcfs", "vllm-priority") and get_spec(name).clairvoyant:
             raise ConfigError(f"{name} needs true output lengths; no engine has them", field="--configs")
+    if args.repeats < 1:
+        raise ConfigError("must be at least 1", field="--repeats")
     if args.duration_s is not None:
         if args.duration_s <= 0:
             raise ConfigError("must be positive", field="--duration-s")
@@ -525,17 +539,28 @@ def run(args: argparse.Namespace) -> int:
             },
             "policies": {},
         }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for round_no in range(args.repeats):
+            # Reversed every other round: drift in the machine's load hits every configuration alike.
+            for name in names if round_no % 2 == 0 else names[::-1]:
+                runs[name].append(
+                    _run_config(
+                        name,
+                        workload,
+                        requests,
+                        model_dir=Path(model_dir),
+                        workdir=workdir,
+                        vocab=vocab,
+                        drain_s=args.drain_s,
+                        calibration=calibration if name not in ("vllm-fcfs", "vllm-priority") else None,
+                        tag=name if args.repeats == 1 else f"{name}-{round_no + 1}",
+                    )
+                )
         for name in names:
-            report["policies"][name] = _run_config(
-                name,
-                workload,
-                requests,
-                model_dir=Path(model_dir),
-                workdir=workdir,
-                vocab=vocab,
-                drain_s=args.drain_s,
-                calibration=calibration if name not in ("vllm-fcfs", "vllm-priority") else None,
-            )
+            ranked = sorted(runs[name], key=lambda r: r["goodput_rps"])
+            result = ranked[(len(ranked) - 1) // 2]  # the median replay (the lower one of an even count)
+            result["replays_goodput_rps"] = [r["goodput_rps"] for r in runs[name]]
+            report["policies"][name] = result
     finally:
         signal.signal(signal.SIGTERM, previous)
         if own_workdir and not (args.calibrated and (workdir / "calibration.json").exists()):
