@@ -14,13 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-TIERS_YAML = """\
-default_tier: loose
-tiers:
-  - {name: tight, ttft_ms: 3000, tbt_ms: 150}
-  - {name: loose, ttft_ms: 30000, tbt_ms: 3000}
-  - {name: batch, deadline_s: 600}
-"""
+# The tiers of `accelgen bench overhead`, whose load the overhead test runs on this engine:
+# tight (TTFT 3 s, TBT 150 ms), loose (TTFT 30 s, TBT 3 s, the default), batch (600 s).
+from accelgen.bench.overhead_cmd import TIERS_YAML as TIERS_YAML
+
 CAP_TOKENS = 2048  # max_num_batched_tokens: the largest chunk
 KV_BLOCKS = 64  # num_gpu_blocks_override: 63 usable blocks of 128 tokens
 KV_MEMORY_BYTES = 64 << 20  # > 64 blocks x 0.5 MiB (128 tokens x 2 layers x K,V x 256 x fp32)
