@@ -105,3 +105,28 @@ def test_targets_gauges_buckets_and_engine_reexport(pooled: Stack) -> None:
     assert "# TYPE vllm:num_requests_running gauge" in text
     assert "vllm:kv_cache_usage_perc{" in text
     assert metric_value(text, "vllm:generation_tokens_total") >= (N_INTERACTIVE + N_BATCH) * MAX_TOKENS
+
+
+def test_observe_all_is_observe_each() -> None:
+    """The batched TBT observe gives exactly what one ``observe`` per value gives."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from accelgen.server.metrics import observe_all
+
+    values = [0.0, 0.004, 0.005, 0.0051, 0.1, 0.25, 7.0, 1e6, 0.05, 0.05]
+    pages = []
+    for batched in (False, True):
+        registry = CollectorRegistry()
+        hist = Histogram("h_seconds", "h", ["tier"], buckets=[0.005, 0.05, 0.1, 1.0], registry=registry)
+        child = hist.labels(tier="t")
+        if batched:
+            observe_all(child, values[:3])
+            observe_all(child, values[3:])
+            observe_all(child, [])
+        else:
+            for value in values:
+                child.observe(value)
+        pages.append(generate_latest(registry))
+    assert pages[0] == pages[1]
+    assert b'h_seconds_bucket{le="0.005",tier="t"} 3.0' in pages[1]
+    assert b'h_seconds_count{tier="t"} 10.0' in pages[1]

@@ -55,6 +55,8 @@ class Admission:
         self._seq = itertools.count()
         self._last_release_s = -1e9
         self.rate = CompletionRate(speed, slots=config.max_in_flight)
+        # Set when a request is queued; the shedding tick sleeps while nothing is.
+        self.nonempty = asyncio.Event()
 
     def queued(self) -> int:
         return sum(self.depth.values())
@@ -141,6 +143,7 @@ class Admission:
             self._shed(loosest, "pushed out by a tighter request")
         self.depth[name] = self.depth.get(name, 0) + 1
         heapq.heappush(self._heap, (ticket.key_s, ticket.seq, ticket))
+        self.nonempty.set()
 
     def _loosest(self, tier: str | None) -> Ticket | None:
         live = [t for _, _, t in self._heap if t.queued and (tier is None or t.tier.name == tier)]

@@ -145,7 +145,14 @@ def _background(sidecar: Sidecar, tiers_path: str | None) -> Callable[[web.Appli
 
 
 async def _tick(sidecar: Sidecar, interval_s: float = 0.02) -> None:
-    """Shed queued requests whose deadline passed even when nothing else happens."""
+    """Shed queued requests whose deadline passed even when nothing else happens.
+
+    Idle while nothing is queued (most of the time), so it costs nothing then.
+    """
+    admission = sidecar.admission
     while True:
+        await admission.nonempty.wait()
         await asyncio.sleep(interval_s)
-        sidecar.admission.pump()
+        admission.pump()
+        if not admission.queued():
+            admission.nonempty.clear()

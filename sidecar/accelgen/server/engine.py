@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from accelgen.server.engine_state import (
     EngineState,
@@ -27,6 +28,17 @@ from accelgen.server.engine_state import (
 from accelgen.server.errors import ApiError, normalize_engine_error
 
 log = logging.getLogger("accelgen.server")
+_JSON = {"Content-Type": "application/json"}
+DONE = b"[DONE]"  # the end of a stream, as the last item of :meth:`EngineClient.batches`
+_HEALTH_EVERY_S = 1.0  # /health between /metrics polls (a failed /metrics is noticed at once)
+
+
+def _raise_if_error(data: bytes) -> None:
+    """ApiError(502) if an event is the engine's in-band error object."""
+    event = json.loads(data)
+    if isinstance(event, dict) and ("error" in event or event.get("object") == "error"):
+        err = normalize_engine_error(502, event)["error"]
+        raise ApiError(502, f"engine: {err.get('message')}", code="engine_error")
 
 
 class EngineClient:
@@ -48,6 +60,8 @@ class EngineClient:
         self.send_priority = True  # off once the engine says priority scheduling is off
         self.default_model: str | None = None  # filled in for requests that name none
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}  # parsed once, not per request
+        self._health_s = -1e9  # when /health was last asked
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -57,7 +71,10 @@ class EngineClient:
             )
             # limit=0: the admission layer bounds concurrency, not the connector.
             connector = aiohttp.TCPConnector(limit=0, force_close=False)
-            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+            # No cookies between the sidecar and its engine: skip the jar's work per request.
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+            )
         return self._session
 
     async def close(self) -> None:
@@ -70,7 +87,10 @@ class EngineClient:
         if not self.send_priority:
             body.pop("priority", None)
         try:
-            resp = await self.session.post(self.base_url + path, json=body)
+            url = self._urls.get(path)
+            if url is None:
+                url = self._urls[path] = URL(self.base_url + path)
+            resp = await self.session.post(url, data=json.dumps(body).encode(), headers=_JSON)
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as err:
             self.state.ready = False
             raise ApiError(
@@ -102,33 +122,56 @@ class EngineClient:
         )
 
     @staticmethod
-    async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        """The data of each SSE event up to ``[DONE]``; ApiError(502) if it breaks.
+    async def batches(resp: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+        """The data of the SSE events up to ``[DONE]``, in the batches they arrived in.
 
-        Events are not parsed here (see :func:`accelgen.server.stream.peek`): the
-        streaming path forwards bytes and parses only what it must.
+        Reads whatever the socket has (not line by line), so a relayed token costs one
+        read, a few substring checks and one write. Events are not parsed here (see
+        :func:`accelgen.server.stream.peek`); ApiError(502) if the stream breaks. The
+        last batch ends with :data:`DONE` itself.
         """
+        content = resp.content
+        tail = b""
         try:
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    # Read to the end so the connection goes back to the pool for reuse.
-                    await resp.content.read()
-                    return
-                if b'"error"' in data[:40]:  # {"error": ...} or {"object": "error", ...}
-                    event = json.loads(data)
-                    if isinstance(event, dict) and ("error" in event or event.get("object") == "error"):
-                        err = normalize_engine_error(502, event)["error"]
-                        raise ApiError(502, f"engine: {err.get('message')}", code="engine_error")
-                yield data
+            while True:
+                block = await content.readany()
+                if not block:
+                    if not tail:
+                        break
+                    block = b"\n"  # the last line had no newline
+                if tail:
+                    block, tail = tail + block, b""
+                lines = block.split(b"\n")
+                tail = lines.pop()  # an incomplete line, or b"" after a final newline
+                batch: list[bytes] = []
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        # Read to the end so the connection goes back to the pool for reuse.
+                        await content.read()
+                        batch.append(DONE)  # last, so the caller can end in one write
+                        yield batch
+                        return
+                    if b'"error"' in data[:40]:  # {"error": ...} or {"object": "error", ...}
+                        _raise_if_error(data)
+                    batch.append(data)
+                if batch:
+                    yield batch
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise ApiError(502, "engine stopped sending tokens (inter-token timeout)", code="engine_timeout") from None
         except (aiohttp.ClientError, ValueError) as err:
             raise ApiError(502, f"engine stream broke: {type(err).__name__}", code="engine_error") from None
         raise ApiError(502, "engine stream ended without [DONE]", code="engine_error")
+
+    @classmethod
+    async def events(cls, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """The data of each SSE event up to ``[DONE]``, one by one (see :meth:`batches`)."""
+        async for batch in cls.batches(resp):
+            for data in batch:
+                if data is not DONE:
+                    yield data
 
     async def get_json(self, path: str) -> Any:
         async with self.session.get(self.base_url + path) as resp:
@@ -136,12 +179,20 @@ class EngineClient:
             return await resp.json(content_type=None)
 
     async def poll_once(self) -> None:
-        """Refresh :attr:`state` from the engine's ``/health`` and ``/metrics``."""
+        """Refresh :attr:`state` from the engine's ``/metrics`` and (each second) ``/health``.
+
+        While ready, ``/health`` is asked once a second: the page that matters for
+        release, ``/metrics``, fails at once when the engine goes away.
+        """
         state = self.state
+        now_s = time.monotonic()
         try:
             timeout = aiohttp.ClientTimeout(total=max(1.0, self.connect_timeout_s))
-            async with self.session.get(self.base_url + "/health", timeout=timeout) as resp:
-                healthy = resp.status == 200
+            healthy = state.ready
+            if not state.ready or now_s - self._health_s >= _HEALTH_EVERY_S:
+                async with self.session.get(self.base_url + "/health", timeout=timeout) as resp:
+                    healthy = resp.status == 200
+                self._health_s = now_s
             async with self.session.get(self.base_url + "/metrics", timeout=timeout) as resp:
                 text = await resp.text() if resp.status == 200 else ""
         except (aiohttp.ClientError, TimeoutError, OSError) as err:

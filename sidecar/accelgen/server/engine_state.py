@@ -19,6 +19,7 @@ from typing import Any
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+_READ = (_RUNNING, _WAITING, *_KV)
 
 
 @dataclass(slots=True)
@@ -104,17 +105,22 @@ def parse_engine_metrics(text: str) -> tuple[int, int, float, str]:
     kv = 0.0
     kept: list[str] = []
     for line in text.splitlines():
-        if line.startswith(("# HELP vllm:", "# TYPE vllm:", "vllm:")):
+        if line.startswith("vllm:"):
             kept.append(line)
-        sample = _sample(line)
-        if sample is None:
-            continue
-        name, value = sample
-        if name == _RUNNING:
-            running += value
-        elif name == _WAITING:
-            waiting += value
-        elif name in _KV:
-            kv = max(kv, value)
+            # Only the three series admission reads are parsed (the page has hundreds).
+            if not line.startswith(_READ):
+                continue
+            sample = _sample(line)
+            if sample is None:
+                continue
+            name, value = sample
+            if name == _RUNNING:
+                running += value
+            elif name == _WAITING:
+                waiting += value
+            elif name in _KV:
+                kv = max(kv, value)
+        elif line.startswith(("# HELP vllm:", "# TYPE vllm:")):
+            kept.append(line)
     text_out = "\n".join(kept) + "\n" if kept else ""
     return int(running), int(waiting), kv, text_out

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from accelgen.server.body import Parsed, engine_body, parse
+from accelgen.server.engine import DONE
 from accelgen.server.errors import ApiError
 from accelgen.server.stream import Assembler, Timing
 from accelgen.server.tiering import resolve_tier
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     from accelgen.server.state import Sidecar
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+class _SSEResponse(web.StreamResponse):
+    """A stream whose headers leave with its first event: one write, not two."""
+
+    _send_headers_immediately = False
 
 
 async def read_json(request: web.Request) -> Any:
@@ -77,7 +84,7 @@ async def _admitted(request: web.Request, sidecar: Sidecar, parsed: Parsed, tier
     except asyncio.CancelledError:
         sidecar.metrics.count(tier.name, "cancelled")
         raise
-    sidecar.metrics.queue_time.labels(**sidecar.metrics.labels(tier.name)).observe(time.monotonic() - ticket.arrival_s)
+    sidecar.metrics.series(tier.name).queue_time.observe(time.monotonic() - ticket.arrival_s)
     timing = Timing(tier=tier, arrival_s=ticket.arrival_s)
     outcome = "failed"
     try:
@@ -105,26 +112,37 @@ async def _run(request: web.Request, sidecar: Sidecar, parsed: Parsed, tier: Any
     try:
         if not parsed.stream:
             assembler = Assembler(chat=parsed.chat)
-            async for data in engine.events(upstream):
-                event = _parse_event(data)
-                timing.observe(event, time.monotonic())
-                assembler.feed(event)
+            async for batch in engine.batches(upstream):
+                now_s = time.monotonic()
+                for data in batch:
+                    if data is DONE:
+                        break
+                    event = _parse_event(data)
+                    timing.observe(event, now_s)
+                    assembler.feed(event)
             return web.json_response(assembler.result())
-        response = web.StreamResponse(headers=_SSE_HEADERS)
+        response = _SSEResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
+        include_usage = parsed.include_usage
         try:
-            async for data in engine.events(upstream):
-                timing.observe_raw(data, time.monotonic())
-                if parsed.include_usage or not _is_usage_only(data):
-                    await response.write(b"data: " + data + b"\n\n")
+            async for batch in engine.batches(upstream):
+                # One clock read and one write per batch: the events came in together.
+                now_s = time.monotonic()
+                out = []
+                for data in batch:
+                    if data is DONE:
+                        out.append(b"data: [DONE]\n\n")
+                        await response.write_eof(b"".join(out))  # the stream's end, one write
+                        return response
+                    if timing.observe_raw(data, now_s) or include_usage:
+                        out.append(b"data: " + data + b"\n\n")
+                if out:
+                    await response.write(out[0] if len(out) == 1 else b"".join(out))
         except ApiError as err:
             # Headers are gone: report in-band, as vLLM does, then end the stream.
-            await response.write(b"data: " + json.dumps(err.body()).encode() + b"\n\n")
-            await response.write_eof()
+            await response.write_eof(b"data: " + json.dumps(err.body()).encode() + b"\n\n")
             raise StreamFailed(response) from err
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        raise AssertionError("unreachable: batches() ends with DONE or raises")  # pragma: no cover
     finally:
         upstream.close()  # closes the connection if unread: the engine aborts the request
 
@@ -137,11 +155,6 @@ def _parse_event(data: bytes) -> dict[str, Any]:
     if not isinstance(event, dict):
         raise ApiError(502, "engine sent a malformed stream event", code="engine_error")
     return event
-
-
-def _is_usage_only(data: bytes) -> bool:
-    """The final usage chunk (no choices), which only clients that asked for it get."""
-    return b'"choices":[]' in data or b'"choices": []' in data
 
 
 class StreamFailed(Exception):

@@ -33,9 +33,11 @@ class CompletionRate:
         self._done_s.append(now_s)
 
     def per_s(self, now_s: float) -> float:
-        recent = [t for t in self._done_s if now_s - t <= 60.0]
-        if len(recent) >= 4:
-            return len(recent) / max(0.5, now_s - recent[0])
+        done = self._done_s
+        while done and now_s - done[0] > 60.0:  # oldest first: drop what left the window
+            done.popleft()
+        if len(done) >= 4:
+            return len(done) / max(0.5, now_s - done[0])
         service_s = self.speed.service_s(
             int(self._mean_prompt_tokens or 256),
             int(self._mean_output_tokens),

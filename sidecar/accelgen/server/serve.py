@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import os
 import signal
@@ -120,6 +121,10 @@ async def serve(args: argparse.Namespace) -> int:
         '-d \'{"prompt": "Hello", "max_tokens": 16}\'',
         flush=True,
     )
+    # Everything loaded so far lives as long as the process: keep the collector off it,
+    # so a full collection never walks the imported modules in the middle of a stream.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

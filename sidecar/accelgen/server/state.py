@@ -11,7 +11,7 @@ from accelgen.server.admission import Admission
 from accelgen.server.engine import EngineClient
 from accelgen.server.errors import ApiError
 from accelgen.server.limits import TenantLimiter
-from accelgen.server.metrics import SidecarMetrics
+from accelgen.server.metrics import SidecarMetrics, observe_all
 from accelgen.server.speed import Speed
 from accelgen.server.stats import WindowStats
 from accelgen.server.stream import Timing
@@ -83,20 +83,18 @@ class Sidecar:
 
     def completed(self, timing: Timing, now_s: float) -> None:
         """Account a completed request in the counters, histograms and window."""
-        name, m = timing.tier.name, self.metrics
-        lab = m.labels(name)
+        name = timing.tier.name
+        series = self.metrics.series(name)
         met = timing.meets_slo(now_s)
         tokens = timing.num_output_tokens
-        m.completed.labels(**lab).inc()
-        m.output_tokens.labels(**lab).inc(tokens)
+        series.completed.inc()
+        series.output_tokens.inc(tokens)
         if met:
-            m.slo_met.labels(**lab).inc()
-            m.goodput_tokens.labels(**lab).inc(tokens)
+            series.slo_met.inc()
+            series.goodput_tokens.inc(tokens)
         if timing.ttft_s is not None:
-            m.ttft.labels(**lab).observe(timing.ttft_s)
-        tbt = m.tbt.labels(**lab)
-        for gap in timing.gaps_s:
-            tbt.observe(gap)
+            series.ttft.observe(timing.ttft_s)
+        observe_all(series.tbt, timing.gaps_s)
         self.stats.completed(name, now_s, met=met, tokens=tokens, ttft_s=timing.ttft_s, gaps_s=timing.gaps_s)
 
     def refresh_gauges(self) -> None:

@@ -17,12 +17,13 @@ import numpy as np
 _BINS = 400
 _LO_S, _HI_S = 1e-5, 1e3
 _EDGES = np.geomspace(_LO_S, _HI_S, _BINS + 1)
+_LOG_RANGE = math.log(_HI_S / _LO_S)
 
 
 def _bin(value_s: float) -> int:
     if value_s <= _LO_S:
         return 0
-    return min(_BINS - 1, int(math.log(value_s / _LO_S) / math.log(_HI_S / _LO_S) * _BINS))
+    return min(_BINS - 1, int(math.log(value_s / _LO_S) / _LOG_RANGE * _BINS))
 
 
 @dataclass(slots=True)
@@ -86,8 +87,10 @@ class WindowStats:
             slot.good_tokens += tokens
         if ttft_s is not None:
             slot.ttft[_bin(ttft_s)] += 1
-        for gap in gaps_s:
-            slot.tbt[_bin(gap)] += 1
+        gaps = np.fromiter(gaps_s, dtype=np.float64)
+        if gaps.size:  # _bin, for all gaps at once
+            bins = np.log(np.maximum(gaps, _LO_S) / _LO_S) / _LOG_RANGE * _BINS
+            slot.tbt += np.bincount(np.minimum(bins.astype(np.int64), _BINS - 1), minlength=_BINS)
 
     def rejected(self, tier: str, now_s: float) -> None:
         self._slot(tier, now_s).rejected += 1

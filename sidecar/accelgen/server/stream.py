@@ -32,27 +32,28 @@ def _has_token(event: dict[str, Any]) -> bool:
     return False
 
 
-def peek(data: bytes) -> tuple[bool, dict[str, Any] | None]:
-    """(carries output?, the parsed event if it carries usage) of one chunk's JSON bytes.
+def peek(data: bytes) -> tuple[bool, bool, dict[str, Any] | None]:
+    """(has choices?, carries output?, the parsed event if it carries usage) of one chunk.
 
     Most chunks are only looked at, not parsed: the streaming path forwards bytes, so
     the sidecar's cost per token stays a few substring checks. JSON escapes quotes
-    inside strings, so a key pattern cannot match text a model generated.
+    inside strings, so a key pattern cannot match text a model generated. A chunk
+    without choices is the final usage chunk, which only clients that asked get.
     """
     event: dict[str, Any] | None = None
     if b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data:
         parsed = json.loads(data)
         event = parsed if isinstance(parsed, dict) else None
     if b'"choices":[]' in data or b'"choices": []' in data:
-        return False, event
+        return False, False, event
     if (
         b'"role"' in data
         and (b'"content":""' in data or b'"content": ""' in data)
         and b'"tool_calls"' not in data
         and b'"reasoning' not in data
     ):
-        return False, event  # the chat role announcement, no token yet
-    return True, event
+        return True, False, event  # the chat role announcement, no token yet
+    return True, True, event
 
 
 @dataclass(slots=True)
@@ -81,13 +82,17 @@ class Timing:
         self._token(now_s)
         return True
 
-    def observe_raw(self, data: bytes, now_s: float) -> None:
-        """Account one unparsed chunk (the streaming path), see :func:`peek`."""
-        has_token, event = peek(data)
+    def observe_raw(self, data: bytes, now_s: float) -> bool:
+        """Account one unparsed chunk (the streaming path, see :func:`peek`).
+
+        Returns False for the usage-only chunk (no choices), True for any other.
+        """
+        has_choices, has_token, event = peek(data)
         if event is not None:
             self._usage(event)
         if has_token:
             self._token(now_s)
+        return has_choices
 
     def _usage(self, event: dict[str, Any]) -> None:
         usage = event.get("usage")
