@@ -151,7 +151,7 @@ async def disconnecting_clients(url: str, n: int, chunks: int, key: str = "") ->
         body = {"prompt": "x", "max_tokens": 500, "stream": True, "ignore_eos": True}
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         async with session.post(url + "/v1/completions", json=body, headers=headers) as resp:
-            assert resp.status == 200
+            assert resp.status == 200, (resp.status, await resp.text())
             seen = 0
             async for line in resp.content:
                 if line.startswith(b"data:"):

