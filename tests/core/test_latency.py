@@ -84,3 +84,16 @@ def test_inversion_accounts_for_attention_context() -> None:
     assert far < near
     assert model.predict_s(BatchShape().plus_prefill(far, context_tokens=50_000)) <= 0.1
     assert model.predict_s(BatchShape().plus_prefill(far + 1, context_tokens=50_000)) > 0.1
+
+
+def test_scaled_fitted_model_predicts_proportionally_longer() -> None:
+    model = FittedLatencyModel(coefficients=(0.004, 2.0e-4, 1.0e-5, 1.0e-8, 2.0e-7), name="fit")
+    slower = model.scaled(1.5)
+    shape = BatchShape(num_decodes=8, decode_kv_tokens=4000).plus_prefill(300, context_tokens=100)
+    assert slower.predict_s(shape) == pytest.approx(1.5 * model.predict_s(shape))
+    assert slower.name == "fit"
+    # The budget shrinks accordingly: the same limit admits a smaller chunk.
+    def budget(m: FittedLatencyModel) -> int:
+        return max_prefill_tokens_within(m, 0.1, base=BatchShape(num_decodes=8), context_tokens=0, cap_tokens=8192)
+
+    assert 0 < budget(slower) < budget(model)

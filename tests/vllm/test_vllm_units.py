@@ -86,12 +86,15 @@ def test_settings_from_environment(tmp_path: Path) -> None:
     assert settings_from_env(env).policy == "edf"
 
 
-def test_bad_scheduler_config_names_file_and_field(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "field"), [("gama_s: 0.5\n", "gama_s"), ("slowdown_quantile: 1.5\n", "slowdown_quantile")]
+)
+def test_bad_scheduler_config_names_file_and_field(tmp_path: Path, text: str, field: str) -> None:
     config = tmp_path / "scheduler.yaml"
-    config.write_text("gama_s: 0.5\n")
+    config.write_text(text)
     with pytest.raises(ConfigError) as err:
         settings_from_env({"ACCELGEN_SCHEDULER_CONFIG": str(config)})
-    assert str(config) in str(err.value) and "gama_s" in str(err.value)
+    assert str(config) in str(err.value) and field in str(err.value)
 
 
 TRUE_MODEL = FittedLatencyModel(coefficients=(0.004, 2.0e-4, 1.0e-5, 1.0e-8, 2.0e-7))
@@ -141,6 +144,35 @@ def test_calibrator_ignores_outliers_from_a_busy_machine(tmp_path: Path) -> None
     probe = BatchShape().plus_prefill(1024, context_tokens=0)
     assert cal.model.predict_s(probe) == pytest.approx(TRUE_MODEL.predict_s(probe), rel=0.1)
     assert cal.report()["fit_error"] < 0.05
+
+
+@pytest.mark.parametrize("quantile", [0.9, None])
+def test_calibrator_plans_for_a_machine_that_got_slower(tmp_path: Path, quantile: float | None) -> None:
+    """Sustained contention scales the model in use (not the saved fit), and it recovers."""
+    rng = random.Random(7)
+    path = tmp_path / "fit.json"
+    cal = Calibrator(prior=TRUE_MODEL, path=path, min_samples=32, refit_every=10_000, slowdown_quantile=quantile)
+    probe = BatchShape(num_decodes=8, decode_kv_tokens=4000).plus_prefill(400, context_tokens=0)
+    big = [s for s in _shapes(rng, 2000) if TRUE_MODEL.predict_s(s) >= 0.05]
+
+    def feed(shapes: list[BatchShape], slow: float) -> None:
+        for shape in shapes:
+            cal.add(shape, TRUE_MODEL.predict_s(shape) * slow * rng.uniform(0.97, 1.03))
+
+    feed(big[:100], 1.0)  # quiet: fitted, no scaling
+    assert cal.refit() and cal.slowdown == 1.0
+    assert cal.fitted is not None
+    fitted_s = cal.model.predict_s(probe)
+    feed(big[100:200], 1.5)  # another job takes a share of the cores
+    if quantile is None:
+        assert cal.slowdown == 1.0 and cal.model.predict_s(probe) == pytest.approx(fitted_s)
+        return
+    assert 1.4 <= cal.slowdown <= 1.6
+    assert cal.model.predict_s(probe) == pytest.approx(fitted_s * cal.slowdown)
+    assert cal.report()["slowdown"] == cal.slowdown
+    assert load_fit(path).coefficients == cal.fitted.coefficients  # the saved fit stays unscaled
+    feed(big[200:300], 1.0)  # the other job ends
+    assert cal.slowdown <= 1.05 and cal.model.predict_s(probe) == pytest.approx(fitted_s, rel=0.05)
 
 
 def test_load_fit_rejects_other_files(tmp_path: Path) -> None:

@@ -207,6 +207,19 @@ class FittedLatencyModel:
             + c[4] * shape.decode_kv_tokens
         )
 
+    def scaled(self, factor: float) -> FittedLatencyModel:
+        """This model with every prediction ``factor`` times as long (a linear model scales
+        by its coefficients), e.g. for a machine that currently runs slower than it was
+        fitted. The name stays: it says where the model came from."""
+        c = self.coefficients
+        return FittedLatencyModel(
+            coefficients=(c[0] * factor, c[1] * factor, c[2] * factor, c[3] * factor, c[4] * factor),
+            num_samples=self.num_samples,
+            fit_error=self.fit_error,
+            p90_error=self.p90_error,
+            name=self.name,
+        )
+
     def max_prefill_tokens(self, limit_s: float, *, base: BatchShape, context_tokens: int, cap_tokens: int) -> int:
         """:func:`max_prefill_tokens_within` for this model, solved rather than searched.
 

@@ -6,6 +6,15 @@ The scheduler times every step and hands ``(BatchShape, measured seconds)`` here
 refitted every ``refit_every`` samples on a sliding window. Each fit is written to
 ``path`` (JSON) so a restarted engine starts calibrated.
 
+[ours] Slowdown: the fit is the engine's cost when the machine is its own (steps slowed
+by other processes are dropped from it, below). When the machine gets slower for a while
+(other work on shared CPUs, a throttled GPU, a noisy neighbour), the planner would keep
+planning steps that overrun their deadlines. So the ratio measured / fitted of recent
+steps (those predicted at ``slowdown_min_s`` or more: the ones a TBT budget is made of) is
+tracked, and the model in use is the fit scaled by its ``slowdown_quantile`` (at least 1,
+at most ``max_slowdown``), updated every 8 such steps when it moves by over 5 %. The
+persisted fit stays unscaled.
+
 Errors reported (fractions, mean absolute percentage error): ``fit_error`` on the samples
 the fit kept, ``fit_error_all_samples`` on every sample of the window including the steps
 dropped as outliers (slowed by other processes: over twice their prediction), and
@@ -48,6 +57,11 @@ class Calibrator:
         refit_every: Samples between refits (at least an eighth of the window's samples).
         window: Most recent samples a fit uses.
         skip_first: Steps ignored at start (warm-up: allocator, first-touch, caches).
+        slowdown_quantile: Quantile of recent measured / fitted ratios the model in use
+            is scaled by (see the module docstring); None: never scale.
+        slowdown_window: Recent steps the quantile is taken over.
+        slowdown_min_s: Only steps the fit predicts at this or longer count.
+        max_slowdown: The largest scale applied.
     """
 
     def __init__(
@@ -59,6 +73,10 @@ class Calibrator:
         refit_every: int = 32,
         window: int = 4096,
         skip_first: int = 3,
+        slowdown_quantile: float | None = 0.9,
+        slowdown_window: int = 64,
+        slowdown_min_s: float = 0.02,
+        max_slowdown: float = 3.0,
     ) -> None:
         if min_samples < 2 or refit_every < 1:
             raise ValueError("min_samples must be >= 2 and refit_every >= 1")
@@ -76,6 +94,12 @@ class Calibrator:
         self._online_errors: deque[float] = deque(maxlen=1024)
         self.num_outliers = 0
         self.fit_error_all: float | None = None
+        self.slowdown_quantile = slowdown_quantile
+        self.slowdown_min_s = slowdown_min_s
+        self.max_slowdown = max_slowdown
+        self.slowdown = 1.0
+        self._ratios: deque[float] = deque(maxlen=slowdown_window)  # measured / fitted, recent steps
+        self._since_slowdown = 0
         if path is not None and path.exists():
             self.fitted = load_fit(path)
             self.model = self.fitted
@@ -94,12 +118,34 @@ class Calibrator:
         self._online_errors.append(abs(predicted_s - measured_s) / measured_s)
         self._samples.append((shape, measured_s))
         self._since_fit += 1
+        changed = self._track_slowdown(shape, measured_s)
         # Refits get rarer as the window fills (a fit costs milliseconds inside the engine
         # loop; once hundreds of samples agree, one more moves little).
         due = max(self.refit_every, len(self._samples) // 8)
         if len(self._samples) < self.min_samples or self._since_fit < due:
+            return changed
+        return self.refit() or changed
+
+    def _track_slowdown(self, shape: BatchShape, measured_s: float) -> bool:
+        """Update the slowdown from this step; True when the model in use changed."""
+        fit = self.fitted
+        if fit is None or self.slowdown_quantile is None:
+            return False  # the prior is no yardstick for the machine's speed
+        fitted_s = fit.predict_s(shape)
+        if fitted_s < self.slowdown_min_s:
             return False
-        return self.refit()
+        self._ratios.append(measured_s / fitted_s)
+        self._since_slowdown += 1
+        if len(self._ratios) < 16 or self._since_slowdown < 8:
+            return False
+        self._since_slowdown = 0
+        q = float(np.quantile(list(self._ratios), self.slowdown_quantile))
+        slowdown = min(max(q, 1.0), self.max_slowdown)
+        if abs(slowdown - self.slowdown) <= 0.05 * self.slowdown:
+            return False
+        self.slowdown = slowdown
+        self.model = fit if slowdown == 1.0 else fit.scaled(slowdown)
+        return True
 
     def refit(self) -> bool:
         """Fit the window now; True when the fit is in use afterwards."""
@@ -124,7 +170,8 @@ class Calibrator:
         self.num_outliers = len(samples) - len(kept)
         self.fit_error_all = statistics.fmean(abs(fit.predict_s(shape) - d) / d for shape, d in samples)
         self.fitted = fit
-        self.model = fit
+        self.model = fit if self.slowdown == 1.0 else fit.scaled(self.slowdown)
+        self._ratios.clear()  # they were against the previous fit
         if self.path is not None:
             save_fit(self.path, fit)
         return True
@@ -143,6 +190,7 @@ class Calibrator:
             "noise_floor": noise_floor(list(self._samples)),
             "online_error": statistics.fmean(errors) if errors else None,
             "online_median_error": statistics.median(errors) if errors else None,
+            "slowdown": self.slowdown,
             "fit": None if self.fitted is None else self.fitted.to_dict(),
         }
 

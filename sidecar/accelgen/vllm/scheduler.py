@@ -117,6 +117,7 @@ class _AccelGenMixin(_SchedulerBase):
             path=s.calibration_file,
             min_samples=s.min_fit_samples,
             refit_every=s.refit_every,
+            slowdown_quantile=s.slowdown_quantile,
         )
         self.policy_name = s.policy
         self.planner: Policy | None = self._make_planner(s.policy)

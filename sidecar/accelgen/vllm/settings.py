@@ -24,6 +24,8 @@ The scheduler YAML::
     step_log: null
     min_fit_samples: 32           # samples before the fitted model replaces the prior
     refit_every: 32
+    slowdown_quantile: 0.9        # plan with the fit x this quantile of recent measured/fitted
+                                  # (>= 1; see accelgen.vllm.calibration); null: never scale
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ _ADAPTER_KEYS = {
     "step_log",
     "min_fit_samples",
     "refit_every",
+    "slowdown_quantile",
 }
 
 
@@ -62,6 +65,7 @@ class SchedulerSettings:
     step_log: Path | None = None
     min_fit_samples: int = 32
     refit_every: int = 32
+    slowdown_quantile: float | None = 0.9
 
 
 def _path(value: Any, field: str) -> Path | None:
@@ -77,6 +81,14 @@ def _count(raw: Mapping[str, Any], key: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
         raise ConfigError(f"must be an integer >= 2, got {value!r}", field=key)
     return value
+
+
+def _quantile(value: Any, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(f"must be a number in (0, 1] or null, got {value!r}", field=field)
+    return float(value)
 
 
 def parse_scheduler_config(raw: object, *, tiers: TierSet = DEFAULT_TIERS) -> SchedulerSettings:
@@ -98,6 +110,7 @@ def parse_scheduler_config(raw: object, *, tiers: TierSet = DEFAULT_TIERS) -> Sc
         step_log=_path(raw.get("step_log"), "step_log"),
         min_fit_samples=_count(raw, "min_fit_samples", 32),
         refit_every=_count(raw, "refit_every", 32),
+        slowdown_quantile=_quantile(raw.get("slowdown_quantile", 0.9), "slowdown_quantile"),
     )
 
 
