@@ -324,9 +324,10 @@ class _AccelGenMixin(_SchedulerBase):
                 # Admitted by vLLM without the plan (only on a mismatch): adopt it.
                 planner.abort(mirror.request_id)
                 planner.running.append(mirror)
-        planner.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
         if matched == len(in_planner):
-            return  # every request the planner has running, vLLM has running (the common case)
+            # Every request the planner has running, vLLM has running (the common case).
+            planner.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+            return
         vllm_running = {r.request_id for r in self.running}
         for mirror in list(planner.running):
             if mirror.request_id in vllm_running:
@@ -341,6 +342,8 @@ class _AccelGenMixin(_SchedulerBase):
                 # A planned admission vLLM did not carry out: back to the queue as it was.
                 planner.requeue(mirror, num_computed_tokens=request.num_computed_tokens if request else 0)
                 self.accelgen_stats.num_unexecuted_admissions += 1
+        # NOTE: last: requeue() returns the mirrors' blocks to the planner's count.
+        planner.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
 
     def _steer(self, plan: IterationPlan) -> tuple[list[VllmRequest], list[VllmRequest], dict[str, int]]:
         """Set vLLM up to execute ``plan``.
