@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from fault_support import kill_mid_stream_then_down, ready
 from sidecar_harness import Stack, disconnecting_clients, metric_value, wait_for
 
 from accelgen.server.launch import free_port
@@ -45,41 +46,14 @@ def engine_process() -> Iterator[EngineProcess]:
     engine.kill()
 
 
-def _ready(stack: Stack) -> bool:
-    return httpx.get(stack.url + "/readyz").status_code == 200
-
-
 def test_engine_killed_mid_stream_then_back(engine_process: EngineProcess) -> None:
     stack = Stack(engine_url=f"http://127.0.0.1:{engine_process.port}").start()
     try:
         client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
-        stream = client.completions.create(model="m", prompt="x", max_tokens=100, stream=True)
-        received = 0
-        with pytest.raises(openai.APIError) as err:
-            for _ in stream:
-                received += 1
-                if received == 3:
-                    engine_process.kill()
-        assert 3 <= received < 100
-        assert "engine" in str(err.value.message)
-        assert wait_for(lambda: not _ready(stack), 3)
-        ready = httpx.get(stack.url + "/readyz")
-        assert ready.status_code == 503 and ready.json()["ready"] is False
-        # Down: a clean 503 at once, never a hang.
-        started = time.monotonic()
-        with pytest.raises(openai.InternalServerError) as down:
-            client.completions.create(model="m", prompt="x", max_tokens=2)
-        assert down.value.status_code == 503 and time.monotonic() - started < 5
-        failed = metric_value(
-            httpx.get(stack.url + "/metrics").text,
-            "accelgen_requests_total",
-            tier="standard",
-            outcome="failed",
-        )
-        assert failed == 2
+        kill_mid_stream_then_down(stack, client, model="m", max_tokens=100, kill=engine_process.kill, tier="standard")
         restarted = EngineProcess(engine_process.port)
         try:
-            assert wait_for(lambda: _ready(stack), 5)
+            assert wait_for(lambda: ready(stack), 5)
             out = client.completions.create(model="m", prompt="x", max_tokens=3)
             assert out.usage is not None and out.usage.completion_tokens == 3
         finally:

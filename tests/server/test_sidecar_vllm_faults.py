@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from fault_support import kill_mid_stream_then_down, ready
 from sidecar_harness import TIERS_CONFIG, Stack, disconnecting_clients, metric_value, wait_for
 
 from accelgen.core.tiers import parse_tiers
@@ -100,10 +101,6 @@ def stack(engine: Engine) -> Iterator[Stack]:
     running.stop()
 
 
-def _ready(stack: Stack) -> bool:
-    return httpx.get(stack.url + "/readyz").status_code == 200
-
-
 def test_200_clients_disconnecting_leave_the_real_engine_idle(engine: Engine, stack: Stack) -> None:
     assert asyncio.run(disconnecting_clients(stack.url, 200, 2)) == 200
     started = time.monotonic()
@@ -129,29 +126,9 @@ def test_200_clients_disconnecting_leave_the_real_engine_idle(engine: Engine, st
 
 def test_real_engine_killed_mid_stream_then_back(engine: Engine, stack: Stack) -> None:
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
-    assert wait_for(lambda: _ready(stack), 5)
-    stream = client.completions.create(
-        model="tiny", prompt="x", max_tokens=3000, stream=True, extra_body={"ignore_eos": True}
-    )
-    received = 0
-    with pytest.raises(openai.APIError) as err:
-        for _ in stream:
-            received += 1
-            if received == 3:
-                engine.kill()
-    assert 3 <= received < 3000
-    assert "engine" in str(err.value.message)  # a clean, in-band error, not a hang
-    assert wait_for(lambda: not _ready(stack), 3)
-    ready = httpx.get(stack.url + "/readyz")
-    assert ready.status_code == 503 and ready.json()["ready"] is False
-    # Down: a clean 503 at once.
-    started = time.monotonic()
-    with pytest.raises(openai.InternalServerError) as down:
-        client.completions.create(model="tiny", prompt="x", max_tokens=2)
-    assert down.value.status_code == 503 and time.monotonic() - started < 5
-    text = httpx.get(stack.url + "/metrics").text
-    assert metric_value(text, "accelgen_requests_total", tier="batch", outcome="failed") == 2
+    assert wait_for(lambda: ready(stack), 5)
+    kill_mid_stream_then_down(stack, client, model="tiny", max_tokens=3000, kill=engine.kill, tier="batch")
     engine.start()  # the same port, as a restarted container would be
-    assert wait_for(lambda: _ready(stack), 5)
+    assert wait_for(lambda: ready(stack), 5)
     out = client.completions.create(model="tiny", prompt="x", max_tokens=3, extra_body={"ignore_eos": True})
     assert out.usage is not None and out.usage.completion_tokens == 3
