@@ -125,6 +125,52 @@ def test_lost_deadline_is_shed_and_cancelled_waiter_leaves() -> None:
     asyncio.run(scenario())
 
 
+def test_a_slot_freed_before_a_cancelled_waiter_runs_goes_to_the_next_one() -> None:
+    """Cancelling a task cancels the future it awaits at once; its handler runs later.
+
+    Many clients hang up in one loop iteration: a request that finishes in that same
+    iteration frees a slot, and the release must skip the cancelled waiter (not raise
+    InvalidStateError on its future, which lost that request's outcome count and
+    leaked a slot) and go to the next one.
+    """
+
+    async def scenario() -> None:
+        clock, shed = Clock(), list[Ticket]()
+        adm = _admission(clock, shed, max_in_flight=1)
+        first = adm.make_ticket(TIERS.get("batch"), 10, 10)
+        adm.admit(first)
+        await adm.wait(first)
+        gone, next_ = (adm.make_ticket(TIERS.get("batch"), 10, 10) for _ in range(2))
+        waiters = []
+        for ticket in (gone, next_):
+            adm.admit(ticket)
+            waiters.append(asyncio.ensure_future(adm.wait(ticket)))
+        await asyncio.sleep(0)
+        waiters[0].cancel()  # its future is cancelled now, its except clause runs later
+        assert gone.released.cancelled() and gone.queued
+        adm.leave(first)  # same iteration: the slot must go to next_
+        assert next_.released.done() and adm.in_flight == 1 and adm.queued() == 0
+        with pytest.raises(asyncio.CancelledError):
+            await waiters[0]
+        await waiters[1]
+        adm.leave(next_)
+        assert adm.in_flight == 0 and adm.queued() == 0 and not shed
+        # A cancelled waiter is not shed either (it would count twice: cancelled and shed).
+        adm.in_flight = 1
+        late = adm.make_ticket(TIERS.get("interactive"), 10, 10)
+        adm.admit(late)
+        waiter = asyncio.ensure_future(adm.wait(late))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        clock.now_s += 0.6  # its TTFT is lost: pump would shed it if it still waited
+        adm.pump()
+        assert not shed and adm.queued() == 0
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(scenario())
+
+
 def test_engine_pressure_holds_releases() -> None:
     async def scenario() -> None:
         clock, shed = Clock(), list[Ticket]()

@@ -62,7 +62,7 @@ class Admission:
         return sum(self.depth.values())
 
     def _ahead(self, key_s: float) -> list[Ticket]:
-        return [t for k, _, t in self._heap if t.queued and k <= key_s]
+        return [t for k, _, t in self._heap if t.waiting and k <= key_s]
 
     def _predicted_wait_s(self, num_ahead: int, now_s: float) -> float:
         free = self.config.max_in_flight - self.in_flight
@@ -146,7 +146,7 @@ class Admission:
         self.nonempty.set()
 
     def _loosest(self, tier: str | None) -> Ticket | None:
-        live = [t for _, _, t in self._heap if t.queued and (tier is None or t.tier.name == tier)]
+        live = [t for _, _, t in self._heap if t.waiting and (tier is None or t.tier.name == tier)]
         return max(live, key=lambda t: (t.key_s, t.seq), default=None)
 
     def _dequeue(self, ticket: Ticket) -> None:
@@ -205,8 +205,9 @@ class Admission:
         now_s = self.clock()
         while self._heap:
             _, _, head = self._heap[0]
-            if not head.queued:
+            if not head.waiting:  # left, shed, or its client gave up (see Ticket.waiting)
                 heapq.heappop(self._heap)
+                self._dequeue(head)
                 continue
             # Only what queueing cost its target is shed, not what was lost on arrival.
             lost = now_s > (head.deadline_s if head.tier.is_offline else head.key_s)

@@ -28,6 +28,16 @@ class Ticket:
     released: asyncio.Future[None] = field(repr=False)
     queued: bool = True
 
+    @property
+    def waiting(self) -> bool:
+        """Queued, and its client still waits for it.
+
+        A cancelled handler's future is cancelled at once, but the handler leaves the
+        queue only when it next runs: until then the ticket is queued and not waiting,
+        and must be neither released nor shed.
+        """
+        return self.queued and not self.released.done()
+
 
 @dataclass(frozen=True, slots=True)
 class AdmissionConfig:
