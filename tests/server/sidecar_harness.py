@@ -7,6 +7,7 @@ synchronous ``openai`` client exactly as a user would.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -140,6 +141,15 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+def server_errors(caplog: Any) -> list[str]:
+    """Errors the sidecar or aiohttp's server logged (``caplog``: pytest's fixture)."""
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name in ("accelgen.server", "aiohttp.server")
+    ]
 
 
 async def disconnecting_clients(url: str, n: int, chunks: int, key: str = "") -> int:

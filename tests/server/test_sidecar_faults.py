@@ -12,11 +12,11 @@ import httpx
 import openai
 import pytest
 from fault_support import kill_mid_stream_then_down, ready
-from sidecar_harness import Stack, disconnecting_clients, metric_value, wait_for
+from sidecar_harness import TIERS_CONFIG, Stack, disconnecting_clients, metric_value, server_errors, wait_for
 
+from accelgen.core.tiers import parse_tiers
 from accelgen.server.launch import free_port
 from accelgen.server.sim_engine import SimEngineConfig
-from accelgen.server.tickets import AdmissionConfig
 
 
 class EngineProcess:
@@ -74,8 +74,11 @@ def test_stalled_engine_is_502_after_the_token_timeout() -> None:
         stack.stop()
 
 
-def test_200_clients_disconnecting_leave_nothing_running() -> None:
-    stack = Stack(admission=AdmissionConfig(max_in_flight=256), sim=SimEngineConfig(max_num_seqs=256)).start()
+def test_200_clients_disconnecting_leave_nothing_running(caplog: pytest.LogCaptureFixture) -> None:
+    # 64 released at a time (the default), the rest queued in the sidecar meanwhile; the
+    # batch tier, so the queued ones wait for their turn rather than being refused.
+    tiers = parse_tiers({**TIERS_CONFIG, "default_tier": "batch"})
+    stack = Stack(tiers=tiers, sim=SimEngineConfig(max_num_seqs=256)).start()
     try:
         assert asyncio.run(disconnecting_clients(stack.url, 200, 2)) == 200
         engine = stack.engine
@@ -91,7 +94,8 @@ def test_200_clients_disconnecting_leave_nothing_running() -> None:
 
         assert wait_for(lambda: engine_running() == 0, 5)
         text = httpx.get(stack.url + "/metrics").text
-        assert metric_value(text, "accelgen_requests_total", tier="standard", outcome="cancelled") == 200
-        assert metric_value(text, "accelgen_requests_completed_total", tier="standard") == 0
+        assert metric_value(text, "accelgen_requests_total", tier="batch", outcome="cancelled") == 200
+        assert metric_value(text, "accelgen_requests_completed_total", tier="batch") == 0
+        assert server_errors(caplog) == []
     finally:
         stack.stop()

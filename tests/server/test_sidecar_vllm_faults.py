@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 from fault_support import kill_mid_stream_then_down, ready
-from sidecar_harness import TIERS_CONFIG, Stack, disconnecting_clients, metric_value, wait_for
+from sidecar_harness import TIERS_CONFIG, Stack, disconnecting_clients, metric_value, server_errors, wait_for
 
 from accelgen.core.tiers import parse_tiers
 from accelgen.server.launch import TINY_MODEL_ARGS, VllmProcess, ensure_tiny_model, free_port
@@ -101,13 +101,17 @@ def stack(engine: Engine) -> Iterator[Stack]:
     running.stop()
 
 
-# NOTE: a known, open bug: in some runs (2 of ~6 while developing, 1 clean-clone CI run)
-# a few of the 200 hung-up requests are never counted under any outcome (admitted 200,
-# cancelled 196-199, failed 0), although vLLM and the sidecar are idle. The engine side
-# of this test has not failed; the miscount is under investigation (issue 4's note). A
-# rerun, not a looser count.
+# NOTE: a known, open bug: in some runs (about 1 in 10 here) a few of the 200 hung-up
+# requests are counted under no outcome (admitted 200, cancelled 196-199, failed 0),
+# although vLLM and the sidecar are idle. Two bugs that lost counts or failed requests
+# in this test are fixed (a slot freed in the same loop iteration as a queued client
+# left raised InvalidStateError; a reused keep-alive connection the engine had closed
+# gave a 503); this one is not explained yet: the assertion prints every outcome and
+# ``completed``. A rerun, not a looser count.
 @pytest.mark.flaky(reruns=2)
-def test_200_clients_disconnecting_leave_the_real_engine_idle(engine: Engine, stack: Stack) -> None:
+def test_200_clients_disconnecting_leave_the_real_engine_idle(
+    engine: Engine, stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
     assert asyncio.run(disconnecting_clients(stack.url, 200, 2)) == 200
     started = time.monotonic()
     # vLLM aborts a request when its connection closes: nothing keeps generating.
@@ -117,13 +121,15 @@ def test_200_clients_disconnecting_leave_the_real_engine_idle(engine: Engine, st
     assert sidecar is not None
     assert wait_for(lambda: sidecar.admission.in_flight == 0 and sidecar.admission.queued() == 0, 5)
 
-    def outcome(name: str) -> float:
+    def outcomes() -> dict[str, float]:
         text = httpx.get(stack.url + "/metrics").text
-        return metric_value(text, "accelgen_requests_total", tier="batch", outcome=name)
+        counts = {o: metric_value(text, "accelgen_requests_total", tier="batch", outcome=o) for o in OUTCOMES}
+        counts["completed"] = metric_value(text, "accelgen_requests_completed_total", tier="batch")
+        return counts
 
-    assert wait_for(lambda: outcome("cancelled") == 200, 10), {o: outcome(o) for o in OUTCOMES}
-    text = httpx.get(stack.url + "/metrics").text
-    assert metric_value(text, "accelgen_requests_completed_total", tier="batch") == 0
+    assert wait_for(lambda: outcomes()["cancelled"] == 200, 10), outcomes()
+    assert outcomes() == {**dict.fromkeys(OUTCOMES, 0.0), "admitted": 200.0, "cancelled": 200.0, "completed": 0.0}
+    assert server_errors(caplog) == []  # a hang-up is not an error (nor a 500 in aiohttp's log)
     # And the engine is still fine: a request completes in full.
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
     out = client.completions.create(model="tiny", prompt="x", max_tokens=4, extra_body={"ignore_eos": True})

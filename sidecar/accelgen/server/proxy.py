@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -91,7 +92,7 @@ async def _admitted(request: web.Request, sidecar: Sidecar, parsed: Parsed, tier
         response = await _run(request, sidecar, parsed, tier, timing)
         outcome = "completed"
         return response
-    except (asyncio.CancelledError, ConnectionResetError):
+    except (asyncio.CancelledError, ClientGone):
         outcome = "cancelled"
         raise
     finally:
@@ -122,29 +123,42 @@ async def _run(request: web.Request, sidecar: Sidecar, parsed: Parsed, tier: Any
                     assembler.feed(event)
             return web.json_response(assembler.result())
         response = _SSEResponse(headers=_SSE_HEADERS)
-        await response.prepare(request)
-        include_usage = parsed.include_usage
         try:
-            async for batch in engine.batches(upstream):
-                # One clock read and one write per batch: the events came in together.
-                now_s = time.monotonic()
-                out = []
-                for data in batch:
-                    if data is DONE:
-                        out.append(b"data: [DONE]\n\n")
-                        await response.write_eof(b"".join(out))  # the stream's end, one write
-                        return response
-                    if timing.observe_raw(data, now_s) or include_usage:
-                        out.append(b"data: " + data + b"\n\n")
-                if out:
-                    await response.write(out[0] if len(out) == 1 else b"".join(out))
-        except ApiError as err:
-            # Headers are gone: report in-band, as vLLM does, then end the stream.
-            await response.write_eof(b"data: " + json.dumps(err.body()).encode() + b"\n\n")
-            raise StreamFailed(response) from err
-        raise AssertionError("unreachable: batches() ends with DONE or raises")  # pragma: no cover
+            return await _relay(request, response, engine.batches(upstream), timing, parsed.include_usage)
+        except ConnectionResetError:
+            raise ClientGone(response) from None
     finally:
         upstream.close()  # closes the connection if unread: the engine aborts the request
+
+
+async def _relay(
+    request: web.Request,
+    response: web.StreamResponse,
+    batches: AsyncIterator[list[bytes]],
+    timing: Timing,
+    include_usage: bool,
+) -> web.StreamResponse:
+    """Forward the engine's events to a streaming client as they arrive, timing each."""
+    await response.prepare(request)
+    try:
+        async for batch in batches:
+            # One clock read and one write per batch: the events came in together.
+            now_s = time.monotonic()
+            out = []
+            for data in batch:
+                if data is DONE:
+                    out.append(b"data: [DONE]\n\n")
+                    await response.write_eof(b"".join(out))  # the stream's end, one write
+                    return response
+                if timing.observe_raw(data, now_s) or include_usage:
+                    out.append(b"data: " + data + b"\n\n")
+            if out:
+                await response.write(out[0] if len(out) == 1 else b"".join(out))
+    except ApiError as err:
+        # Headers are gone: report in-band, as vLLM does, then end the stream.
+        await response.write_eof(b"data: " + json.dumps(err.body()).encode() + b"\n\n")
+        raise StreamFailed(response) from err
+    raise AssertionError("unreachable: batches() ends with DONE or raises")  # pragma: no cover
 
 
 def _parse_event(data: bytes) -> dict[str, Any]:
@@ -163,3 +177,11 @@ class StreamFailed(Exception):
     def __init__(self, response: web.StreamResponse) -> None:
         super().__init__("stream failed")
         self.response = response
+
+
+class ClientGone(StreamFailed):
+    """The client hung up mid-stream (a write failed).
+
+    The handler returns the response it was writing, so aiohttp ends the exchange as a
+    premature disconnection (quietly) instead of logging a 500 for every hang-up.
+    """

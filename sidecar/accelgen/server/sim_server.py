@@ -138,11 +138,14 @@ def build_sim_app(model: LatencyModel, config: SimEngineConfig, *, stats_path: P
                     assembler.feed(json.loads(raw[6:]))
                 return web.json_response(assembler.result())
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            async for raw in chunks:
-                await response.write(raw)
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                async for raw in chunks:
+                    await response.write(raw)
+                await response.write(b"data: [DONE]\n\n")
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # the client (the sidecar) hung up: aiohttp ends this quietly
             return response
         finally:
             if sim_request.num_output < sim_request.max_tokens:
