@@ -127,7 +127,7 @@ def test_200_clients_disconnecting_leave_the_real_engine_idle(
         counts["completed"] = metric_value(text, "accelgen_requests_completed_total", tier="batch")
         return counts
 
-    assert wait_for(lambda: outcomes()["cancelled"] == 200, 10), outcomes()
+    assert wait_for(lambda: outcomes()["cancelled"] == 200, 10), f"{outcomes()}"  # a str: shown whole
     assert outcomes() == {**dict.fromkeys(OUTCOMES, 0.0), "admitted": 200.0, "cancelled": 200.0, "completed": 0.0}
     assert server_errors(caplog) == []  # a hang-up is not an error (nor a 500 in aiohttp's log)
     # And the engine is still fine: a request completes in full.
