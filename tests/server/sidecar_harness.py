@@ -152,13 +152,20 @@ def server_errors(caplog: Any) -> list[str]:
     ]
 
 
-async def disconnecting_clients(url: str, n: int, chunks: int, key: str = "") -> int:
-    """``n`` streaming clients that each read ``chunks`` SSE events, then hang up."""
+async def disconnecting_clients(url: str, n: int, chunks: int, key: str = "", max_tokens: int = 500) -> int:
+    """``n`` streaming clients that each read ``chunks`` SSE events, then hang up.
+
+    A stream must outlast the client's way to its ``chunks``-th event, or the whole
+    response (``[DONE]`` included) is already sent and the request is, rightly,
+    completed rather than cancelled. Against real vLLM on two cores this client (one
+    loop for all ``n``, sharing the GIL with an in-process sidecar) was seen to fall
+    behind by a whole 500-token stream: give such engines a longer ``max_tokens``.
+    """
     got = 0
 
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal got
-        body = {"prompt": "x", "max_tokens": 500, "stream": True, "ignore_eos": True}
+        body = {"prompt": "x", "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         async with session.post(url + "/v1/completions", json=body, headers=headers) as resp:
             assert resp.status == 200, (resp.status, await resp.text())

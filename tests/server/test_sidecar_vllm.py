@@ -169,7 +169,7 @@ def test_tenants(env: Env) -> None:
 
 
 def test_disconnecting_clients_leave_the_engine_idle(env: Env) -> None:
-    assert asyncio.run(disconnecting_clients(env.url, 40, 2, key=KEY)) == 40
+    assert asyncio.run(disconnecting_clients(env.url, 40, 2, key=KEY, max_tokens=3000)) == 40
 
     def engine_idle() -> bool:
         text = httpx.get(env.engine_url + "/metrics").text

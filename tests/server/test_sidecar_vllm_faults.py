@@ -93,26 +93,28 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 @pytest.fixture
 def stack(engine: Engine) -> Iterator[Stack]:
     # The default release limit (64 in flight), so 200 clients are 64 streams in vLLM and
-    # the rest queued in the sidecar; the batch tier (60 s deadline) by default, so the
-    # queued ones wait for their turn rather than being shed for a lost TTFT.
-    tiers = parse_tiers({**TIERS_CONFIG, "default_tier": "batch"})
+    # the rest queued in the sidecar; a batch tier by default, so the queued ones wait
+    # for their turn rather than being shed for a lost TTFT. Its deadline is an hour:
+    # admission plans for the 3,000 tokens each asks (not the 2 read), and 136 such
+    # requests queued cannot meet 60 s (429 slo_infeasible, rightly).
+    config = [t if t["name"] != "batch" else {**t, "deadline_s": 3600} for t in TIERS_CONFIG["tiers"]]
+    tiers = parse_tiers({**TIERS_CONFIG, "tiers": config, "default_tier": "batch"})
     running = Stack(engine_url=engine.url, tiers=tiers, admission=AdmissionConfig()).start()
     yield running
     running.stop()
 
 
-# NOTE: a known, open bug: in some runs (about 1 in 10 here) a few of the 200 hung-up
-# requests are counted under no outcome (admitted 200, cancelled 196-199, failed 0),
-# although vLLM and the sidecar are idle. Two bugs that lost counts or failed requests
-# in this test are fixed (a slot freed in the same loop iteration as a queued client
-# left raised InvalidStateError; a reused keep-alive connection the engine had closed
-# gave a 503); this one is not explained yet: the assertion prints every outcome and
-# ``completed``. A rerun, not a looser count.
+# NOTE: with 500-token streams, 1 run in about 15 counted 2 of the 200 as completed
+# (cancelled 198; nothing lost): their [DONE] was sent before their client hung up. The
+# likely reason: this client (200 streams on one loop, sharing the GIL with the
+# in-process sidecar on 2 cores beside vLLM's busy-waiting engine) fell a whole stream
+# behind. 3,000-token streams leave no room for that; on failure the message now shows
+# the output tokens too. The rerun stays for the machine's stalls; the count stays exact.
 @pytest.mark.flaky(reruns=2)
 def test_200_clients_disconnecting_leave_the_real_engine_idle(
     engine: Engine, stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert asyncio.run(disconnecting_clients(stack.url, 200, 2)) == 200
+    assert asyncio.run(disconnecting_clients(stack.url, 200, 2, max_tokens=3000)) == 200
     started = time.monotonic()
     # vLLM aborts a request when its connection closes: nothing keeps generating.
     assert wait_for(lambda: engine.running_and_waiting() == 0, 20), engine.running_and_waiting()
@@ -125,10 +127,12 @@ def test_200_clients_disconnecting_leave_the_real_engine_idle(
         text = httpx.get(stack.url + "/metrics").text
         counts = {o: metric_value(text, "accelgen_requests_total", tier="batch", outcome=o) for o in OUTCOMES}
         counts["completed"] = metric_value(text, "accelgen_requests_completed_total", tier="batch")
+        counts["output_tokens"] = metric_value(text, "accelgen_output_tokens_total", tier="batch")
         return counts
 
     assert wait_for(lambda: outcomes()["cancelled"] == 200, 10), f"{outcomes()}"  # a str: shown whole
-    assert outcomes() == {**dict.fromkeys(OUTCOMES, 0.0), "admitted": 200.0, "cancelled": 200.0, "completed": 0.0}
+    want = {**dict.fromkeys(OUTCOMES, 0.0), "admitted": 200.0, "cancelled": 200.0, "completed": 0.0}
+    assert outcomes() == {**want, "output_tokens": 0.0}  # of completed requests: none
     assert server_errors(caplog) == []  # a hang-up is not an error (nor a 500 in aiohttp's log)
     # And the engine is still fine: a request completes in full.
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
