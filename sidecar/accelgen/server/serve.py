@@ -52,6 +52,7 @@ def load_config(args: argparse.Namespace, engine_url: str, *, engine_stats: str 
         pool=args.pool,
         admission=admission,
         token_timeout_s=args.token_timeout_s,
+        connect_timeout_s=args.connect_timeout_s,
         engine_stats_path=engine_stats or args.engine_stats,
     )
 

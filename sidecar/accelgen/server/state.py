@@ -30,7 +30,7 @@ class SidecarConfig:
     keys: KeyStore | None = None
     pool: str | None = None
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 30.0
     token_timeout_s: float = 30.0
     poll_interval_s: float = 0.25
     stats_window_s: int = 60
