@@ -14,6 +14,7 @@ import sys
 
 import kopf
 
+from accelgen.argtypes import positive_float, positive_int
 from accelgen_operator.handlers import OperatorConfig, build_registry
 
 
@@ -34,16 +35,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="kopf's liveness endpoint (empty to disable)")  # fmt: skip
     run.add_argument("--server", default=None,
                      help="API URL without auth (e.g. `kubectl proxy`); default: in-cluster or kubeconfig")  # fmt: skip
-    run.add_argument("--stats-interval", type=float, default=15.0, help="seconds between /stats reads")
-    run.add_argument("--stats-timeout", type=float, default=2.0, help="seconds to wait for one pod")
+    run.add_argument("--stats-interval", type=positive_float, default=15.0, help="seconds between /stats reads")
+    run.add_argument("--stats-timeout", type=positive_float, default=2.0, help="seconds to wait for one pod")
     run.add_argument("--default-engine-image", default=os.environ.get("ACCELGEN_DEFAULT_ENGINE_IMAGE") or None,
                      help="image of pools without spec.engine.image (env ACCELGEN_DEFAULT_ENGINE_IMAGE)")  # fmt: skip
     run.add_argument("--default-sidecar-image", default=os.environ.get("ACCELGEN_DEFAULT_SIDECAR_IMAGE") or None,
                      help="image of pools without spec.sidecar.image (env ACCELGEN_DEFAULT_SIDECAR_IMAGE)")  # fmt: skip
     run.add_argument("--verbose", "-v", action="store_true")
     bench = sub.add_parser("bench", help="reconcile N pools against an in-memory API and measure")
-    bench.add_argument("--pools", type=int, default=100)
-    bench.add_argument("--stats-interval", type=float, default=2.0)
+    bench.add_argument("--pools", type=positive_int, default=100)
+    bench.add_argument("--stats-interval", type=positive_float, default=2.0)
     bench.add_argument("--json", dest="json_path", default=None, help="also write the result here")
     return parser
 
@@ -63,9 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``accelgen-operator`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "bench":
-        if args.pools < 1:
-            print("error: --pools must be at least 1", file=sys.stderr)
-            return 2
         logging.basicConfig(level=logging.ERROR)
         from accelgen_operator.bench import main as bench_main
 

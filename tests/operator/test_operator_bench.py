@@ -20,6 +20,17 @@ async def test_bench_converges_without_repeated_writes() -> None:
     assert "time to converge" in format_result(result)
 
 
-def test_cli_rejects_a_bad_pool_count(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--pools", "0"]) == 2
-    assert "--pools" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["bench", "--pools", "0"], "must be > 0, got 0"),
+        (["bench", "--stats-interval", "0"], "must be > 0, got 0"),
+        (["run", "--stats-interval", "-1"], "must be > 0, got -1"),
+        (["run", "--stats-timeout", "nan"], "must be finite, got nan"),
+    ],
+)
+def test_cli_rejects_nonsense_numbers(argv: list[str], reason: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert f"argument {argv[1]}: {reason}" in capsys.readouterr().err

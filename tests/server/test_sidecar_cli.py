@@ -16,6 +16,8 @@ import yaml
 from sidecar_harness import TIERS_CONFIG, wait_for
 from sidecar_process import ServeProcess
 
+from accelgen.server.launch import free_port
+
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -29,7 +31,7 @@ def _serve(*args: str) -> subprocess.CompletedProcess[str]:
 def test_bad_tiers_file_is_exit_2_with_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "tiers.yaml"
     bad.write_text("tiers:\n  - {name: a, ttft_ms: -1, tbt_ms: 10}\ndefault_tier: a\n")
-    result = _serve("--engine", "sim", "--tiers", str(bad), "--port", "0")
+    result = _serve("--engine", "sim", "--tiers", str(bad), "--port", str(free_port()))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("accelgen: error:")

@@ -240,19 +240,3 @@ def test_server_command_and_environment_per_configuration(tmp_path: Path) -> Non
     assert "--scheduler-cls" not in stock_cmd
     assert stock_cmd[stock_cmd.index("--scheduling-policy") + 1] == "priority"
     assert "ACCELGEN_POLICY" not in server_env(stock, {})
-
-
-@pytest.mark.parametrize("flag", ["--requests", "--rounds", "--kv-blocks"])
-def test_bench_overhead_rejects_non_positive_counts(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from accelgen.cli import main
-
-    assert main(["bench", "overhead", flag, "0"]) == 2
-    assert f"{flag} must be at least 1" in capsys.readouterr().out
-
-
-def test_bench_vllm_rejects_zero_repeats(capsys: pytest.CaptureFixture[str]) -> None:
-    from accelgen.cli import main
-
-    workload = Path(__file__).resolve().parents[2] / "workloads" / "mixed-cpu.yaml"
-    assert main(["bench", "vllm", str(workload), "--repeats", "0"]) == 2
-    assert "--repeats" in capsys.readouterr().err

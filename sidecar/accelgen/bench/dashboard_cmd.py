@@ -42,6 +42,8 @@ from typing import Any
 
 import yaml
 
+from accelgen.argtypes import non_negative_int, positive_float
+
 POOL = "demo"
 RATE_INTERVAL = "30s"
 # Panels drawn in the PNG, by title prefix (the rest stay in Grafana only).
@@ -323,6 +325,8 @@ def _since_s(text: str) -> float:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh])", text)
     if not match:
         raise argparse.ArgumentTypeError(f"not a duration like 90s, 15m or 1h: {text!r}")
+    if float(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
@@ -333,8 +337,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", type=Path, default=Path("monitoring/rules.yaml"))
     parser.add_argument("--prometheus", metavar="URL", help="query this Prometheus instead of starting the local stack")
     parser.add_argument("--since", type=_since_s, default=_since_s("15m"), help="with --prometheus: time range")
-    parser.add_argument("--duration", type=float, default=120.0, help="local stack: seconds of load")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--duration", type=positive_float, default=120.0, help="local stack: seconds of load")
+    parser.add_argument("--seed", type=non_negative_int, default=7)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,8 +28,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from accelgen.argtypes import int_at_least, positive_int
+
 GOAL_RATIO = 1.5
 POLICIES = ("vllm-stock", "accelgen")
+# max_model_len is (blocks - 1) * 128 tokens and must hold the longest prompt (400).
+MIN_KV_BLOCKS = 5
 TIERS_YAML = """\
 default_tier: loose
 tiers:
@@ -40,9 +44,13 @@ tiers:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=int, default=32, help="requests per round and policy (default 32)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating the policy order (default 3)")
-    parser.add_argument("--kv-blocks", type=int, default=64, help="KV blocks of 128 tokens (default 64)")
+    parser.add_argument("--requests", type=positive_int, default=32, help="requests per round and policy (default 32)")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="rounds, alternating the policy order (default 3)"
+    )
+    parser.add_argument(
+        "--kv-blocks", type=int_at_least(MIN_KV_BLOCKS), default=64, help="KV blocks of 128 tokens (default 64)"
+    )
     parser.add_argument("--model", type=Path, metavar="DIR", help="a model folder (default: build the tiny model)")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the report as JSON")
 
@@ -125,10 +133,6 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("requests", "rounds", "kv_blocks"):
-        if getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be at least 1")
-            return 2
     with tempfile.TemporaryDirectory(prefix="accelgen-overhead-") as tmp:
         workdir = Path(tmp)
         (workdir / "tiers.yaml").write_text(TIERS_YAML, encoding="utf-8")

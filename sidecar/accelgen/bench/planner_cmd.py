@@ -15,6 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
+from accelgen.argtypes import int_at_least, positive_int
 from accelgen.core.errors import ConfigError
 from accelgen.core.plan import EngineLimits
 from accelgen.core.policies import make_policy, policy_names
@@ -35,10 +36,10 @@ TIERS = parse_tiers(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--running", type=int, default=256, help="decoding requests (default 256)")
-    parser.add_argument("--waiting", type=int, default=2000, help="queued requests (default 2000)")
-    parser.add_argument("--scale", type=int, default=10, help="also time at this multiple of --waiting")
-    parser.add_argument("--repeats", type=int, default=200, help="timed plan() calls per case")
+    parser.add_argument("--running", type=positive_int, default=256, help="decoding requests (default 256)")
+    parser.add_argument("--waiting", type=positive_int, default=2000, help="queued requests (default 2000)")
+    parser.add_argument("--scale", type=positive_int, default=10, help="also time at this multiple of --waiting")
+    parser.add_argument("--repeats", type=int_at_least(2), default=200, help="timed plan() calls per case (2+)")
     parser.add_argument("--policies", default="accelgen,sarathi,vllm-fcfs", help="comma-separated")
     parser.add_argument("--latency-model", default="h100-llama-2-7b")
     parser.add_argument("--data-dir", type=Path)
@@ -90,9 +91,6 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         if name not in policy_names():
             raise ConfigError(f"unknown policy {name!r}; known: {', '.join(policy_names())}", field="--policies")
-    for flag in ("running", "waiting", "scale", "repeats"):
-        if getattr(args, flag) <= 0:
-            raise ConfigError("must be positive", field=f"--{flag}")
     table = Table(title=f"plan() time, {args.latency_model}, {args.repeats} calls each", title_justify="left")
     for col in ("policy", "running", "waiting", "median", "p99", "median ×queue"):
         table.add_column(col, justify="right")

@@ -21,20 +21,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from accelgen.argtypes import non_negative_float, positive_int
+
 GOAL_THROUGHPUT_RATIO = 0.95
 GOAL_ADDED_TTFT_P99_MS = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-url", metavar="URL", help="a running engine (default: start the sim engine)")
-    parser.add_argument("--requests", type=int, default=400, help="requests per block")
-    parser.add_argument("--blocks", type=int, default=3, help="blocks per side (alternating)")
-    parser.add_argument("--concurrency", type=int, default=16, help="concurrent streams")
-    parser.add_argument("--max-tokens", type=int, default=32, help="output tokens a request")
-    parser.add_argument("--prompt-words", type=int, default=64, help="prompt length in words")
+    parser.add_argument("--requests", type=positive_int, default=400, help="requests per block")
+    parser.add_argument("--blocks", type=positive_int, default=3, help="blocks per side (alternating)")
+    parser.add_argument("--concurrency", type=positive_int, default=16, help="concurrent streams")
+    parser.add_argument("--max-tokens", type=positive_int, default=32, help="output tokens a request")
+    parser.add_argument("--prompt-words", type=positive_int, default=64, help="prompt length in words")
     parser.add_argument(
         "--sim-time-scale",
-        type=float,
+        type=non_negative_float,
         default=1.0,
         help="slow down (or, with 0, remove) the sim engine's iteration times; 0 isolates "
         "what the proxy hop itself adds to TTFT",

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from accelgen.argtypes import positive_float
 from accelgen.core.errors import ConfigError
 
 
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="plot goodput/attainment vs rate")
     parser.add_argument(
         "--rate",
-        type=float,
+        type=positive_float,
         action="append",
         metavar="R",
         help="arrival rate in req/s (repeat for a sweep; default: the file's)",

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from accelgen.argtypes import non_negative_float, positive_float, positive_int
 from accelgen.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ AGREEMENT_KEYS = ("throughput_rps", "goodput_rps", "attainment", "token_attainme
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workload", type=Path, help="workload YAML file (e.g. workloads/mixed-cpu.yaml)")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the report as JSON")
-    parser.add_argument("--duration-s", type=float, metavar="S", help="replay only arrivals before S seconds")
+    parser.add_argument("--duration-s", type=positive_float, metavar="S", help="replay only arrivals before S seconds")
     parser.add_argument(
         "--configs",
         default=",".join(CONFIGS),
@@ -69,11 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workdir", type=Path, help="engine logs, stats and tier files (default: a temporary folder, removed)"
     )
     parser.add_argument(
-        "--drain-s", type=float, default=120.0, help="wait at most this long after the last arrival (default 120)"
+        "--drain-s",
+        type=non_negative_float,
+        default=120.0,
+        help="wait at most this long after the last arrival (default 120)",
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=positive_int,
         default=1,
         help="replay every configuration this many times, the order reversed each round; each "
         "configuration reports its median-goodput replay, and all replays' goodputs (default 1)",
@@ -482,11 +486,7 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         if name not in ("vllm-fcfs", "vllm-priority") and get_spec(name).clairvoyant:
             raise ConfigError(f"{name} needs true output lengths; no engine has them", field="--configs")
-    if args.repeats < 1:
-        raise ConfigError("must be at least 1", field="--repeats")
     if args.duration_s is not None:
-        if args.duration_s <= 0:
-            raise ConfigError("must be positive", field="--duration-s")
         workload = dataclasses.replace(workload, duration_s=args.duration_s, num_requests=None)
     num_kv_blocks = workload.engine.num_kv_blocks
     if num_kv_blocks is None:

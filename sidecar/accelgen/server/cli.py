@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from accelgen.argtypes import non_negative_float, port, positive_float, positive_int
+
 # The tiers used when no --tiers file is given (same shape as the YAML file).
 DEFAULT_TIERS: dict[str, Any] = {
     "default_tier": "standard",
@@ -28,7 +30,7 @@ DEFAULT_TIERS: dict[str, Any] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``accelgen serve``."""
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
         "--tiers",
         metavar="FILE",
@@ -71,27 +73,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-running",
-        type=int,
+        type=positive_int,
         default=64,
         help="requests released to the engine at once (default 64)",
     )
-    parser.add_argument("--max-queue", type=int, default=256, help="queued requests per tier")
-    parser.add_argument("--sim-max-num-seqs", type=int, default=32)
+    parser.add_argument("--max-queue", type=positive_int, default=256, help="queued requests per tier")
+    parser.add_argument("--sim-max-num-seqs", type=positive_int, default=32)
     parser.add_argument(
         "--sim-time-scale",
-        type=float,
+        type=non_negative_float,
         default=1.0,
         help="slow the sim engine's iterations down by this factor",
     )
     parser.add_argument(
         "--token-timeout-s",
-        type=float,
+        type=positive_float,
         default=30.0,
         help="longest wait for the engine's next token (default 30)",
     )
     parser.add_argument(
         "--connect-timeout-s",
-        type=float,
+        type=positive_float,
         default=30.0,
         help="longest wait to open a connection to the engine (default 30; a dead engine on "
         "localhost refuses at once, so this only bounds a stalled node or a full accept queue)",

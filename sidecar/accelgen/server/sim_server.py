@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from accelgen.argtypes import non_negative_float, port, positive_int
 from accelgen.core.latency import LatencyModel
 from accelgen.server.body import parse
 from accelgen.server.errors import ApiError, error_body
@@ -212,10 +213,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--port", type=port, default=8100)
     parser.add_argument("--latency-model", default=None)
-    parser.add_argument("--max-num-seqs", type=int, default=32)
-    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--max-num-seqs", type=positive_int, default=32)
+    parser.add_argument("--time-scale", type=non_negative_float, default=1.0)
     parser.add_argument(
         "--stats-file", type=Path, help="write the in-engine stats file here (the sidecar's --engine-stats)"
     )

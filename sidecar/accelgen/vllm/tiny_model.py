@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from accelgen.argtypes import positive_int
+from accelgen.core.errors import ConfigError
+
 CORPUS_PATH = Path(__file__).with_name("corpus.txt")
 
 BOS_TOKEN = "<s>"
@@ -147,15 +150,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``accelgen model tiny``."""
     parser.add_argument("dir", type=Path, help="output directory (created if missing)")
-    parser.add_argument("--hidden", type=int, default=256, help="hidden size (default 256)")
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
-    parser.add_argument("--head-dim", type=int, default=64, help="head size (default 64)")
-    parser.add_argument("--vocab", type=int, default=2048, help="BPE vocabulary target")
-    parser.add_argument("--max-context", type=int, default=8192, help="max context tokens (default 8192)")
+    parser.add_argument("--hidden", type=positive_int, default=256, help="hidden size (default 256)")
+    parser.add_argument("--layers", type=positive_int, default=2, help="decoder layers (default 2)")
+    parser.add_argument("--head-dim", type=positive_int, default=64, help="head size (default 64)")
+    parser.add_argument("--vocab", type=positive_int, default=2048, help="BPE vocabulary target")
+    parser.add_argument("--max-context", type=positive_int, default=8192, help="max context tokens (default 8192)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the model; print where it is and how to serve it."""
+    if args.hidden % args.head_dim:
+        raise ConfigError(f"must be a multiple of --head-dim ({args.head_dim}), got {args.hidden}", field="--hidden")
     out = build_tiny_model(
         args.dir,
         hidden=args.hidden,
