@@ -33,7 +33,8 @@ bench-planner: venv
 	$(BIN)/accelgen bench planner
 
 lint: venv
-	$(BIN)/ruff check sidecar operator tests
+	$(BIN)/ruff check sidecar operator tests scripts
+	$(BIN)/ruff format --check sidecar operator tests scripts
 
 typecheck: venv
 	$(BIN)/mypy sidecar/accelgen operator/accelgen_operator

@@ -92,6 +92,7 @@ def test_scaled_fitted_model_predicts_proportionally_longer() -> None:
     shape = BatchShape(num_decodes=8, decode_kv_tokens=4000).plus_prefill(300, context_tokens=100)
     assert slower.predict_s(shape) == pytest.approx(1.5 * model.predict_s(shape))
     assert slower.name == "fit"
+
     # The budget shrinks accordingly: the same limit admits a smaller chunk.
     def budget(m: FittedLatencyModel) -> int:
         return max_prefill_tokens_within(m, 0.1, base=BatchShape(num_decodes=8), context_tokens=0, cap_tokens=8192)

@@ -15,10 +15,7 @@ import pytest
 from accelgen.server.engine import DONE, EngineClient
 from accelgen.server.errors import ApiError
 
-_STREAM = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {n}\r\n"
-    b"Connection: keep-alive\r\n\r\n"
-)
+_STREAM = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {n}\r\nConnection: keep-alive\r\n\r\n"
 _BODY = b'data: {"choices":[{"index":0,"text":"a","finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
 
 
