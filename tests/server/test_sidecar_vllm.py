@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from sidecar_harness import disconnecting_clients, metric_value, wait_for
+from sidecar_harness import SETTLE_S, disconnecting_clients, metric_value, wait_for
 from sidecar_process import ServeProcess
 
 
@@ -141,7 +141,7 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
         # engine steps, so later counts may not have landed yet.)
         return bool(snap.get("requests_by_tier", {}).get("interactive", 0) > 0)
 
-    assert wait_for(engine_saw_tiers, 10), env.stats_file.read_text()
+    assert wait_for(engine_saw_tiers, SETTLE_S), env.stats_file.read_text()
     assert not json.loads(env.stats_file.read_text()).get("slo_metadata_problems")
 
 
@@ -177,5 +177,5 @@ def test_disconnecting_clients_leave_the_engine_idle(env: Env) -> None:
         return bool(running + metric_value(text, "vllm:num_requests_waiting") == 0)
 
     started = time.monotonic()
-    assert wait_for(engine_idle, 10)
+    assert wait_for(engine_idle, SETTLE_S)
     print(f"\nengine idle {time.monotonic() - started:.2f}s after 40 clients hung up")

@@ -20,7 +20,15 @@ import httpx
 import openai
 import pytest
 from fault_support import kill_mid_stream_then_down, ready
-from sidecar_harness import TIERS_CONFIG, Stack, disconnecting_clients, metric_value, server_errors, wait_for
+from sidecar_harness import (
+    SETTLE_S,
+    TIERS_CONFIG,
+    Stack,
+    disconnecting_clients,
+    metric_value,
+    server_errors,
+    wait_for,
+)
 
 from accelgen.core.tiers import parse_tiers
 from accelgen.server.launch import TINY_MODEL_ARGS, VllmProcess, ensure_tiny_model, free_port
@@ -117,11 +125,11 @@ def test_200_clients_disconnecting_leave_the_real_engine_idle(
     assert asyncio.run(disconnecting_clients(stack.url, 200, 2, max_tokens=3000)) == 200
     started = time.monotonic()
     # vLLM aborts a request when its connection closes: nothing keeps generating.
-    assert wait_for(lambda: engine.running_and_waiting() == 0, 20), engine.running_and_waiting()
+    assert wait_for(lambda: engine.running_and_waiting() == 0, SETTLE_S), engine.running_and_waiting()
     print(f"\nvLLM idle {time.monotonic() - started:.2f}s after 200 clients hung up")
     sidecar = stack.sidecar
     assert sidecar is not None
-    assert wait_for(lambda: sidecar.admission.in_flight == 0 and sidecar.admission.queued() == 0, 5)
+    assert wait_for(lambda: sidecar.admission.in_flight == 0 and sidecar.admission.queued() == 0, SETTLE_S)
 
     def outcomes() -> dict[str, float]:
         text = httpx.get(stack.url + "/metrics").text
@@ -130,7 +138,7 @@ def test_200_clients_disconnecting_leave_the_real_engine_idle(
         counts["output_tokens"] = metric_value(text, "accelgen_output_tokens_total", tier="batch")
         return counts
 
-    assert wait_for(lambda: outcomes()["cancelled"] == 200, 10), f"{outcomes()}"  # a str: shown whole
+    assert wait_for(lambda: outcomes()["cancelled"] == 200, SETTLE_S), f"{outcomes()}"  # a str: shown whole
     want = {**dict.fromkeys(OUTCOMES, 0.0), "admitted": 200.0, "cancelled": 200.0, "completed": 0.0}
     assert outcomes() == {**want, "output_tokens": 0.0}  # of completed requests: none
     assert server_errors(caplog) == []  # a hang-up is not an error (nor a 500 in aiohttp's log)
@@ -142,9 +150,9 @@ def test_200_clients_disconnecting_leave_the_real_engine_idle(
 
 def test_real_engine_killed_mid_stream_then_back(engine: Engine, stack: Stack) -> None:
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
-    assert wait_for(lambda: ready(stack), 5)
+    assert wait_for(lambda: ready(stack), SETTLE_S)
     kill_mid_stream_then_down(stack, client, model="tiny", max_tokens=3000, kill=engine.kill, tier="batch")
     engine.start()  # the same port, as a restarted container would be
-    assert wait_for(lambda: ready(stack), 5)
+    assert wait_for(lambda: ready(stack), SETTLE_S)
     out = client.completions.create(model="tiny", prompt="x", max_tokens=3, extra_body={"ignore_eos": True})
     assert out.usage is not None and out.usage.completion_tokens == 3
