@@ -22,7 +22,12 @@ PROMTOOL = tool("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not installed: run scripts/install-prometheus.sh (Debian's prometheus)"
 )
-ALERTS = {"AccelGenAttainmentBelowTarget", "AccelGenEngineNotReady", "AccelGenTightTierRejecting"}
+ALERTS = {
+    "AccelGenAttainmentBelowTarget",
+    "AccelGenEngineNotReady",
+    "AccelGenSidecarStalled",
+    "AccelGenTightTierRejecting",
+}
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,7 +39,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     result = _promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 14 rules found" in result.stdout
+    assert "SUCCESS: 16 rules found" in result.stdout
 
 
 @needs_promtool
@@ -51,6 +56,8 @@ def test_promtool_test_rules_exercises_every_alert() -> None:
     [
         ("for: 15m", "for: 30m"),  # attainment alert would not fire yet at 25 m
         ("accelgen_engine_ready == 0", "accelgen_engine_ready < 0"),
+        ("p99_rate5m > 0.5", "p99_rate5m > 5"),  # the stalled sidecar would not fire
+        ("p99_rate5m > 0.5", "p99_rate5m > 0.0005"),  # the healthy one (p99 1 ms) would fire too
         ("accelgen:rejected:ratio_rate5m > 0.05", "accelgen:rejected:ratio_rate5m > 0.5"),
         ("(accelgen_tier_target_seconds) + 0.9", "(accelgen_tier_target_seconds) + 0.8"),  # the default target
     ],
@@ -132,13 +139,15 @@ def test_dashboard_covers_the_issue() -> None:
     panels = dashboard_panels(DASHBOARD)
     titles = " | ".join(p.title for p in panels)
     for topic in ("Goodput (requests/s)", "Goodput (output tokens/s)", "attainment vs target", "TTFT", "TBT",
-                  "queue depth", "Rejected", "KV cache", "running / waiting", "token budget"):  # fmt: skip
+                  "queue depth", "Rejected", "KV cache", "running / waiting", "token budget",
+                  "event-loop lag"):  # fmt: skip
         assert topic in titles, topic
     exprs = [e for p in panels for e, _ in p.targets]
-    # Every per-tier query honours both variables; engine-level ones honour the pool.
+    # Every per-tier query honours both variables; engine- and sidecar-level ones (no tier
+    # label) honour the pool.
     for expr in exprs:
         assert '$pool"' in expr, expr
-        if "accelgen_engine" not in expr:
+        if not any(m in expr for m in ("accelgen_engine", "accelgen_event_loop_lag")):
             assert '$tier"' in expr, expr
     # Targets come from the sidecar's target gauge.
     assert any('target="ttft"' in e for e in exprs) and any('target="tbt"' in e for e in exprs)
