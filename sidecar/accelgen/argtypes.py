@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
 
 
 def _int(text: str) -> int:
@@ -29,54 +32,29 @@ def _float(text: str) -> float:
     return value
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """A type for integers >= ``minimum``."""
+def _checked(parse: Callable[[str], N], ok: Callable[[N], bool], requirement: str, name: str) -> Callable[[str], N]:
+    """A type that parses with ``parse``, then refuses values failing ``ok``."""
 
-    def parse(text: str) -> int:
-        value = _int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+    def check(text: str) -> N:
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
         return value
 
-    parse.__name__ = f"int_at_least_{minimum}"
-    return parse
+    check.__name__ = name  # argparse names the type in some messages
+    return check
 
 
-def positive_int(text: str) -> int:
-    """An integer > 0 (a count, a size)."""
-    value = _int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A type for integers >= ``minimum``."""
+    return _checked(_int, lambda v: v >= minimum, f">= {minimum}", f"int_at_least_{minimum}")
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (a seed)."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (a timeout, a rate, a duration)."""
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0 (a scale factor where 0 means "no time at all")."""
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def port(text: str) -> int:
-    """A TCP port to listen on, 1..65535 (0, "any free port", would hide where it listens)."""
-    value = _int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port 1..65535, got {text}")
-    return value
+# An integer > 0 (a count, a size); >= 0 (a seed).
+positive_int = _checked(_int, lambda v: v > 0, "> 0", "positive_int")
+non_negative_int = _checked(_int, lambda v: v >= 0, ">= 0", "non_negative_int")
+# A finite number > 0 (a timeout, a rate, a duration); >= 0 (a scale where 0 means "no time").
+positive_float = _checked(_float, lambda v: v > 0, "> 0", "positive_float")
+non_negative_float = _checked(_float, lambda v: v >= 0, ">= 0", "non_negative_float")
+# A TCP port to listen on (0, "any free port", would hide where it listens).
+port = _checked(_int, lambda v: 1 <= v <= 65535, "a port 1..65535", "port")
