@@ -23,6 +23,7 @@ from aiohttp import web
 from accelgen.core.latency import LatencyModel
 from accelgen.server.sim_engine import SimEngineConfig
 from accelgen.server.sim_server import build_sim_app
+from accelgen.vllm.launch import ENGINE_PROCESS_GROUP
 
 log = logging.getLogger("accelgen.server")
 TINY_MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "accelgen" / "tiny-model"
@@ -125,11 +126,12 @@ class VllmProcess:
             child_env["ACCELGEN_TIERS"] = str(Path(tiers_path).resolve())
         log.info("starting vLLM: %s", " ".join(cmd))
         out = log_path.open("w") if log_path else None
-        # Own process group, so stopping it also stops vLLM's engine-core child.
+        # Own process group, so stopping it also stops vLLM's engine-core child; not its
+        # own session (see accelgen.vllm.launch.ENGINE_PROCESS_GROUP).
         self.proc = subprocess.Popen(
             cmd,
             env=child_env,
-            start_new_session=True,
+            **ENGINE_PROCESS_GROUP,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
         )

