@@ -52,13 +52,49 @@ def test_slo_metadata_from_extra_args_reaches_the_planner(engine) -> None:
     assert not s._mirrors and s.planner.num_unfinished == 0
 
 
-def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine) -> None:
+def _lone_step_times_s(engine, *, prompt_tokens: int, repeats: int = 3) -> tuple[float, float]:
+    """Median measured seconds of a lone prefill step of ``prompt_tokens`` and of the lone
+    decode steps after it, on this machine now."""
+    stats = engine.scheduler.accelgen_stats
+    prefills: list[float] = []
+    decodes: list[float] = []
+    for _ in range(repeats):
+        add(engine, prompt_tokens=prompt_tokens, max_tokens=4)
+        step(engine)
+        prefills.append(stats.last_measured_s)
+        while engine.llm.llm_engine.has_unfinished_requests():
+            step(engine)
+            decodes.append(stats.last_measured_s)
+    return statistics.median(prefills), statistics.median(decodes)
+
+
+def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine, calibrated_file) -> None:
+    """A long prompt alone gets the whole cap; while tight requests decode beside it, the
+    budget shrinks to what fits their TBT; once they are gone it returns to the cap.
+
+    NOTE: the targets are relative to this machine's cap-sized prefill step (the lesser of
+    its measured and its fitted time), not the tiers' fixed ones: a fast CPU runs such a
+    step within the tight tier's 150 ms, so nothing would need to shrink, and a slow one
+    past the loose tier's 3 s. Tight: a quarter of that step, so no cap-sized step fits
+    even if the planner predicts steps a few times faster than measured, yet at least 8
+    lone decode steps, so the planner admits the tight requests (one decode step of every
+    running request must fit 80 % of the tightest TBT) even if it plans with predictions
+    a few times slower. Loose: ten such steps, so it never constrains.
+    """
     s = engine.scheduler
+    fit = s.calibrator.fitted
+    assert fit is not None, s.calibrator.report()
+    measured_s, decode_s = _lone_step_times_s(engine, prompt_tokens=CAP_TOKENS)
+    fitted_s = fit.predict_s(BatchShape().plus_prefill(CAP_TOKENS, context_tokens=0))
+    cap_step_ms = 1000 * min(measured_s, fitted_s)
+    tight_tbt_ms = cap_step_ms / 4
+    timings = {"measured_s": measured_s, "fitted_s": fitted_s, "decode_s": decode_s}
+    assert tight_tbt_ms > 8 * 1000 * decode_s, timings  # a machine without that contrast
     budgets = s.accelgen_stats.budget_tokens
-    long_id = add(engine, prompt_tokens=5000, max_tokens=40)
+    long_id = add(engine, prompt_tokens=5000, max_tokens=40, tbt_ms=10 * cap_step_ms)
     step(engine)
     alone = budgets[-1]
-    tight = [add(engine, prompt_tokens=64, max_tokens=24, slo_tier="tight") for _ in range(3)]
+    tight = [add(engine, prompt_tokens=64, max_tokens=24, slo_tier="tight", tbt_ms=tight_tbt_ms) for _ in range(3)]
     with_tight: list[int] = []
     while any(rid in s.requests for rid in tight):
         decoding = any(rid in s.requests and s.requests[rid].num_output_tokens > 0 for rid in tight)
@@ -70,9 +106,9 @@ def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine) -> None:
         step(engine)
         after.append(budgets[-1])
     assert alone == CAP_TOKENS
-    # NOTE: the median, not every step: when a step overruns every tight deadline (this
-    # machine is shared), lost deadlines stop constraining the budget (ACCELGEN.md).
-    assert with_tight and statistics.median(with_tight) < CAP_TOKENS // 2, with_tight
+    # NOTE: the median, not every step: how the planner treats a deadline that a late step
+    # (the machine is shared) has already lost is its policy, not this test's.
+    assert with_tight and statistics.median(with_tight) < CAP_TOKENS // 2, (with_tight, timings)
     assert after and max(after) == CAP_TOKENS, after
 
 
