@@ -18,6 +18,24 @@ A workload is a YAML file users write (see ``workloads/mixed.yaml``)::
     sweep: {rate_rps: [2, 4, 6]}                         # optional
 
 Trace paths are relative to ``<data dir>/traces`` unless absolute.
+
+Relative sizing (optional; ``accelgen bench vllm`` measures the engine first, see
+:mod:`accelgen.bench.sizing`)::
+
+    sizing:
+      tight_tbt_decode_steps: 8  # the tightest tier's TBT = 8 x the engine's decode step;
+                                 # every time in tiers: and scheduler: scales by the
+                                 # same factor (the written values give the proportions)
+      load: 0.7                  # Poisson rate = 0.7 x the engine's throughput capacity
+                                 # (then leave out arrivals.rate_rps)
+    sources:
+      - {trace: arxiv_summarization_lengths.csv, tier: summarize,
+         max_prompt_tbts: 3}     # prompts capped so one unchunked prefill costs 3 x
+                                 # the tightest TBT (instead of max_prompt_tokens)
+
+Each relative field is optional, and ``max_prompt_tbts`` needs a ``sizing:`` section
+(``sizing: {}`` when TBT and rate stay absolute). Such a workload generates requests
+only after sizing has made every value absolute.
 """
 
 from __future__ import annotations
@@ -44,6 +62,15 @@ class Source:
     weight: float
     tiers: tuple[tuple[str, float], ...]  # (tier name, probability)
     max_prompt_tokens: int | None = None
+    max_prompt_tbts: float | None = None  # relative cap: one prefill costs this many tight TBTs
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """The ``sizing:`` section: values relative to the engine, resolved before a run."""
+
+    tight_tbt_decode_steps: float | None = None
+    load: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +99,7 @@ class Workload:
     policies: tuple[str, ...]
     sweep_rates: tuple[float, ...] = ()
     max_tokens: int = 2048
+    sizing: Sizing | None = None  # None: every value is absolute
 
     def with_rate(self, rate_rps: float) -> Workload:
         return dataclasses.replace(self, rate_rps=rate_rps, process="poisson")
@@ -146,10 +174,16 @@ def parse_workload(raw: object) -> Workload:
     if process not in ("poisson", "replay"):
         raise ConfigError(f"must be poisson or replay, got {process!r}", field="arrivals.process")
     rate = arr.get("rate_rps", _NUM, None, positive=True)
-    if process == "poisson" and rate is None:
-        raise ConfigError("poisson arrivals need rate_rps", field="arrivals.rate_rps")
     time_scale = float(arr.get("time_scale", _NUM, 1.0, positive=True))
     arr.done()
+    sizing = _parse_sizing(top.get("sizing", dict, None))
+    relative_rate = sizing is not None and sizing.load is not None
+    if relative_rate and process != "poisson":
+        raise ConfigError("a load relative to the engine needs poisson arrivals", field="sizing.load")
+    if relative_rate and rate is not None:
+        raise ConfigError("give one of arrivals.rate_rps and sizing.load", field="sizing.load")
+    if process == "poisson" and rate is None and not relative_rate:
+        raise ConfigError("poisson arrivals need rate_rps", field="arrivals.rate_rps")
 
     try:
         tiers = parse_tiers(top.get("tiers", dict))
@@ -160,6 +194,7 @@ def parse_workload(raw: object) -> Workload:
     if not raw_sources:
         raise ConfigError("needs at least one source", field="sources")
     sources = tuple(_parse_source(s, f"sources[{i}]", tiers) for i, s in enumerate(raw_sources))
+    _check_relative(sizing, sources, tiers)
 
     eng = _Reader(top.get("engine", dict), "engine")
     kv = eng.get("num_kv_blocks", (int, str), "auto")
@@ -217,7 +252,35 @@ def parse_workload(raw: object) -> Workload:
         policies=tuple(policies),
         sweep_rates=sweep_rates,
         max_tokens=max_tokens,
+        sizing=sizing,
     )
+
+
+def _parse_sizing(raw: object) -> Sizing | None:
+    if raw is None:
+        return None
+    sz = _Reader(raw, "sizing")
+    steps = sz.get("tight_tbt_decode_steps", _NUM, None, positive=True)
+    load = sz.get("load", _NUM, None, positive=True)
+    sz.done()
+    return Sizing(
+        tight_tbt_decode_steps=None if steps is None else float(steps),
+        load=None if load is None else float(load),
+    )
+
+
+def _check_relative(sizing: Sizing | None, sources: Sequence[Source], tiers: TierSet) -> None:
+    """Relative TBTs and prompt caps need a TBT to be relative to, and a sizing section."""
+    for i, source in enumerate(sources):
+        if source.max_prompt_tbts is not None and sizing is None:
+            raise ConfigError(
+                "needs a sizing: section (sized on the measured engine)", field=f"sources[{i}].max_prompt_tbts"
+            )
+    relative = [f"sources[{i}].max_prompt_tbts" for i, s in enumerate(sources) if s.max_prompt_tbts is not None]
+    if sizing is not None and sizing.tight_tbt_decode_steps is not None:
+        relative.insert(0, "sizing.tight_tbt_decode_steps")
+    if relative and tiers.tightest_tbt_s is None:
+        raise ConfigError("relative to the tightest TBT, but no tier has tbt_ms", field=relative[0])
 
 
 def _parse_source(raw: object, path: str, tiers: TierSet) -> Source:
@@ -227,7 +290,10 @@ def _parse_source(raw: object, path: str, tiers: TierSet) -> Source:
     single = src.get("tier", str, None)
     mix = src.get("tiers", dict, None)
     max_prompt = src.get("max_prompt_tokens", int, None, positive=True)
+    max_prompt_tbts = src.get("max_prompt_tbts", _NUM, None, positive=True)
     src.done()
+    if max_prompt is not None and max_prompt_tbts is not None:
+        raise ConfigError("give one of max_prompt_tokens and max_prompt_tbts", field=f"{path}.max_prompt_tbts")
     if (single is None) == (mix is None):
         raise ConfigError("give exactly one of tier and tiers", field=f"{path}.tier")
     pairs = [(single, 1.0)] if single is not None else list((mix or {}).items())
@@ -238,7 +304,13 @@ def _parse_source(raw: object, path: str, tiers: TierSet) -> Source:
         if isinstance(share, bool) or not isinstance(share, _NUM) or share <= 0:
             raise ConfigError(f"share must be positive, got {share!r}", field=f"{path}.tiers.{tier_name}")
         total += share
-    return Source(trace, weight, tuple((t, s / total) for t, s in pairs), max_prompt)
+    return Source(
+        trace,
+        weight,
+        tuple((t, s / total) for t, s in pairs),
+        max_prompt,
+        None if max_prompt_tbts is None else float(max_prompt_tbts),
+    )
 
 
 def engine_limits(workload: Workload, *, num_kv_blocks: int) -> EngineLimits:
@@ -261,6 +333,11 @@ def generate_requests(
         traces: One trace per source, in order.
         max_request_tokens: Clip prompt + output to this (the KV capacity).
     """
+    if workload.sizing is not None:
+        raise ConfigError(
+            "sized relative to an engine: run it with `accelgen bench vllm`, which measures the engine first",
+            field="sizing",
+        )
     rng = np.random.default_rng(workload.seed)
     weights = np.array([s.weight for s in workload.sources])
     weights /= weights.sum()
@@ -299,6 +376,13 @@ def generate_requests(
         tier = names[0] if len(names) == 1 else names[int(rng.choice(len(names), p=[p for _, p in source.tiers]))]
         requests.append(SimRequest(f"r{i}", float(t), prompt, output, tier))
     return requests
+
+
+def capped_outputs(workload: Workload, requests: Sequence[SimRequest]) -> list[SimRequest]:
+    """``requests`` as a real engine runs them: a request asks for the workload's
+    ``max_tokens``, so its output is capped there (the simulator lets outputs exceed it)."""
+    cap = workload.max_tokens
+    return [dataclasses.replace(r, output_tokens=max(1, min(r.output_tokens, cap))) for r in requests]
 
 
 def load_source_traces(workload: Workload, data_dir: Path) -> list[Trace]:
