@@ -17,11 +17,18 @@ token is stamped with the time its chunk arrived. Token times go into the simula
 ``accelgen bench sim``'s. ``--calibrated OUT.json`` saves the latency model the AccelGen
 engine fitted online and runs the simulator on the same requests with it, reporting how
 far simulator and engine agree.
+
+A workload with a ``sizing:`` section (:mod:`accelgen.bench.sizing`) is first sized on
+this engine: one measurement engine (AccelGen's scheduler class, policy ``vllm-stock``)
+runs the probe (:mod:`accelgen.bench.probe`) and is stopped; the derived absolute values
+and the measured numbers are printed and reported (``sizing``), and the probe's fit is
+every AccelGen engine's starting calibration. ``--measure-only`` stops there.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -39,8 +46,10 @@ from accelgen.argtypes import non_negative_float, positive_float, positive_int
 from accelgen.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from accelgen.bench.probe import ProbeResult
     from accelgen.core.tiers import TierSet
     from accelgen.sim.metrics import Recorder
+    from accelgen.sim.traces import Trace
     from accelgen.sim.workload import SimRequest, Workload
     from accelgen.vllm.launch import ServerConfig
 
@@ -86,6 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         help="folder with traces/ (default: $ACCELGEN_DATA_DIR or ../shared/data)",
+    )
+    parser.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="measure the engine (the probe), size the workload on it, print what was derived; no replays",
     )
 
 
@@ -414,13 +428,77 @@ def _write_request_log(path: Path, recorder: Recorder, outcome: Outcome) -> None
             f.write(json.dumps(line) + "\n")
 
 
-def _write_engine_files(raw: dict[str, Any], workdir: Path) -> None:
+def _write_engine_files(raw: dict[str, Any], workload: Workload, workdir: Path) -> None:
+    """The AccelGen engines' tier and scheduler files: the workload's (sized) values."""
     import yaml
 
-    (workdir / "tiers.yaml").write_text(yaml.safe_dump(raw["tiers"]), encoding="utf-8")
+    (workdir / "tiers.yaml").write_text(yaml.safe_dump(workload.tiers.to_config()), encoding="utf-8")
     scheduler = dict(raw.get("scheduler") or {})
+    # The times sizing may have scaled (the rest stays as written).
+    scheduler.update(gamma_s=workload.scheduler.gamma_s, safety_margin_s=workload.scheduler.safety_margin_s)
     scheduler["policy"] = "accelgen"
     (workdir / "scheduler.yaml").write_text(yaml.safe_dump(scheduler), encoding="utf-8")
+
+
+def _measure_and_size(
+    workload: Workload, traces: list[Trace], *, model_dir: Path, workdir: Path, vocab: int, max_request_tokens: int
+) -> tuple[Workload, dict[str, Any]]:
+    """Probe a ``vllm-stock`` engine, size ``workload`` on its fit; the sized workload and
+    the report's ``sizing``. The fit becomes the AccelGen engines' starting calibration."""
+    from accelgen.bench.probe import measure
+    from accelgen.bench.sizing import describe, size_workload
+    from accelgen.sim.workload import engine_limits
+
+    assert workload.engine.num_kv_blocks is not None
+    # One block is vLLM's reserved null block.
+    limits = engine_limits(workload, num_kv_blocks=workload.engine.num_kv_blocks - 1)
+    cfg = _server_config("vllm-stock", workload, model_dir, workdir, workdir / "probe-calibration.json", tag="probe")
+    cfg = dataclasses.replace(cfg, tiers_file=None, scheduler_config=None, step_log=None)
+    print("[probe] starting the measurement engine (vllm-stock) ...", flush=True)
+    probe = measure(cfg, limits, log_file=workdir / "probe-server.log", vocab=vocab, seed=workload.seed)
+    print(_probe_line(probe), flush=True)
+    sized, derived = size_workload(workload, probe.model, limits, traces=traces, max_request_tokens=max_request_tokens)
+    if derived:
+        for line in describe(derived):
+            print(line)
+    shutil.copyfile(probe.calibration_file, workdir / "calibration.json")
+    return sized, derived | {"probe": probe.to_dict()}
+
+
+def _probe_line(probe: ProbeResult) -> str:
+    m = probe.measurement
+    steps = f"{probe.num_steps} steps, " if probe.num_steps is not None else ""
+    return (
+        f"[probe] {probe.num_requests} requests, {steps}{probe.wall_s:.0f} s; fit on {probe.model.num_samples} "
+        f"steps, error {probe.model.fit_error:.1%}; decode step {m.decode_step_s * 1e3:.2f} ms, "
+        f"prefill of {m.max_num_batched_tokens} tokens {m.full_prefill_s * 1e3:.0f} ms"
+    )
+
+
+def _requests(workload: Workload, traces: list[Trace], max_request_tokens: int) -> list[SimRequest]:
+    """The replayed requests; outputs capped at ``max_tokens`` (what a real request asks)."""
+    from accelgen.sim.workload import capped_outputs, generate_requests
+
+    requests = capped_outputs(workload, generate_requests(workload, traces, max_request_tokens=max_request_tokens))
+    if not requests:
+        raise ConfigError("the workload generates no requests", field="duration_s")
+    return requests
+
+
+def _finish_measure_only(args: argparse.Namespace, report: dict[str, Any], workdir: Path, *, own_workdir: bool) -> int:
+    """``--measure-only``: the probe's fit to ``--calibrated``, the report to ``--json``."""
+    fitted = workdir / "calibration.json"
+    if args.calibrated and fitted.exists():
+        args.calibrated.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fitted, args.calibrated)
+        print(f"wrote {args.calibrated} (the measurement engine's fitted latency model)")
+    if own_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def _simulate(workload: Workload, requests: list[SimRequest], fit_path: Path, names: list[str]) -> dict[str, Any]:
@@ -465,12 +543,10 @@ def _agreement(engine: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from accelgen.bench.report import print_report
     from accelgen.config import read_yaml
     from accelgen.sim.profiles import default_data_dir
-    from accelgen.sim.workload import generate_requests, load_source_traces, parse_workload
+    from accelgen.sim.workload import load_source_traces, parse_workload
 
     source = str(args.workload)
     raw = read_yaml(args.workload)
@@ -497,14 +573,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         raise err.within(source=err.source or source) from None
     e = workload.engine
-    capacity = min((num_kv_blocks - 1) * e.block_size_tokens, 8192)
-    requests = generate_requests(workload, traces, max_request_tokens=capacity)
-    # A real request asks for max_tokens: outputs are capped at the workload's.
-    requests = [
-        dataclasses.replace(r, output_tokens=max(1, min(r.output_tokens, workload.max_tokens))) for r in requests
-    ]
-    if not requests:
-        raise ConfigError("the workload generates no requests", field="duration_s")
+    max_request_tokens = min((num_kv_blocks - 1) * e.block_size_tokens, 8192)
+    # A sized workload has its requests only once the engine is measured.
+    requests = [] if workload.sizing else _requests(workload, traces, max_request_tokens)
 
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="accelgen-bench-vllm-")) if own_workdir else args.workdir
@@ -522,7 +593,18 @@ def run(args: argparse.Namespace) -> int:
 
             model_dir = build_tiny_model(workdir / "tiny-model")
         vocab = min(int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]), 32000)
-        _write_engine_files(raw, workdir)
+        sizing: dict[str, Any] | None = None
+        if workload.sizing is not None or args.measure_only:
+            workload, sizing = _measure_and_size(
+                workload,
+                traces,
+                model_dir=Path(model_dir),
+                workdir=workdir,
+                vocab=vocab,
+                max_request_tokens=max_request_tokens,
+            )
+            requests = _requests(workload, traces, max_request_tokens)
+        _write_engine_files(raw, workload, workdir)
         calibration = workdir / "calibration.json"
         report: dict[str, Any] = {
             "workload": workload.name,
@@ -539,6 +621,10 @@ def run(args: argparse.Namespace) -> int:
             },
             "policies": {},
         }
+        if sizing is not None:
+            report["sizing"] = sizing
+        if args.measure_only:
+            names = []
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for round_no in range(args.repeats):
             # Reversed every other round: drift in the machine's load hits every configuration alike.
@@ -566,6 +652,8 @@ def run(args: argparse.Namespace) -> int:
         if own_workdir and not (args.calibrated and (workdir / "calibration.json").exists()):
             shutil.rmtree(workdir, ignore_errors=True)
 
+    if args.measure_only:
+        return _finish_measure_only(args, report, workdir, own_workdir=own_workdir)
     print_report(report)
     stock = [report["policies"][n] for n in ("vllm-fcfs", "vllm-priority") if n in report["policies"]]
     ours = report["policies"].get("accelgen")
