@@ -182,6 +182,7 @@ def test_planned_iteration_fits_the_tightest_deadline(now: float) -> None:
         num_decodes=3,
         prefill_attention_pairs=plan.shape.prefill_attention_pairs,
         decode_kv_tokens=3 * 65,
+        num_prefills=1,  # a fresh prompt: no cached context
     )
 
 

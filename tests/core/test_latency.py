@@ -7,9 +7,17 @@ import random
 import pytest
 
 from accelgen.core.errors import ConfigError
-from accelgen.core.latency import BatchShape, FittedLatencyModel, ProfileLatencyModel, max_prefill_tokens_within
+from accelgen.core.latency import (
+    BatchShape,
+    FittedLatencyModel,
+    ProfileLatencyModel,
+    RegionScaledModel,
+    max_prefill_tokens_within,
+    region_of,
+)
 
-TRUE = (0.004, 2e-5, 1e-5, 3e-9, 1e-7)  # intercept, per token, per decode, per pair, per KV token
+# intercept, per token, per decode, per pair, per KV token, per context pair, per prefill KV token, per chunk
+TRUE = (0.004, 2e-5, 1e-5, 3e-9, 1e-7, 2e-9, 4e-7, 5e-4)
 
 
 def sample_shapes(n: int, seed: int) -> list[BatchShape]:
@@ -19,8 +27,8 @@ def sample_shapes(n: int, seed: int) -> list[BatchShape]:
         s = BatchShape()
         for _ in range(rng.randint(0, 64)):
             s = s.plus_decode(context_tokens=rng.randint(10, 3000))
-        if rng.random() < 0.6:
-            s = s.plus_prefill(rng.randint(1, 2048), context_tokens=rng.randint(0, 4000))
+        for _ in range(rng.choice((0, 0, 1, 1, 2))):
+            s = s.plus_prefill(rng.randint(1, 2048), context_tokens=rng.choice((0, rng.randint(1, 4000))))
         if s.num_tokens:
             shapes.append(s)
     return shapes
@@ -56,6 +64,8 @@ def test_round_trip_and_bad_files() -> None:
     model = FittedLatencyModel(coefficients=TRUE, num_samples=5, fit_error=0.1, p90_error=0.2)
     assert FittedLatencyModel.from_dict(model.to_dict()) == model
     raw = model.to_dict()
+    old = {"coefficients": dict(list(raw["coefficients"].items())[:5])}  # a file from before the context terms
+    assert FittedLatencyModel.from_dict(old).coefficients == (*TRUE[:5], 0.0, 0.0, 0.0)
     raw["coefficients"]["per_token_s"] = -1
     with pytest.raises(ConfigError, match="non-negative") as info:
         FittedLatencyModel.from_dict(raw)
@@ -98,3 +108,42 @@ def test_scaled_fitted_model_predicts_proportionally_longer() -> None:
         return max_prefill_tokens_within(m, 0.1, base=BatchShape(num_decodes=8), context_tokens=0, cap_tokens=8192)
 
     assert 0 < budget(slower) < budget(model)
+
+
+def test_a_chunk_deep_into_a_prompt_pays_for_the_context_it_reads() -> None:
+    """A fixed cost per cached KV token read: past some context not even one token fits."""
+    model = FittedLatencyModel(coefficients=(0.002, 1e-4, 0.0, 0.0, 0.0, 0.0, 2e-5, 0.0))
+    fresh = max_prefill_tokens_within(model, 0.05, base=BatchShape(), context_tokens=0, cap_tokens=8192)
+    deep = max_prefill_tokens_within(model, 0.05, base=BatchShape(), context_tokens=2000, cap_tokens=8192)
+    assert fresh == 480 and deep == 80  # (0.05 - 0.002 - 2000 x 2e-5) / 1e-4
+    assert max_prefill_tokens_within(model, 0.05, base=BatchShape(), context_tokens=2400, cap_tokens=8192) == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "region"),
+    [
+        (BatchShape(num_decodes=4, decode_kv_tokens=400), "decode-short"),
+        (BatchShape(num_decodes=4, decode_kv_tokens=8000), "decode-long"),
+        (BatchShape().plus_prefill(500, context_tokens=0), "prefill-short"),
+        (BatchShape().plus_prefill(250, context_tokens=5000), "prefill-long"),
+        (BatchShape(num_decodes=2, decode_kv_tokens=200).plus_prefill(250, context_tokens=5000), "mixed-long"),
+        (BatchShape(num_decodes=2, decode_kv_tokens=200).plus_prefill(250, context_tokens=0), "mixed-short"),
+    ],
+)
+def test_regions_tell_what_a_step_runs_and_how_deep(shape: BatchShape, region: str) -> None:
+    assert region_of(shape, long_context_tokens=1024) == region
+
+
+def test_region_scaled_model_scales_one_region_and_inverts_exactly() -> None:
+    base = FittedLatencyModel(coefficients=TRUE)
+    model = RegionScaledModel(base, {"prefill-long": 1.6, "mixed-long": 1.6}, default=1.1, long_context_tokens=1024)
+    deep = BatchShape(num_decodes=3, decode_kv_tokens=300).plus_prefill(200, context_tokens=4000)
+    short = BatchShape(num_decodes=3, decode_kv_tokens=300).plus_prefill(200, context_tokens=0)
+    assert model.predict_s(deep) == pytest.approx(1.6 * base.predict_s(deep))
+    assert model.predict_s(short) == pytest.approx(1.1 * base.predict_s(short))
+    head = BatchShape(num_decodes=3, decode_kv_tokens=300)
+    for context in (0, 500, 4000):
+        n = max_prefill_tokens_within(model, 0.08, base=head, context_tokens=context, cap_tokens=8192)
+        assert model.predict_s(head.plus_prefill(n, context_tokens=context)) <= 0.08
+        assert model.predict_s(head.plus_prefill(n + 1, context_tokens=context)) > 0.08
+    assert BatchShape.from_list(deep.to_list()) == deep

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from accelgen.core.latency import BatchShape
+from accelgen.core.latency import REGIONS, BatchShape
 from accelgen.core.policies import policy_names
 from accelgen.core.policies.accelgen import AccelGenPolicy
 from accelgen.core.policy import Policy
@@ -123,8 +123,16 @@ def test_inverted_budget_is_the_largest_that_fits(intercept, per_token, limit, d
 
 @given(
     coefficients=st.tuples(
-        st.floats(0.0, 0.05), st.floats(0.0, 1e-3), st.floats(0.0, 1e-3), st.floats(0.0, 1e-7), st.floats(0.0, 1e-6)
+        st.floats(0.0, 0.05),
+        st.floats(0.0, 1e-3),
+        st.floats(0.0, 1e-3),
+        st.floats(0.0, 1e-7),
+        st.floats(0.0, 1e-6),
+        st.floats(0.0, 1e-7),
+        st.floats(0.0, 1e-5),
+        st.floats(0.0, 1e-2),
     ),
+    factors=st.dictionaries(st.sampled_from(REGIONS), st.floats(0.5, 3.0), max_size=6),
     limit=st.floats(0.0, 2.0),
     base_prefill=st.integers(0, 4096),
     base_context=st.integers(0, 8192),
@@ -133,12 +141,13 @@ def test_inverted_budget_is_the_largest_that_fits(intercept, per_token, limit, d
     cap=st.integers(0, 8192),
 )
 def test_closed_form_inversion_equals_bisection(  # type: ignore[no-untyped-def]
-    coefficients, limit, base_prefill, base_context, decodes, context, cap
+    coefficients, factors, limit, base_prefill, base_context, decodes, context, cap
 ) -> None:
-    """The fitted model's solved budget is exactly what bisection on its predictions finds."""
-    from accelgen.core.latency import FittedLatencyModel, max_prefill_tokens_within
+    """The fitted (and region-scaled) model's solved budget is what bisection on its predictions finds."""
+    from accelgen.core.latency import FittedLatencyModel, RegionScaledModel, max_prefill_tokens_within
 
-    fitted = FittedLatencyModel(coefficients=coefficients)
+    plain = FittedLatencyModel(coefficients=coefficients)
+    fitted = RegionScaledModel(plain, factors, default=1.2) if factors else plain
 
     class Opaque:  # the same predictions behind the bare protocol: inverted by bisection
         name = "opaque"

@@ -6,11 +6,17 @@ An iteration's cost is described by :class:`BatchShape`. Two models share the
 * :class:`ProfileLatencyModel` — token-proportional time from measured per-operator GPU
   profiles (the non-attention part of a layer, times the layer count) plus analytic
   attention terms and a fixed per-iteration overhead;
-* :class:`FittedLatencyModel` — least squares on measured ``(shape, duration)`` samples,
-  with its fit error, for calibrating against a running engine.
+* :class:`FittedLatencyModel` — non-negative least squares on measured
+  ``(shape, duration)`` samples over the shape's terms (tokens, decodes, attention
+  pairs, KV read by decodes, and for chunks deep into a prompt the pairs against cached
+  context, the cached KV each chunk reads, the chunks), with its fit error, for
+  calibrating against a running engine;
+* :class:`RegionScaledModel` — a fitted model scaled per region of shape space
+  (:func:`region_of`: decode / prefill / mixed × short / long context), which the
+  planner uses to plan with a high quantile of each step's measured time.
 
-Both are monotone in every field of the shape, so :func:`max_prefill_tokens_within` can
-invert them by bisection.
+All are monotone in every field of the shape, so :func:`max_prefill_tokens_within` can
+invert them (in closed form for the fitted ones, by bisection otherwise).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from accelgen.core.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class BatchShape:
-    """What an iteration computes.
+    """What an iteration computes, in the terms its kernels cost.
 
     Args:
         num_prefill_tokens: Prompt (or recompute) tokens in prefill chunks.
@@ -36,12 +42,28 @@ class BatchShape:
         prefill_attention_pairs: Σ over prefill chunks of chunk × (context before it +
             chunk / 2): the query-key pairs prefill attention computes.
         decode_kv_tokens: Σ over decodes of their context length: KV tokens read.
+        prefill_context_pairs: The part of ``prefill_attention_pairs`` against context
+            already in the KV cache (Σ chunk × context before it). Attention over cached
+            blocks runs another kernel than attention within the chunk, at another cost.
+        prefill_kv_tokens: Σ over prefill chunks of the context before them: cached KV
+            every chunk reads once, however few its tokens (a chunk deep into a long
+            prompt costs this even when it is small).
+        num_prefills: Prefill chunks (sequences) in the batch.
+
+    ::
+
+        one chunk of s tokens after c cached ones:
+            |<------ c cached ------>|<-- s new -->|
+            pairs = s·(c + s/2)   context pairs = s·c   prefill KV tokens = c
     """
 
     num_prefill_tokens: int = 0
     num_decodes: int = 0
     prefill_attention_pairs: float = 0.0
     decode_kv_tokens: int = 0
+    prefill_context_pairs: float = 0.0
+    prefill_kv_tokens: int = 0
+    num_prefills: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -54,6 +76,9 @@ class BatchShape:
             num_decodes=self.num_decodes,
             prefill_attention_pairs=self.prefill_attention_pairs + attention_pairs(num_tokens, context_tokens),
             decode_kv_tokens=self.decode_kv_tokens,
+            prefill_context_pairs=self.prefill_context_pairs + float(num_tokens * context_tokens),
+            prefill_kv_tokens=self.prefill_kv_tokens + context_tokens,
+            num_prefills=self.num_prefills + 1,
         )
 
     def plus_decode(self, *, context_tokens: int) -> BatchShape:
@@ -62,7 +87,51 @@ class BatchShape:
             num_decodes=self.num_decodes + 1,
             prefill_attention_pairs=self.prefill_attention_pairs,
             decode_kv_tokens=self.decode_kv_tokens + context_tokens,
+            prefill_context_pairs=self.prefill_context_pairs,
+            prefill_kv_tokens=self.prefill_kv_tokens,
+            num_prefills=self.num_prefills,
         )
+
+    def to_list(self) -> list[float]:
+        """The fields in order (the step log's ``shape``); :meth:`from_list` reads it back."""
+        return [
+            self.num_prefill_tokens,
+            self.num_decodes,
+            self.prefill_attention_pairs,
+            self.decode_kv_tokens,
+            self.prefill_context_pairs,
+            self.prefill_kv_tokens,
+            self.num_prefills,
+        ]
+
+    @classmethod
+    def from_list(cls, values: Sequence[float]) -> BatchShape:
+        """A shape from :meth:`to_list` (a shorter list, from an older log, leaves the rest 0)."""
+        v = [*values, 0, 0, 0, 0, 0, 0, 0][:7]
+        return cls(int(v[0]), int(v[1]), float(v[2]), int(v[3]), float(v[4]), int(v[5]), int(v[6]))
+
+
+#: Shape regions whose prediction errors are told apart (see :func:`region_of`).
+REGIONS = tuple(f"{kind}-{ctx}" for kind in ("decode", "prefill", "mixed") for ctx in ("short", "long"))
+
+
+def region_of(shape: BatchShape, *, long_context_tokens: int) -> str:
+    """The region of shape space an iteration falls in: what it runs × how deep its context is.
+
+    ``decode`` / ``prefill`` / ``mixed`` by what the batch holds; ``long`` when the mean
+    cached context of its prefill chunks, or the mean context its decodes read, is
+    ``long_context_tokens`` or more. A model can be right in one region and wrong in
+    another (attention deep into a long prompt runs other kernels than a short chat's),
+    so errors are kept apart. NOTE: per chunk, not per token, so a chunk's size never
+    moves a batch between regions (a region-scaled model stays monotone in it).
+    """
+    context = shape.decode_kv_tokens / shape.num_decodes if shape.num_decodes else 0.0
+    if shape.num_prefills:
+        kind = "mixed" if shape.num_decodes else "prefill"
+        context = max(context, shape.prefill_kv_tokens / shape.num_prefills)
+    else:
+        kind = "decode"
+    return f"{kind}-long" if context >= long_context_tokens else f"{kind}-short"
 
 
 def attention_pairs(chunk_tokens: int, context_tokens: int) -> float:
@@ -99,7 +168,7 @@ def max_prefill_tokens_within(
     """
     if cap_tokens <= 0 or model.predict_s(base) > limit_s:
         return 0
-    if isinstance(model, FittedLatencyModel):
+    if isinstance(model, FittedLatencyModel | RegionScaledModel):
         return model.max_prefill_tokens(limit_s, base=base, context_tokens=context_tokens, cap_tokens=cap_tokens)
     if model.predict_s(base.plus_prefill(cap_tokens, context_tokens=context_tokens)) <= limit_s:
         return cap_tokens
@@ -170,32 +239,56 @@ class ProfileLatencyModel:
         )
 
 
-_FEATURES = ("intercept_s", "per_token_s", "per_decode_s", "per_attention_pair_s", "per_kv_token_s")
+_FEATURES = (
+    "intercept_s",
+    "per_token_s",
+    "per_decode_s",
+    "per_attention_pair_s",
+    "per_kv_token_s",
+    "per_context_pair_s",
+    "per_prefill_kv_token_s",
+    "per_prefill_s",
+)
+#: The first five: what a file written before the context terms existed holds.
+_BASE_FEATURES = _FEATURES[:5]
 
 
-def _features(shape: BatchShape) -> tuple[float, float, float, float, float]:
+def _features(shape: BatchShape) -> tuple[float, ...]:
     return (
         1.0,
         float(shape.num_prefill_tokens + shape.num_decodes),
         float(shape.num_decodes),
         shape.prefill_attention_pairs,
         float(shape.decode_kv_tokens),
+        shape.prefill_context_pairs,
+        float(shape.prefill_kv_tokens),
+        float(shape.num_prefills),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class FittedLatencyModel:
-    """A linear model fitted to measured iterations, coefficients kept non-negative.
+    """A linear model over :class:`BatchShape`'s terms, fitted to measured iterations.
 
-    ``fit_error`` is the mean absolute percentage error on the samples it was fitted on;
-    ``p90_error`` the 90th percentile of the per-sample relative error.
+    Coefficients (all ≥ 0, in the order of ``_FEATURES``): a fixed cost per iteration,
+    per token, per decode, per attention pair, per KV token a decode reads, the extra
+    cost of a pair against cached context, per cached KV token a prefill chunk reads,
+    and per prefill chunk. Five values (the terms before the context ones) are padded
+    with zeros. ``fit_error`` is the mean absolute percentage error on the samples it
+    was fitted on; ``p90_error`` the 90th percentile of the per-sample relative error.
     """
 
-    coefficients: tuple[float, float, float, float, float]
+    coefficients: tuple[float, ...]
     num_samples: int = 0
     fit_error: float = 0.0
     p90_error: float = 0.0
     name: str = "fitted"
+
+    def __post_init__(self) -> None:
+        c = tuple(float(v) for v in self.coefficients)
+        if len(c) not in (len(_BASE_FEATURES), len(_FEATURES)):
+            raise ValueError(f"needs {len(_BASE_FEATURES)} or {len(_FEATURES)} coefficients, got {len(c)}")
+        object.__setattr__(self, "coefficients", c + (0.0,) * (len(_FEATURES) - len(c)))
 
     def predict_s(self, shape: BatchShape) -> float:
         c = self.coefficients
@@ -205,15 +298,17 @@ class FittedLatencyModel:
             + c[2] * shape.num_decodes
             + c[3] * shape.prefill_attention_pairs
             + c[4] * shape.decode_kv_tokens
+            + c[5] * shape.prefill_context_pairs
+            + c[6] * shape.prefill_kv_tokens
+            + c[7] * shape.num_prefills
         )
 
     def scaled(self, factor: float) -> FittedLatencyModel:
         """This model with every prediction ``factor`` times as long (a linear model scales
         by its coefficients), e.g. for a machine that currently runs slower than it was
         fitted. The name stays: it says where the model came from."""
-        c = self.coefficients
         return FittedLatencyModel(
-            coefficients=(c[0] * factor, c[1] * factor, c[2] * factor, c[3] * factor, c[4] * factor),
+            coefficients=tuple(v * factor for v in self.coefficients),
             num_samples=self.num_samples,
             fit_error=self.fit_error,
             p90_error=self.p90_error,
@@ -223,18 +318,20 @@ class FittedLatencyModel:
     def max_prefill_tokens(self, limit_s: float, *, base: BatchShape, context_tokens: int, cap_tokens: int) -> int:
         """:func:`max_prefill_tokens_within` for this model, solved rather than searched.
 
-        A chunk of ``s`` tokens after ``context_tokens`` adds ``c1·s + c3·s·(context + s/2)``
-        to ``base``'s time: a quadratic in ``s``. The root is rounded down, then checked
-        against :meth:`predict_s` itself (a step or two at most) so that floating-point
-        rounding never lets a chunk overrun the limit.
+        A chunk of ``s`` tokens after ``c = context_tokens`` adds a fixed
+        ``c6·c + c7`` (the cached KV it reads, the chunk itself) and
+        ``(c1 + (c3 + c5)·c)·s + c3/2·s²`` to ``base``'s time: a quadratic in ``s``.
+        When the fixed part alone overruns, not one token fits (0). The root is rounded
+        down, then checked against :meth:`predict_s` itself (a step or two at most) so
+        that floating-point rounding never lets a chunk overrun the limit.
         """
-        _, c1, _, c3, _ = self.coefficients
-        room = limit_s - self.predict_s(base)
+        c = self.coefficients
+        room = limit_s - self.predict_s(base) - c[6] * context_tokens - c[7]
         if room < 0:
             return 0
-        linear = c1 + c3 * context_tokens
+        linear = c[1] + (c[3] + c[5]) * context_tokens
         # The positive root of c3/2·s² + linear·s = room, in the form without cancellation.
-        denominator = math.sqrt(linear * linear + 2.0 * c3 * room) + linear
+        denominator = math.sqrt(linear * linear + 2.0 * c[3] * room) + linear
         if denominator <= 0:
             return cap_tokens  # chunk tokens cost nothing in this model
         n = max(0, math.floor(min(2.0 * room / denominator, float(cap_tokens))))
@@ -249,33 +346,38 @@ class FittedLatencyModel:
         return n
 
     @classmethod
-    def fit(cls, samples: Sequence[tuple[BatchShape, float]], *, name: str = "fitted") -> FittedLatencyModel:
+    def fit(
+        cls, samples: Sequence[tuple[BatchShape, float]], *, relative: bool = False, name: str = "fitted"
+    ) -> FittedLatencyModel:
         """Non-negative least squares on ``(shape, seconds)`` samples.
 
-        Columns with no variation in the samples are left out (coefficient 0), so a
-        decode-only calibration does not invent a prefill cost.
+        ``relative``: minimise squared *relative* error (each row weighted by 1/duration)
+        instead of squared seconds, where one 500 ms prefill outweighs a hundred 5 ms
+        decode steps; a planner deciding TBT budgets needs every step right in
+        proportion. Columns with no variation in the samples are left out (coefficient
+        0), so a decode-only calibration does not invent a prefill cost.
         """
         if len(samples) < 2:
             raise ValueError("need at least two samples to fit a latency model")
         x = np.array([_features(s) for s, _ in samples], dtype=float)
         y = np.array([d for _, d in samples], dtype=float)
+        w = 1.0 / np.maximum(y, 1e-9) if relative else np.ones_like(y)
         active = [0] + [j for j in range(1, x.shape[1]) if np.ptp(x[:, j]) > 0]
         coef = np.zeros(x.shape[1])
         # Active-set NNLS: refit without the columns whose coefficients come out negative.
-        while True:
+        while active:
             # Scale columns so tiny per-pair costs are not lost to conditioning.
             scale = np.maximum(np.abs(x[:, active]).max(axis=0), 1e-12)
-            sol = np.linalg.lstsq(x[:, active] / scale, y, rcond=None)[0] / scale
-            negative = {j for j, v in zip(active, sol, strict=True) if v < 0 and j != 0}
+            sol = np.linalg.lstsq(x[:, active] / scale * w[:, None], y * w, rcond=None)[0] / scale
+            negative = {j for j, v in zip(active, sol, strict=True) if v < 0}
             if not negative:
+                coef[active] = sol
                 break
             active = [j for j in active if j not in negative]
-        coef[active] = sol
-        coef[0] = max(coef[0], 0.0)
         pred = x @ coef
         rel = np.abs(pred - y) / np.maximum(y, 1e-12)
         return cls(
-            coefficients=(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), float(coef[4])),
+            coefficients=tuple(float(v) for v in coef),
             num_samples=len(samples),
             fit_error=float(rel.mean()),
             p90_error=float(np.quantile(rel, 0.9)),
@@ -294,18 +396,67 @@ class FittedLatencyModel:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> FittedLatencyModel:
         coeffs = raw.get("coefficients")
-        if not isinstance(coeffs, Mapping) or set(coeffs) != set(_FEATURES):
-            raise ConfigError(f"needs exactly the keys {list(_FEATURES)}", field="coefficients")
+        if not isinstance(coeffs, Mapping) or not set(_BASE_FEATURES) <= set(coeffs) <= set(_FEATURES):
+            raise ConfigError(
+                f"needs the keys {list(_BASE_FEATURES)}, and may have {list(_FEATURES[len(_BASE_FEATURES) :])}",
+                field="coefficients",
+            )
         values = []
         for key in _FEATURES:
-            v = coeffs[key]
+            v = coeffs.get(key, 0.0)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"must be a non-negative number, got {v!r}", field=f"coefficients.{key}")
             values.append(float(v))
         return cls(
-            coefficients=(values[0], values[1], values[2], values[3], values[4]),
+            coefficients=tuple(values),
             num_samples=int(raw.get("num_samples", 0)),
             fit_error=float(raw.get("fit_error", 0.0)),
             p90_error=float(raw.get("p90_error", 0.0)),
             name=str(raw.get("name", "fitted")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RegionScaledModel:
+    """A fitted model whose predictions are scaled per region of shape space.
+
+    The planner plans with a high quantile of each step's time, not its mean: ``factors``
+    holds, per region (:func:`region_of`), how much longer than ``base`` predicts the
+    steps of that region take at that quantile; regions not in it use ``default``.
+
+    Args:
+        base: The fitted model.
+        factors: Region name → factor (> 0).
+        default: Factor of every other region.
+        long_context_tokens: Where a region's context turns ``long``.
+    """
+
+    base: FittedLatencyModel
+    factors: Mapping[str, float]
+    default: float = 1.0
+    long_context_tokens: int = 1024
+    _scaled: dict[str, FittedLatencyModel] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        scaled = {region: self.base.scaled(self.factors.get(region, self.default)) for region in REGIONS}
+        object.__setattr__(self, "_scaled", scaled)
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    def factor(self, shape: BatchShape) -> float:
+        return self.factors.get(region_of(shape, long_context_tokens=self.long_context_tokens), self.default)
+
+    def predict_s(self, shape: BatchShape) -> float:
+        return self._scaled[region_of(shape, long_context_tokens=self.long_context_tokens)].predict_s(shape)
+
+    def max_prefill_tokens(self, limit_s: float, *, base: BatchShape, context_tokens: int, cap_tokens: int) -> int:
+        """The base model's closed form, scaled by the region the chunk puts the batch in
+        (which does not depend on the chunk's size, see :func:`region_of`)."""
+        region = region_of(
+            base.plus_prefill(1, context_tokens=context_tokens), long_context_tokens=self.long_context_tokens
+        )
+        return self._scaled[region].max_prefill_tokens(
+            limit_s, base=base, context_tokens=context_tokens, cap_tokens=cap_tokens
         )

@@ -81,8 +81,8 @@ def shape_of(chunks: Iterable[ScheduledChunk]) -> BatchShape:
     A decode is a one-token chunk of a request that has output: it reads its context
     from the KV cache. (A one-token chunk ending a recompute costs the same.)
     """
-    num_prefill = num_decodes = kv_tokens = 0
-    pairs = 0.0
+    num_prefill = num_decodes = kv_tokens = prefill_kv = num_prefills = 0
+    pairs = context_pairs = 0.0
     for request, n, context in chunks:
         if n == 1 and request.num_output_tokens > 0:
             num_decodes += 1
@@ -90,4 +90,7 @@ def shape_of(chunks: Iterable[ScheduledChunk]) -> BatchShape:
         else:
             num_prefill += n
             pairs += attention_pairs(n, context)
-    return BatchShape(num_prefill, num_decodes, pairs, kv_tokens)
+            context_pairs += n * context
+            prefill_kv += context
+            num_prefills += 1
+    return BatchShape(num_prefill, num_decodes, pairs, kv_tokens, context_pairs, prefill_kv, num_prefills)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
-from accelgen.core.latency import BatchShape, LatencyModel, ProfileLatencyModel, attention_pairs
+from accelgen.core.latency import BatchShape, LatencyModel, ProfileLatencyModel
 
 # NOTE: typed as the protocol (a frozen dataclass's `name` does not satisfy its attribute).
 DEFAULT_SIM_MODEL: LatencyModel = cast(
@@ -69,12 +69,8 @@ class Speed:
 
     def prefill_s(self, num_prompt_tokens: int, *, num_running: int = 0) -> float:
         """The iteration that prefills a whole prompt beside ``num_running`` decodes."""
-        shape = BatchShape(
-            num_prefill_tokens=num_prompt_tokens,
-            num_decodes=num_running,
-            prefill_attention_pairs=attention_pairs(num_prompt_tokens, 0),
-            decode_kv_tokens=num_running * self.context_tokens,
-        )
+        shape = BatchShape(num_decodes=num_running, decode_kv_tokens=num_running * self.context_tokens)
+        shape = shape.plus_prefill(num_prompt_tokens, context_tokens=0)
         return self.model.predict_s(shape)
 
     def service_s(self, num_prompt_tokens: int, num_output_tokens: int, *, num_running: int) -> float:

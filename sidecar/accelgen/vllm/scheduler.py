@@ -36,7 +36,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from vllm.logger import init_logger
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -46,12 +46,12 @@ from vllm.v1.request import Request as VllmRequest
 from vllm.v1.request import RequestStatus
 
 from accelgen.core.errors import ConfigError
-from accelgen.core.latency import BatchShape, LatencyModel
+from accelgen.core.latency import BatchShape, FittedLatencyModel
 from accelgen.core.plan import EngineLimits, IterationPlan
 from accelgen.core.policies import get_spec, make_policy
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request, blocks_for
-from accelgen.vllm.calibration import TINY_CPU_PRIOR, Calibrator
+from accelgen.vllm.calibration import Calibrator, prior_for
 from accelgen.vllm.settings import settings_from_env
 from accelgen.vllm.slo import resolve_slo
 from accelgen.vllm.stats import EngineStats
@@ -113,7 +113,7 @@ class _AccelGenMixin(_SchedulerBase):
             max_num_seqs=self.max_num_running_reqs,
         )
         self.calibrator = Calibrator(
-            prior=TINY_CPU_PRIOR,
+            prior=self._prior(),
             path=s.calibration_file,
             min_samples=s.min_fit_samples,
             refit_every=s.refit_every,
@@ -138,6 +138,17 @@ class _AccelGenMixin(_SchedulerBase):
         )
         self._publish_calibration()
 
+    def _prior(self) -> FittedLatencyModel:
+        """The latency model until the engine has timed its own steps: the tiny CPU prior
+        scaled to this model's size (a calibration file, when given, replaces it)."""
+        hf = self.vllm_config.model_config.hf_config
+        hidden = int(getattr(hf, "hidden_size", 256))
+        return prior_for(
+            hidden=hidden,
+            layers=int(getattr(hf, "num_hidden_layers", 2)),
+            intermediate=int(getattr(hf, "intermediate_size", 2 * hidden)),
+        )
+
     def _make_planner(self, name: str) -> Policy | None:
         # vLLM admits a new request only if blocks for its whole prompt are free
         # (scheduler_reserve_full_isl), even when it runs a first chunk only; under a
@@ -151,7 +162,7 @@ class _AccelGenMixin(_SchedulerBase):
         return make_policy(
             name,
             tiers=self.accelgen_settings.tiers,
-            latency_model=cast("LatencyModel", self.calibrator.model),
+            latency_model=self.calibrator.model,
             limits=self.engine_limits,
             config=self.accelgen_settings.policy_config,
         )
@@ -264,12 +275,7 @@ class _AccelGenMixin(_SchedulerBase):
                 step.record.update(
                     model_predicted_s=step.predicted_s,
                     measured_s=measured_s,
-                    shape=[
-                        step.shape.num_prefill_tokens,
-                        step.shape.num_decodes,
-                        step.shape.prefill_attention_pairs,
-                        step.shape.decode_kv_tokens,
-                    ],
+                    shape=step.shape.to_list(),
                 )
                 self.accelgen_stats.record_step(step.record)
             if self.calibrator.add(step.shape, measured_s):

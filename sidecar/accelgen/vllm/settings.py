@@ -24,7 +24,7 @@ The scheduler YAML::
     step_log: null
     min_fit_samples: 32           # samples before the fitted model replaces the prior
     refit_every: 32
-    slowdown_quantile: 0.9        # plan with the fit x this quantile of recent measured/fitted
+    slowdown_quantile: 0.95       # plan each region of shapes at this quantile of measured/fitted
                                   # (>= 1; see accelgen.vllm.calibration); null: never scale
 """
 
@@ -65,7 +65,7 @@ class SchedulerSettings:
     step_log: Path | None = None
     min_fit_samples: int = 32
     refit_every: int = 32
-    slowdown_quantile: float | None = 0.9
+    slowdown_quantile: float | None = 0.95
 
 
 def _path(value: Any, field: str) -> Path | None:
@@ -110,7 +110,7 @@ def parse_scheduler_config(raw: object, *, tiers: TierSet = DEFAULT_TIERS) -> Sc
         step_log=_path(raw.get("step_log"), "step_log"),
         min_fit_samples=_count(raw, "min_fit_samples", 32),
         refit_every=_count(raw, "refit_every", 32),
-        slowdown_quantile=_quantile(raw.get("slowdown_quantile", 0.9), "slowdown_quantile"),
+        slowdown_quantile=_quantile(raw.get("slowdown_quantile", 0.95), "slowdown_quantile"),
     )
 
 
