@@ -103,6 +103,7 @@ def _summarize(recs: Sequence[_Record], gaps: Sequence[float], span_s: float) ->
         "goodput_tokens_per_s": rate(sum(r.num_tokens for r in met)),
         "attainment": len(met) / len(recs) if recs else 1.0,
         "token_attainment": (tokens - late) / tokens if tokens else 1.0,
+        "late_tokens": late,  # online tokens (first ones included) later than their target
         "ttft_p50_s": _pct(ttfts, 50),
         "ttft_p99_s": _pct(ttfts, 99),
         "tbt_p99_s": _pct(gaps, 99),
