@@ -11,7 +11,7 @@ import math
 import pytest
 
 from accelgen.core.config import PolicyConfig
-from accelgen.core.latency import BatchShape
+from accelgen.core.latency import BatchShape, FittedLatencyModel
 from accelgen.core.plan import IterationPlan
 from factories import make_limits, make_planner, make_request, make_tiers, place_running
 
@@ -200,3 +200,24 @@ def test_no_preemption_when_it_cannot_make_room() -> None:
     plan = planner.plan(now=0.0)
     assert plan.preempted == ()
     assert "new" not in {c.request.request_id for c in plan.chunks}
+
+
+def test_a_chunk_whose_context_alone_costs_the_tbt_waits_for_the_tight_decodes() -> None:
+    """Deep into a long prompt, each chunk reads the whole cached context: with a tight
+    decode running, no chunk of it fits the TBT however small, so none is planned (a cut
+    chunk would still overrun); once the tight request is gone, the prompt proceeds."""
+    tiers = make_tiers()
+    # 2 ms a step, 0.1 ms a token, 20 µs per cached KV token a chunk reads.
+    model = FittedLatencyModel(coefficients=(0.002, 1e-4, 0.0, 0.0, 0.0, 0.0, 2e-5, 0.0))
+    planner = make_planner(model=model, config=PolicyConfig(safety_margin_s=0.005))
+    doc = place_running(
+        planner, make_request("doc", tier=tiers.get("loose"), prompt=8000), outputs=0, last_token_s=None
+    )
+    doc.num_computed_tokens = 3000  # mid-prefill: 3,000 tokens cached, 60 ms to read them
+    chat = place_running(planner, make_request("chat", tier=tiers.get("tight"), prompt=64), outputs=3, last_token_s=0.0)
+    plan = planner.plan(now=0.0)
+    assert [c.request.request_id for c in plan.chunks] == ["chat"]
+    assert plan.predicted_s <= 0.05 - 0.005
+    planner.finish(chat, now=0.01)
+    alone = planner.plan(now=0.01)
+    assert [c.request.request_id for c in alone.chunks] == ["doc"] and alone.chunks[0].num_tokens > 0
