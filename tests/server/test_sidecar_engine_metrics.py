@@ -1,9 +1,12 @@
-"""The in-engine token budget and the tiers' attainment targets on /metrics.
+"""The in-engine token budget, latency-model error and the tiers' attainment targets on /metrics.
 
 `accelgen_engine_budget_tokens{stat}` comes from the in-engine stats file (the format
 `accelgen.vllm.stats` writes; the sim engine writes it too, with the tokens of each step
-as its budget). `accelgen_tier_attainment_target_ratio{tier}` is each tier's
-`attainment_target`, republished on a tier reload.
+as its budget). So do the latency model's gauges (`accelgen_engine_step_time_*`,
+`accelgen_engine_latency_model_*`), from the file's `calibration` (what
+`accelgen.vllm.calibration.Calibrator.report()` says; the sim engine writes none).
+`accelgen_tier_attainment_target_ratio{tier}` is each tier's `attainment_target`,
+republished on a tier reload.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from pathlib import Path
 
 import httpx
@@ -20,11 +24,30 @@ from sidecar_harness import TIERS_CONFIG, Stack, metric_value, wait_for
 from sidecar_process import ServeProcess
 
 from accelgen.config import load_tiers
-from accelgen.server.engine_state import budget_of, preemptions_of, read_engine_stats
-from accelgen.vllm.stats import read_stats
+from accelgen.core.latency import BatchShape, FittedLatencyModel
+from accelgen.server.engine_state import (
+    LatencyModelReport,
+    budget_of,
+    latency_model_of,
+    preemptions_of,
+    read_engine_stats,
+)
+from accelgen.vllm.calibration import Calibrator
+from accelgen.vllm.stats import EngineStats, read_stats
 
 BUDGET = "accelgen_engine_budget_tokens"
 ATTAINMENT = "accelgen_tier_attainment_target_ratio"
+RATIO = "accelgen_engine_step_time_ratio"
+FACTOR = "accelgen_engine_step_time_factor"
+DIAGNOSIS = "accelgen_engine_latency_model_diagnosis"
+LATENCY_MODEL = (
+    RATIO,
+    FACTOR,
+    "accelgen_engine_latency_model_slowdown",
+    "accelgen_engine_latency_model_in_use_ratio_p99",
+    DIAGNOSIS,
+    "accelgen_engine_latency_model_overruns",
+)
 
 
 def _metrics(stack: Stack | ServeProcess) -> str:
@@ -40,6 +63,11 @@ def _budget_series(text: str) -> dict[str, float]:
             stat = head.split('stat="', 1)[1].split('"', 1)[0]
             out[stat] = float(value)
     return out
+
+
+def _latency_lines(text: str) -> list[str]:
+    """Every sample line of the latency-model families, as exported."""
+    return [line for line in text.splitlines() if line.startswith(LATENCY_MODEL) and not line.startswith("#")]
 
 
 def _write_atomically(path: Path, snapshot: object) -> None:
@@ -188,3 +216,166 @@ def test_serve_engine_sim_exports_budget_and_targets(tmp_path: Path, own_file: b
     if own_file:  # the given file is the sidecar's to read, not to delete
         assert read_stats(stats)["budget_tokens"]["max"] == 64
     assert "Traceback" not in server.output
+
+
+def _model_off_report() -> dict[str, object]:
+    """A real ``Calibrator.report()``: a fit learnt on short steps, then chunks deep into
+    long prompts that take 1.8 x what it predicts (the model is off in mixed-long)."""
+    model = FittedLatencyModel(coefficients=(0.004, 2.0e-4, 1.0e-5, 1.0e-8, 2.0e-7))
+    cal = Calibrator(prior=model, min_samples=32, refit_every=10_000, skip_first=0)
+    rng = random.Random(5)
+
+    def decodes(n: int, context_tokens: int) -> BatchShape:
+        shape = BatchShape()
+        for _ in range(n):
+            shape = shape.plus_decode(context_tokens=context_tokens)
+        return shape
+
+    for i in range(200):
+        shape = decodes(rng.randrange(1, 32), rng.randrange(16, 512))
+        if i % 2:
+            shape = shape.plus_prefill(rng.randrange(16, 512), context_tokens=0)
+        cal.add(shape, model.predict_s(shape) * rng.uniform(0.98, 1.02))
+    assert cal.refit()
+    for _ in range(40):
+        shape = decodes(2, 200).plus_prefill(rng.randrange(64, 512), context_tokens=rng.randrange(3000, 6000))
+        cal.add(shape, model.predict_s(shape) * 1.8)
+    return cal.report()
+
+
+def test_latency_model_gauges_from_the_calibrators_report(tmp_path: Path) -> None:
+    # The stats file as the engine writes it: EngineStats with the Calibrator's report.
+    path = tmp_path / "engine-stats.json"
+    stack = Stack(pool="p3", engine_stats=str(path)).start()
+    try:
+        text = _metrics(stack)
+        assert _latency_lines(text) == []  # no file yet: no series, not made-up zeros
+        assert "# TYPE accelgen_engine_step_time_ratio gauge" in text
+        report = _model_off_report()
+        assert report["diagnosis"] == "model-off" and report["model_off_regions"] == ["mixed-long"]
+        stats = EngineStats(policy="accelgen", path=path)
+        stats.calibration = report
+        stats.maybe_write(force=True)
+        assert wait_for(lambda: _latency_lines(_metrics(stack)) != [], 5)
+        text = _metrics(stack)
+        regions = report["regions"]
+        assert isinstance(regions, dict) and set(regions) == {"decode-short", "mixed-short", "mixed-long"}
+        for region, entry in regions.items():
+            for quantile, key in (("0.5", "ratio_p50"), ("0.9", "ratio_p90"), ("0.99", "ratio_p99")):
+                assert metric_value(text, RATIO, pool="p3", region=region, quantile=quantile) == entry[key]
+            assert metric_value(text, FACTOR, pool="p3", region=region) == entry["factor"]
+        assert regions["mixed-long"]["ratio_p99"] > 1.5 > regions["decode-short"]["ratio_p99"]
+        for name, key in (
+            ("slowdown", "slowdown"),
+            ("in_use_ratio_p99", "in_use_ratio_p99"),
+            ("overruns", "num_overruns"),
+        ):
+            assert metric_value(text, f"accelgen_engine_latency_model_{name}", pool="p3") == report[key]
+        states = {
+            d: metric_value(text, DIAGNOSIS, pool="p3", diagnosis=d) for d in ("ok", "machine-slower", "model-off")
+        }
+        assert states == {"ok": 0.0, "machine-slower": 0.0, "model-off": 1.0}
+        # Regions without steps have no series; every label set is known in advance.
+        lines = _latency_lines(text)
+        assert not any('region="decode-long"' in line or "prefill" in line for line in lines)
+        assert len(lines) == 3 * 3 + 3 + 3 + 3, lines  # ratios, factors, diagnosis, the three scalars
+    finally:
+        stack.stop()
+
+
+def test_latency_model_gauges_follow_the_file_and_survive_garbage(tmp_path: Path) -> None:
+    # An engine elsewhere, its stats file written by hand; no --pool: no pool label.
+    path = tmp_path / "engine-stats.json"
+    stack = Stack(engine_stats=str(path)).start()
+    calibration = {
+        "slowdown": 1.03,
+        "quantile": 0.95,
+        "diagnosis": "ok",
+        "model_off_regions": [],
+        "in_use_ratio_p99": 1.12,
+        "num_overruns": 4,
+        "regions": {
+            "decode-short": {"num_steps": 812, "ratio_p50": 0.99, "ratio_p90": 1.04, "ratio_p99": 1.11, "factor": 1.05}
+        },
+    }
+    try:
+        _write_atomically(path, {"budget_tokens": {"last": 8}, "calibration": calibration})
+        assert wait_for(lambda: _latency_lines(_metrics(stack)) != [], 5), _metrics(stack)
+        assert _latency_lines(_metrics(stack)) == [
+            f'{RATIO}{{quantile="0.5",region="decode-short"}} 0.99',
+            f'{RATIO}{{quantile="0.9",region="decode-short"}} 1.04',
+            f'{RATIO}{{quantile="0.99",region="decode-short"}} 1.11',
+            f'{FACTOR}{{region="decode-short"}} 1.05',
+            "accelgen_engine_latency_model_slowdown 1.03",
+            "accelgen_engine_latency_model_in_use_ratio_p99 1.12",
+            f'{DIAGNOSIS}{{diagnosis="ok"}} 1.0',
+            f'{DIAGNOSIS}{{diagnosis="machine-slower"}} 0.0',
+            f'{DIAGNOSIS}{{diagnosis="model-off"}} 0.0',
+            "accelgen_engine_latency_model_overruns 4.0",
+        ]
+
+        # The engine's diagnosis changes: the state set follows.
+        _write_atomically(path, {"calibration": {**calibration, "diagnosis": "machine-slower", "num_overruns": 9}})
+        assert wait_for(lambda: metric_value(_metrics(stack), DIAGNOSIS, diagnosis="machine-slower") == 1, 5)
+        text = _metrics(stack)
+        assert metric_value(text, DIAGNOSIS, diagnosis="ok") == 0
+        assert metric_value(text, "accelgen_engine_latency_model_overruns") == 9
+
+        # Nulls and garbage (NaN and Infinity are what json.dumps writes for nan/inf):
+        # what is a finite number >= 0, a known region and a known diagnosis is kept.
+        garbage = (
+            '{"calibration": {"slowdown": NaN, "in_use_ratio_p99": null, "num_overruns": "4",'
+            ' "diagnosis": "on-fire", "regions": {"decode-long": {"ratio_p50": Infinity, "ratio_p90": 1.5,'
+            ' "ratio_p99": true, "factor": -1}, "tpu-short": {"ratio_p50": 1.0, "factor": 1.0},'
+            ' "mixed-long": null, "prefill-long": {"factor": 2.5}}}}'
+        )
+        path.with_suffix(".tmp").write_text(garbage)
+        os.replace(path.with_suffix(".tmp"), path)
+        want = [f'{RATIO}{{quantile="0.9",region="decode-long"}} 1.5', f'{FACTOR}{{region="prefill-long"}} 2.5']
+        assert wait_for(lambda: _latency_lines(_metrics(stack)) == want, 5), _latency_lines(_metrics(stack))
+        engine_lines = [line for line in _metrics(stack).splitlines() if line.startswith("accelgen_engine")]
+        assert not any(word in line for line in engine_lines for word in ("NaN", "Inf"))
+
+        # An engine from before the calibration report: the series go away.
+        _write_atomically(path, {"budget_tokens": {"last": 8}})
+        assert wait_for(lambda: _latency_lines(_metrics(stack)) == [], 5), _metrics(stack)
+
+        # Half a file (not written atomically) or none at all: the last values are kept.
+        _write_atomically(path, {"calibration": calibration})
+        assert wait_for(lambda: len(_latency_lines(_metrics(stack))) == 10, 5)
+        kept = _latency_lines(_metrics(stack))
+        path.write_text(json.dumps({"calibration": calibration})[:40])
+        assert not wait_for(lambda: _latency_lines(_metrics(stack)) != kept, 0.5)
+        path.unlink()
+        assert not wait_for(lambda: _latency_lines(_metrics(stack)) != kept, 0.5)
+    finally:
+        stack.stop()
+
+
+def test_latency_model_of_keeps_only_known_finite_values() -> None:
+    empty = LatencyModelReport()
+    assert latency_model_of({}) == empty  # an older engine
+    assert latency_model_of({"calibration": {}}) == empty  # no calibrator (or no fit yet)
+    assert latency_model_of({"calibration": [1, 2]}) == empty
+    assert latency_model_of({"calibration": {"regions": ["decode-short"], "diagnosis": ["ok"]}}) == empty
+    got = latency_model_of(
+        {
+            "calibration": {
+                "slowdown": 1,
+                "in_use_ratio_p99": False,
+                "num_overruns": -3,
+                "diagnosis": "model-off",
+                "regions": {
+                    "mixed-short": {"ratio_p50": 0.0, "ratio_p90": "1.2", "ratio_p99": math.nan, "factor": None},
+                    "decode-short": {"ratio_p99": 1e309, "factor": 1.2},  # 1e309: inf
+                },
+            }
+        }
+    )
+    # Regions in REGIONS order, whatever order the file has them in.
+    assert got == LatencyModelReport(
+        slowdown=1.0,
+        diagnosis="model-off",
+        ratios={"mixed-short": {"0.5": 0.0}},
+        factors={"decode-short": 1.2},
+    )

@@ -28,6 +28,7 @@ from yarl import URL
 from accelgen.server.engine_state import (
     EngineState,
     budget_of,
+    latency_model_of,
     parse_engine_metrics,
     preemptions_of,
     read_engine_stats,
@@ -228,6 +229,7 @@ class EngineClient:
                 state.preempting = total > state.preemptions
                 state.preemptions = total
             state.budget_tokens = budget_of(snapshot)
+            state.latency_model = latency_model_of(snapshot)
         if healthy and self.default_model is None:
             await self._learn_model()
         state.updated_s = time.monotonic()

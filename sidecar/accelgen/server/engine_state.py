@@ -6,7 +6,9 @@ call it ``vllm:gpu_cache_usage_perc``), one series per model; they are summed.
 AccelGen's in-engine scheduler also writes a stats file (its side channel, see
 :mod:`accelgen.vllm.stats`; the sim engine writes the same file): its preemption count
 says when KV is short, its ``budget_tokens`` (last, and median/min/max over the
-engine's recent steps) is exported as a gauge.
+engine's recent steps) is exported as a gauge, and so is its ``calibration``: how far
+the engine's steps run from its latency model, per region of shape space
+(:class:`LatencyModelReport`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,34 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from accelgen.core.latency import REGIONS
+
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _READ = (_RUNNING, _WAITING, *_KV)
+
+#: What ``Calibrator.diagnosis()`` (accelgen.vllm.calibration) can say of the latency model.
+DIAGNOSES = ("ok", "machine-slower", "model-off")
+#: Label ``quantile`` → the key of a region's ratio in the stats file's ``calibration``.
+RATIO_QUANTILES = {"0.5": "ratio_p50", "0.9": "ratio_p90", "0.99": "ratio_p99"}
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyModelReport:
+    """The engine's latency-model error, from its stats file's ``calibration`` object.
+
+    Ratios are measured step time ÷ the fitted model's prediction. Only what the engine
+    reported as a finite number ≥ 0, a known region or a known diagnosis is kept; the
+    rest is None or absent, so it is never exported as a made-up value.
+    """
+
+    slowdown: float | None = None
+    in_use_ratio_p99: float | None = None  # measured ÷ the model the planner used
+    num_overruns: float | None = None  # cumulative, from the engine's start
+    diagnosis: str | None = None  # one of DIAGNOSES
+    ratios: dict[str, dict[str, float]] = field(default_factory=dict)  # region → {quantile: ratio}
+    factors: dict[str, float] = field(default_factory=dict)  # region → factor the planner plans with
 
 
 @dataclass(slots=True)
@@ -36,6 +62,7 @@ class EngineState:
     preemptions: int = 0  # cumulative, from AccelGen's in-engine side channel
     preempting: bool = False  # the count grew since the previous poll: KV is short
     budget_tokens: dict[str, float] = field(default_factory=dict)  # from the side channel
+    latency_model: LatencyModelReport = field(default_factory=LatencyModelReport)  # likewise
     error: str = "engine not checked yet"
 
 
@@ -72,6 +99,42 @@ def budget_of(snapshot: dict[str, Any]) -> dict[str, float]:
         for stat, value in raw.items()
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     }
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float if it is a finite number ≥ 0 (not a bool, a string or NaN)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
+
+
+def latency_model_of(snapshot: dict[str, Any]) -> LatencyModelReport:
+    """The snapshot's ``calibration`` (empty for an engine that reports none, or garbage)."""
+    raw = snapshot.get("calibration")
+    if not isinstance(raw, dict):
+        return LatencyModelReport()
+    regions = raw.get("regions")
+    ratios: dict[str, dict[str, float]] = {}
+    factors: dict[str, float] = {}
+    for region in REGIONS:  # a fixed list: unknown names never become label values
+        entry = regions.get(region) if isinstance(regions, dict) else None
+        if not isinstance(entry, dict):
+            continue
+        quantiles = {q: v for q, key in RATIO_QUANTILES.items() if (v := _number(entry.get(key))) is not None}
+        if quantiles:
+            ratios[region] = quantiles
+        factor = _number(entry.get("factor"))
+        if factor is not None:
+            factors[region] = factor
+    diagnosis = raw.get("diagnosis")
+    return LatencyModelReport(
+        slowdown=_number(raw.get("slowdown")),
+        in_use_ratio_p99=_number(raw.get("in_use_ratio_p99")),
+        num_overruns=_number(raw.get("num_overruns")),
+        diagnosis=str(diagnosis) if diagnosis in DIAGNOSES else None,
+        ratios=ratios,
+        factors=factors,
+    )
 
 
 def read_preemptions(path: str) -> int | None:

@@ -9,14 +9,15 @@ cancelled (client went away); ``accelgen_requests_completed_total``,
 bucket edges include every tier's targets (fixed at start: a reload with new targets
 keeps the old edges). Gauges: queue depth, each tier's targets (latency targets and
 attainment target, republished on a tier reload), and the engine as seen, including
-the token budget per step that AccelGen's in-engine scheduler reports in its stats file.
+the token budget per step that AccelGen's in-engine scheduler reports in its stats file
+and how its latency model errs per region of shape space (:class:`LatencyModelCollector`).
 And the sidecar's own health: how late its event loop runs (``accelgen_event_loop_lag_seconds``).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +28,10 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from accelgen.core.tiers import SLOTier, TierSet
+from accelgen.server.engine_state import DIAGNOSES, LatencyModelReport
 
 OUTCOMES = ("admitted", "rejected", "shed", "failed", "cancelled")
 # The in-engine stats file's ``budget_tokens`` keys (accelgen.vllm.stats), as label ``stat``.
@@ -60,6 +63,76 @@ def observe_all(histogram: Any, values: Sequence[float]) -> None:
     for i, count in enumerate(counts):
         if count:
             buckets[i].inc(count)
+
+
+class LatencyModelCollector:
+    """The engine's latency-model error (:class:`LatencyModelReport`) as gauges, per scrape.
+
+    A collector, not Gauges: an unlabelled Gauge always has a sample (0 before any
+    report), and what the engine did not report must have none. Labels ``region`` and
+    ``diagnosis`` only take values from fixed lists, so the series stay bounded.
+    """
+
+    def __init__(self, *, pool: str | None) -> None:
+        self.pool = pool
+        self.report = LatencyModelReport()
+
+    def _family(self, name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, labels=[*(("pool",) if self.pool else ()), *labels])
+
+    def _add(self, family: GaugeMetricFamily, value: float | None, *labels: str) -> None:
+        if value is not None:
+            family.add_metric([*((self.pool,) if self.pool else ()), *labels], value)
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.report
+        ratio = self._family(
+            "accelgen_engine_step_time_ratio",
+            "Engine step time measured / predicted by its fitted latency model, per region of "
+            "shape space: quantiles over the region's recent steps (AccelGen's in-engine calibration)",
+            "region",
+            "quantile",
+        )
+        for region, quantiles in r.ratios.items():
+            for quantile, value in quantiles.items():
+                self._add(ratio, value, region, quantile)
+        factor = self._family(
+            "accelgen_engine_step_time_factor",
+            "Factor AccelGen's planner scales the fitted latency model by in each region "
+            "(a high quantile of measured / predicted; an overrun raises it at once)",
+            "region",
+        )
+        for region, value in r.factors.items():
+            self._add(factor, value, region)
+        slowdown = self._family(
+            "accelgen_engine_latency_model_slowdown",
+            "Factor the planner applies where a region has too few steps of its own: the same "
+            "quantile of measured / predicted over every region's recent steps",
+        )
+        self._add(slowdown, r.slowdown)
+        in_use = self._family(
+            "accelgen_engine_latency_model_in_use_ratio_p99",
+            "99th percentile of measured / predicted by the model the planner uses (factors "
+            "applied), over recent steps predicted at 20 ms or more: above 1, plans overrun",
+        )
+        self._add(in_use, r.in_use_ratio_p99)
+        diagnosis = self._family(
+            "accelgen_engine_latency_model_diagnosis",
+            "1 for the engine's current diagnosis of its latency model, 0 for the others: ok, "
+            "machine-slower (every region runs long) or model-off (some regions run long)",
+            "diagnosis",
+        )
+        if r.diagnosis is not None:
+            for name in DIAGNOSES:
+                self._add(diagnosis, 1.0 if name == r.diagnosis else 0.0, name)
+        overruns = self._family(
+            "accelgen_engine_latency_model_overruns",
+            "Engine steps that overran the planner's prediction by more than its tolerance: "
+            "the engine's cumulative count since it started, copied (a gauge: it restarts at 0 "
+            "with the engine)",
+        )
+        self._add(overruns, r.num_overruns)
+        yield from (ratio, factor, slowdown, in_use, diagnosis, overruns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +225,8 @@ class SidecarMetrics:
             [*enames, "stat"],
             registry=r,
         )
+        self.latency_model = LatencyModelCollector(pool=pool)
+        r.register(self.latency_model)
         self.loop_lag = Histogram(
             "accelgen_event_loop_lag_seconds",
             "How late the sidecar's event loop ran a periodic timer: every request in the "
@@ -203,6 +278,10 @@ class SidecarMetrics:
             if stat in budget:
                 pool = {"pool": self.pool} if self.pool else {}
                 self.engine_budget.labels(**pool, stat=stat).set(budget[stat])
+
+    def set_latency_model(self, report: LatencyModelReport) -> None:
+        """Publish the engine's latency-model report (at the next scrape)."""
+        self.latency_model.report = report
 
     def series(self, tier: str) -> TierSeries:
         """The tier's children (cached; a tier's series are never removed)."""

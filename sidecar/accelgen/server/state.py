@@ -112,3 +112,4 @@ class Sidecar:
         for gauge, value in values:
             (gauge.labels(pool=m.pool) if m.pool else gauge).set(value)
         m.set_budget(state.budget_tokens)
+        m.set_latency_model(state.latency_model)
