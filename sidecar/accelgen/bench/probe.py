@@ -23,6 +23,7 @@ handed to AccelGen engines as their starting calibration.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -77,6 +78,7 @@ class ProbeResult:
     num_requests: int
     wall_s: float
     num_steps: int | None = None  # from the stats file, when the server has one
+    engine_port: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +88,7 @@ class ProbeResult:
             "num_requests": self.num_requests,
             "num_steps": self.num_steps,
             "wall_s": self.wall_s,
+            "engine_port": self.engine_port,
         }
 
 
@@ -135,7 +138,7 @@ def measure(cfg: ServerConfig, limits: EngineLimits, *, log_file: Path, vocab: i
     cfg.calibration_file.unlink(missing_ok=True)  # the fit must be this engine's own
     phases = probe_phases(limits, max_model_len=cfg.max_model_len)
     with EngineServer(cfg, log_file=log_file, start_timeout_s=420.0) as server:
-        return probe_server(
+        result = probe_server(
             server.base_url,
             phases,
             calibration_file=cfg.calibration_file,
@@ -144,6 +147,7 @@ def measure(cfg: ServerConfig, limits: EngineLimits, *, log_file: Path, vocab: i
             seed=seed,
             stats_file=cfg.stats_file,
         )
+    return dataclasses.replace(result, engine_port=server.port)
 
 
 def probe_server(

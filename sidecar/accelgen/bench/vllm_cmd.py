@@ -441,7 +441,14 @@ def _write_engine_files(raw: dict[str, Any], workload: Workload, workdir: Path) 
 
 
 def _measure_and_size(
-    workload: Workload, traces: list[Trace], *, model_dir: Path, workdir: Path, vocab: int, max_request_tokens: int
+    workload: Workload,
+    traces: list[Trace],
+    *,
+    source: str,
+    model_dir: Path,
+    workdir: Path,
+    vocab: int,
+    max_request_tokens: int,
 ) -> tuple[Workload, dict[str, Any]]:
     """Probe a ``vllm-stock`` engine, size ``workload`` on its fit; the sized workload and
     the report's ``sizing``. The fit becomes the AccelGen engines' starting calibration."""
@@ -457,7 +464,12 @@ def _measure_and_size(
     print("[probe] starting the measurement engine (vllm-stock) ...", flush=True)
     probe = measure(cfg, limits, log_file=workdir / "probe-server.log", vocab=vocab, seed=workload.seed)
     print(_probe_line(probe), flush=True)
-    sized, derived = size_workload(workload, probe.model, limits, traces=traces, max_request_tokens=max_request_tokens)
+    try:
+        sized, derived = size_workload(
+            workload, probe.model, limits, traces=traces, max_request_tokens=max_request_tokens
+        )
+    except ConfigError as err:
+        raise err.within(source=source) from None
     if derived:
         for line in describe(derived):
             print(line)
@@ -598,6 +610,7 @@ def run(args: argparse.Namespace) -> int:
             workload, sizing = _measure_and_size(
                 workload,
                 traces,
+                source=source,
                 model_dir=Path(model_dir),
                 workdir=workdir,
                 vocab=vocab,
