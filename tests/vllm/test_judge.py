@@ -19,8 +19,9 @@ import pytest
 import yaml
 from vllm_support import TIERS_YAML
 
-from accelgen.bench.judge import JudgeError, TierStream, client_requests, judge, record, run_judge
+from accelgen.bench.judge import JudgeError, TierStream, client_requests, judge, record, run_judge, streams_for
 from accelgen.core.tiers import SLOTier, TierSet, parse_tiers
+from accelgen.sim.workload import SimRequest
 from accelgen.vllm.stats import read_stats
 
 TIERS = TierSet(
@@ -240,3 +241,20 @@ def test_vllm_bench_serve_streams_are_all_judged(server: Any, tiny_model: Path, 
             break
         time.sleep(0.5)
     assert grown == {"tight": 4, "loose": 5}
+
+
+def test_streams_carry_each_tiers_load_and_stay_within_its_lengths() -> None:
+    reqs = [SimRequest(f"c{i}", i * 0.5, 100 + 10 * i, 20, "chat") for i in range(5)]  # prompts 100..140
+    reqs.append(SimRequest("d", 1.0, 3000, 40, "bulk"))
+    streams = streams_for(reqs, TIERS, duration_s=10.0, extra_body=lambda t: {"vllm_xargs": {"slo_tier": t}})
+    chat, bulk = streams
+    assert (chat.tier, chat.num_prompts, chat.rate_rps, chat.input_tokens, chat.output_tokens) == (
+        "chat",
+        5,
+        0.5,
+        120,
+        20,
+    )
+    assert chat.range_ratio == 0.0  # outputs all 20: no spread beyond them
+    assert (bulk.num_prompts, bulk.input_tokens, bulk.range_ratio) == (1, 3000, 0.0)
+    assert bulk.extra_body == {"vllm_xargs": {"slo_tier": "bulk"}}

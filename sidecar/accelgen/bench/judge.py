@@ -32,10 +32,11 @@ import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,36 @@ class ClientRequest:
     output_tokens: int
     chunk_times_s: tuple[float, ...]  # arrival of each streamed chunk with a choice (a delta)
     error: str | None
+
+
+def streams_for(
+    requests: Sequence[SimRequest], tiers: TierSet, *, duration_s: float, extra_body: Callable[[str], Mapping[str, Any]]
+) -> list[TierStream]:
+    """One stream per tier with the same load as ``requests``: its count at its mean rate
+    over ``duration_s``, its mean prompt and output lengths, spread uniformly as far as
+    the tier's lengths reach either side of their means (at most ± half; the client's
+    random dataset has no trace), ``extra_body(tier)`` in each body."""
+    out = []
+    for tier in tiers:
+        mine = [r for r in requests if r.tier == tier.name]
+        if not mine:
+            continue
+        spread = 0.5
+        for lengths in ([r.prompt_tokens for r in mine], [r.output_tokens for r in mine]):
+            mean = statistics.fmean(lengths)
+            spread = min(spread, (max(lengths) - mean) / mean, (mean - min(lengths)) / mean)
+        out.append(
+            TierStream(
+                tier=tier.name,
+                num_prompts=len(mine),
+                rate_rps=len(mine) / duration_s,
+                input_tokens=max(1, round(statistics.fmean(r.prompt_tokens for r in mine))),
+                output_tokens=max(1, round(statistics.fmean(r.output_tokens for r in mine))),
+                range_ratio=round(spread, 3),
+                extra_body=extra_body(tier.name),
+            )
+        )
+    return out
 
 
 def client_command(
