@@ -52,28 +52,35 @@ def test_slo_metadata_from_extra_args_reaches_the_planner(engine) -> None:
     assert not s._mirrors and s.planner.num_unfinished == 0
 
 
-def _lone_step_times_s(engine, *, prompt_tokens: int, repeats: int = 3) -> tuple[float, float]:
-    """Median measured seconds of a lone prefill step of ``prompt_tokens`` and of the lone
-    decode steps after it, on this machine now."""
-    stats = engine.scheduler.accelgen_stats
+def _step_times_s(engine) -> tuple[float, float]:
+    """(cap-sized prefill step, decode step) in seconds on this machine now, each alone.
+
+    The prefill step is the lesser of its median measured time (three lone 2,048-token
+    prompts) and the calibrated fit's prediction; the decode step is the median measured
+    one (the decodes after those prompts).
+    """
+    s = engine.scheduler
+    fit = s.calibrator.fitted
+    assert fit is not None, s.calibrator.report()
     prefills: list[float] = []
     decodes: list[float] = []
-    for _ in range(repeats):
-        add(engine, prompt_tokens=prompt_tokens, max_tokens=4)
+    for _ in range(3):
+        add(engine, prompt_tokens=CAP_TOKENS, max_tokens=4)
         step(engine)
-        prefills.append(stats.last_measured_s)
+        prefills.append(s.accelgen_stats.last_measured_s)
         while engine.llm.llm_engine.has_unfinished_requests():
             step(engine)
-            decodes.append(stats.last_measured_s)
-    return statistics.median(prefills), statistics.median(decodes)
+            decodes.append(s.accelgen_stats.last_measured_s)
+    fitted_s = fit.predict_s(BatchShape().plus_prefill(CAP_TOKENS, context_tokens=0))
+    return min(statistics.median(prefills), fitted_s), statistics.median(decodes)
 
 
 def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine, calibrated_file) -> None:
     """A long prompt alone gets the whole cap; while tight requests decode beside it, the
     budget shrinks to what fits their TBT; once they are gone it returns to the cap.
 
-    NOTE: the targets are relative to this machine's cap-sized prefill step (the lesser of
-    its measured and its fitted time), not the tiers' fixed ones: a fast CPU runs such a
+    NOTE: the targets are relative to this machine's cap-sized prefill step (see
+    ``_step_times_s``), not the tiers' fixed ones: a fast CPU runs such a
     step within the tight tier's 150 ms, so nothing would need to shrink, and a slow one
     past the loose tier's 3 s. Tight: a quarter of that step, so no cap-sized step fits
     even if the planner predicts steps a few times faster than measured, yet at least 8
@@ -82,13 +89,10 @@ def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine, calibrated_f
     a few times slower. Loose: ten such steps, so it never constrains.
     """
     s = engine.scheduler
-    fit = s.calibrator.fitted
-    assert fit is not None, s.calibrator.report()
-    measured_s, decode_s = _lone_step_times_s(engine, prompt_tokens=CAP_TOKENS)
-    fitted_s = fit.predict_s(BatchShape().plus_prefill(CAP_TOKENS, context_tokens=0))
-    cap_step_ms = 1000 * min(measured_s, fitted_s)
+    cap_step_s, decode_s = _step_times_s(engine)
+    cap_step_ms = 1000 * cap_step_s
     tight_tbt_ms = cap_step_ms / 4
-    timings = {"measured_s": measured_s, "fitted_s": fitted_s, "decode_s": decode_s}
+    timings = {"cap_step_s": cap_step_s, "decode_s": decode_s}
     assert tight_tbt_ms > 8 * 1000 * decode_s, timings  # a machine without that contrast
     budgets = s.accelgen_stats.budget_tokens
     long_id = add(engine, prompt_tokens=5000, max_tokens=40, tbt_ms=10 * cap_step_ms)
@@ -112,16 +116,21 @@ def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine, calibrated_f
     assert after and max(after) == CAP_TOKENS, after
 
 
-# NOTE: timing on a shared 2-core machine; a rerun, not a looser assertion.
-@pytest.mark.flaky(reruns=2)
-def test_kv_starved_engine_preempts_largest_slack_not_the_tight_tier(engine) -> None:
+def test_kv_starved_engine_preempts_largest_slack_not_the_tight_tier(engine, calibrated_file) -> None:
     """63 blocks of 128 tokens. Three loose 1900-token prompts and a tight 1890-token one
     take 15 blocks each; each needs a 16th at 1920 tokens: the loose ones at their 20th
     token take the last 3 free blocks, the tight one at its 30th finds none.
 
     Stock vLLM preempts the last running request — the tight one, admitted last;
     AccelGen preempts a loose one (largest slack) and the tight request keeps its KV.
+
+    NOTE: the TBTs are relative to this machine's cap-sized step (tight 20 of them, loose
+    200): no step of this load is cut short by a deadline, so every plan, and so when
+    each request needs its 16th block, follows from tokens and blocks alone. With the
+    tiers' fixed 150 ms, how far the loose prompts got while the tight one decoded
+    depended on the machine's speed (on a slow one, not far enough to run out of KV).
     """
+    cap_step_ms = 1000 * _step_times_s(engine)[0]
     s = engine.scheduler
     preempted_tiers: dict[str, list[str]] = {}
     for name in ("vllm-stock", "accelgen"):
@@ -131,8 +140,8 @@ def test_kv_starved_engine_preempts_largest_slack_not_the_tight_tier(engine) -> 
             for tier in ("loose", "tight", "loose", "tight"):
                 add(engine, prompt_tokens=32, max_tokens=3, slo_tier=tier)
             run_until_idle(engine)
-            loose = [add(engine, prompt_tokens=1900, max_tokens=48) for _ in range(3)]
-            tight = add(engine, prompt_tokens=1890, max_tokens=48, slo_tier="tight")
+            loose = [add(engine, prompt_tokens=1900, max_tokens=48, tbt_ms=200 * cap_step_ms) for _ in range(3)]
+            tight = add(engine, prompt_tokens=1890, max_tokens=48, slo_tier="tight", tbt_ms=20 * cap_step_ms)
             finished = run_until_idle(engine)
             tiers = {**dict.fromkeys(loose, "loose"), tight: "tight"}
             preempted_tiers[name] = [tiers[rid] for rid in rec.preempted]
@@ -143,24 +152,56 @@ def test_kv_starved_engine_preempts_largest_slack_not_the_tight_tier(engine) -> 
     assert s.accelgen_stats.preemptions_by_tier["loose"] >= len(preempted_tiers["accelgen"])
 
 
-# NOTE: a known, not yet explained mismatch under this KV pressure (64 blocks): in about
-# one run in four, for a step or two the planner's mirror of the 1,500-token prompt says
-# one token is left while vLLM computes hundreds more for it (no preemption by either
-# side in those steps). It was there before this session's changes too (checked on the
-# old commit); a rerun, not a looser bound, until it is found.
-@pytest.mark.flaky(reruns=2)
+def _unsteerable(planned: dict[str, int], need: dict[str, int], running: set[str]) -> bool:
+    """Whether vLLM cannot run ``planned`` (tokens by request) as given.
+
+    vLLM serves its running requests first and then admits waiting ones, each up to
+    its ``need`` and one per-request cap for all; whatever is last gets what is left of
+    the step's token budget. So a plan that cuts two prompts short, or cuts a running
+    one short below what another planned request takes in full while admitting one
+    (served after it), is run with the cut request taking more.
+    """
+    cut = [rid for rid, n in planned.items() if n < need[rid]]
+    if len(cut) != 1:
+        return len(cut) > 1
+    rid = cut[0]
+    admits = any(other not in running for other in planned)
+    largest_full = max((need[other] for other in planned if other != rid), default=0)
+    return rid in running and admits and largest_full > planned[rid]
+
+
 def test_plans_are_executed_as_planned(engine) -> None:
-    """vLLM's batch equals the core's plan: same requests, same chunk sizes."""
+    """vLLM's batch equals the core's plan: same requests, same chunk sizes, in every
+    step whose plan vLLM can be steered to (see ``_unsteerable``; at most one such plan
+    per admission).
+
+    NOTE: which plans come up depends on the machine's speed (the tight tier's fixed
+    TBT cuts chunks on a slow machine, not on a fast one), so no share of inexact steps
+    is asserted: each inexact step is checked to be one vLLM cannot run as planned.
+    """
     stats = engine.scheduler.accelgen_stats
-    steps_before, inexact_before = stats.num_steps, stats.num_inexact_steps
+    inexact_before = stats.num_inexact_steps
+    log_before = len(read_step_log(engine.step_log))
+    prompt_tokens: dict[str, int] = {}
     for n in (1500, 700, 3000, 90):
-        add(engine, prompt_tokens=n, max_tokens=16, slo_tier="tight" if n < 1000 else "loose")
+        prompt_tokens[add(engine, prompt_tokens=n, max_tokens=16, slo_tier="tight" if n < 1000 else "loose")] = n
     run_until_idle(engine)
-    num_steps = stats.num_steps - steps_before
-    inexact = stats.num_inexact_steps - inexact_before
-    assert num_steps > 16
-    misses = [r for r in read_step_log(engine.step_log) if r.get("planned")][-inexact:]
-    assert inexact <= 0.05 * num_steps, (inexact, num_steps, misses)
+    records = [r for r in read_step_log(engine.step_log)[log_before:] if "budget_tokens" in r]
+    assert len(records) > 16
+    computed = dict.fromkeys(prompt_tokens, 0)
+    misses: list[dict[str, object]] = []
+    for r in records:
+        for rid in r["preempted"]:
+            computed[rid] = 0  # recomputed from the start
+        running = {rid for rid, n in computed.items() if n > 0}
+        need = {rid: max(prompt_tokens[rid] - n, 1) for rid, n in computed.items()}
+        if r["planned"]:
+            misses.append({**r, "unsteerable": _unsteerable(r["planned"], need, running)})
+        for rid, n in r["scheduled"].items():
+            computed[rid] += n
+    assert len(misses) == stats.num_inexact_steps - inexact_before
+    assert all(m["unsteerable"] for m in misses), misses
+    assert len(misses) <= len(prompt_tokens), misses
 
 
 @pytest.mark.parametrize("name", [n for n, spec in REGISTRY.items() if not spec.clairvoyant] + ["vllm-stock"])
