@@ -22,6 +22,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("bench", "sim"), "accelgen.bench.sim_cmd", "compare scheduling policies in the simulator"),
     (("bench", "planner"), "accelgen.bench.planner_cmd", "time one plan() of each policy"),
     (("bench", "vllm"), "accelgen.bench.vllm_cmd", "compare policies on real vLLM engines"),
+    (("bench", "matrix"), "accelgen.bench.matrix_cmd", "bench vllm over model sizes x workloads, one verdict each"),
     (("bench", "overhead"), "accelgen.bench.overhead_cmd", "schedule() time inside vLLM, AccelGen vs stock"),
     (("bench", "proxy"), "accelgen.bench.proxy_cmd", "sidecar overhead against the bare engine"),
     (

@@ -76,6 +76,7 @@ def test_bench_vllm_replays_on_two_engines(vllm_available: None, tiny_model: Pat
             "--workdir", str(tmp_path / "wd"),
             "--calibrated", str(fit),
             "--drain-s", "60",
+            "--judge",
         ]
     )  # fmt: skip
     assert vllm_cmd.run(args) == 0
@@ -118,6 +119,16 @@ def test_bench_vllm_replays_on_two_engines(vllm_available: None, tiny_model: Pat
     assert "latency_model" in json.loads(fit.read_text())
     assert set(report["simulator"]["policies"]) == {"accelgen", "vllm-priority"}
     assert set(report["agreement"]["accelgen"]) >= {"goodput_rps", "attainment"}
+    # vLLM's own benchmark client loaded each engine with the replay's count per tier.
+    judged = report["judge"]["policies"]
+    assert list(judged) == ["accelgen", "vllm-priority"]
+    for name, result in judged.items():
+        assert result["requests"] == n and result["completed"] == n, (name, result.get("errors"))
+        replay = report["policies"][name]["tiers"]
+        assert {t: v["requests"] for t, v in result["tiers"].items()} == {t: v["requests"] for t, v in replay.items()}
+    goals = report["goals"]
+    assert goals["tight_tier"] == "interactive" and goals["best_stock"] == "vllm-priority"
+    assert goals["judge_agrees"]["met"] is not None and goals["simulator_vs_engine"]["met"] is not None
     # No engine outlives the command.
     lines = _process_lines().splitlines()
     for result in report["policies"].values():

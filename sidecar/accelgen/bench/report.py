@@ -27,6 +27,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 def _cell(key: str, fmt: str, value: Any) -> str:
+    if value is None:
+        return "–"  # not measured by this source (e.g. an outside client has no planner times)
     if key == "plan_time_per_iteration_s":
         return f"{value * 1e6:.0f}µs"
     return fmt.format(value)
@@ -43,7 +45,7 @@ def policy_table(report: Mapping[str, Any], *, title: str) -> Table:
     for name in tier_names:
         table.add_column(f"{name}", justify="right")
     for name, result in policies.items():
-        cells = [_cell(key, fmt, result[key]) for _, key, fmt in COLUMNS]
+        cells = [_cell(key, fmt, result.get(key)) for _, key, fmt in COLUMNS]
         cells += [f"{result['tiers'][t]['attainment']:.1%}" for t in tier_names]
         table.add_row(name, *cells)
     return table

@@ -97,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder with traces/ (default: $ACCELGEN_DATA_DIR or ../shared/data)",
     )
     parser.add_argument(
+        "--judge",
+        action="store_true",
+        help="after each configuration's replay, load the same engine with vLLM's own benchmark client "
+        "(one stream per tier, the replay's counts, rates and mean lengths) and judge it by the same rule",
+    )
+    parser.add_argument(
         "--measure-only",
         action="store_true",
         help="measure the engine (the probe), size the workload on it, print what was derived; no replays",
@@ -324,10 +330,13 @@ def _run_config(
     drain_s: float,
     calibration: Path | None,
     tag: str,
+    judge: bool = False,
 ) -> dict[str, Any]:
     """Start ``name``'s engine, replay ``requests`` against it, stop it; its result.
 
     Its files in ``workdir`` are named ``{tag}-*`` (server log, stats, step log, requests).
+    With ``judge``, vLLM's benchmark client then loads the same engine (:func:`_judge`);
+    its verdict is under the result's ``judge``.
     """
     import asyncio
 
@@ -357,6 +366,9 @@ def _run_config(
         )
         load_after = os.getloadavg()[0]
         metric_preemptions = _preemptions_from_metrics(server.base_url)
+        judged = (
+            _judge(name, server.base_url, workload, requests, model_dir, workdir / f"{tag}-judge") if judge else None
+        )
         start_s = server.start_s
         port = server.port
     _write_request_log(workdir / f"{tag}-requests.jsonl", recorder, outcome)
@@ -394,12 +406,46 @@ def _run_config(
         engine_port=port,
         replay_wall_s=outcome.wall_s,
     )
+    if judged is not None:
+        result["judge"] = judged
     print(
         f"[{name}] done in {outcome.wall_s:.0f} s: {result['completed']} completed, "
         f"{len(outcome.failed)} failed, {len(outcome.unfinished)} unfinished",
         flush=True,
     )
     return result
+
+
+def _judge(
+    name: str, base_url: str, workload: Workload, requests: list[SimRequest], model_dir: Path, workdir: Path
+) -> dict[str, Any]:
+    """vLLM's benchmark client on the running engine: the replay's load per tier, judged."""
+    from accelgen.bench.judge import TierStream, run_judge, streams_for
+
+    tiers = workload.tiers
+
+    def extra_body(tier: str) -> dict[str, Any]:
+        if name == "vllm-fcfs":
+            return {}
+        if name == "vllm-priority":
+            return {"priority": tiers.get(tier).priority}
+        return {"vllm_xargs": {"slo_tier": tier}}
+
+    duration_s = max([1.0, *(r.arrival_s for r in requests)])
+    streams = streams_for(requests, tiers, duration_s=duration_s, extra_body=extra_body)
+    warmup = TierStream(tiers.default, 4, math.inf, 64, 16, extra_body=extra_body(tiers.default))
+    print(f"[{name}] judge: vLLM's benchmark client, {len(streams)} streams", flush=True)
+    return run_judge(
+        base_url=base_url,
+        model="model",
+        tokenizer=model_dir,
+        streams=streams,
+        tiers=tiers,
+        workdir=workdir,
+        seed=workload.seed,
+        timeout_s=3 * duration_s + 600.0,
+        warmup=warmup,
+    )
 
 
 def _write_request_log(path: Path, recorder: Recorder, outcome: Outcome) -> None:
@@ -555,6 +601,7 @@ def _agreement(engine: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelgen.bench.goals import cell_goals, tight_tier
     from accelgen.bench.report import print_report
     from accelgen.config import read_yaml
     from accelgen.sim.profiles import default_data_dir
@@ -653,12 +700,16 @@ def run(args: argparse.Namespace) -> int:
                         drain_s=args.drain_s,
                         calibration=calibration if name not in ("vllm-fcfs", "vllm-priority") else None,
                         tag=name if args.repeats == 1 else f"{name}-{round_no + 1}",
+                        judge=args.judge,
                     )
                 )
         for name in names:
             ranked = sorted(runs[name], key=lambda r: r["goodput_rps"])
             result = ranked[(len(ranked) - 1) // 2]  # the median replay (the lower one of an even count)
             result["replays_goodput_rps"] = [r["goodput_rps"] for r in runs[name]]
+            judged = result.pop("judge", None)
+            if judged is not None:
+                report.setdefault("judge", {"policies": {}})["policies"][name] = judged
             report["policies"][name] = result
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -668,22 +719,8 @@ def run(args: argparse.Namespace) -> int:
     if args.measure_only:
         return _finish_measure_only(args, report, workdir, own_workdir=own_workdir)
     print_report(report)
-    stock = [report["policies"][n] for n in ("vllm-fcfs", "vllm-priority") if n in report["policies"]]
-    ours = report["policies"].get("accelgen")
-    if ours and stock:
-        best = max(stock, key=lambda r: r["goodput_rps"])
-        best_thr = max(r["throughput_rps"] for r in stock)
-        report["goals"] = {
-            "goodput_vs_best_stock": ours["goodput_rps"] / best["goodput_rps"] if best["goodput_rps"] else math.inf,
-            "tight_tier_attainment": ours["tiers"][workload.tiers.default]["attainment"],
-            "throughput_vs_best_stock": ours["throughput_rps"] / best_thr if best_thr else math.inf,
-        }
-        g = report["goals"]
-        print(
-            f"goals: goodput {g['goodput_vs_best_stock']:.2f}x best stock (>= 1.3), "
-            f"{workload.tiers.default} attainment {g['tight_tier_attainment']:.1%} (>= 95 %), "
-            f"throughput {g['throughput_vs_best_stock']:.2f}x best stock (>= 0.9)"
-        )
+    if "judge" in report:
+        print_report(dict(report, workload=f"{workload.name} (judged from vLLM's benchmark client)", **report["judge"]))
     if args.calibrated:
         fitted = workdir / "calibration.json"
         if fitted.exists():
@@ -708,8 +745,22 @@ def run(args: argparse.Namespace) -> int:
                 )
         else:
             print("no calibration file: the AccelGen engine did not run or never fitted")
+    report["goals"] = cell_goals(report, tight=tight_tier(workload.tiers))
+    _print_goals(report["goals"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _print_goals(goals: dict[str, Any]) -> None:
+    """One line per goal: its value, what it must be, met or not (unknown: not measured)."""
+    print(f"goals (tight tier {goals['tight_tier']!r}, best stock {goals.get('best_stock', '-')}):")
+    for key, goal in goals.items():
+        if isinstance(goal, dict) and "met" in goal:
+            value = goal["value"]
+            shown = "-" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
+            state = {True: "met", False: "MISSED", None: "not measured"}[goal["met"]]
+            print(f"  {key}: {shown} ({goal['goal']}): {state}")
+    print(f"  all goals: {'met' if goals['met'] else 'not met'}")
