@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-import pytest
 from sidecar_harness import metric_value
 from sidecar_process import ServeProcess
 
@@ -80,8 +79,10 @@ async def _load(url: str) -> tuple[Counter[tuple[str, int]], int, int]:
     return results, missing_retry_after, max_queued
 
 
-# NOTE: timing on a shared 2-core machine; a rerun, not a looser assertion.
-@pytest.mark.flaky(reruns=2)
+# NOTE: the load does not depend on the machine's speed: the arrivals follow a seeded
+# schedule (a late one is sent at once, so their number is fixed), and the sim engine's
+# iterations are simulated times, so its capacity is fixed too. The tight tier's TBT is
+# four such iterations, far above what the sidecar adds per token on a slow machine.
 def test_overload_sheds_loose_tiers_and_keeps_the_tight_one(tmp_path: Path) -> None:
     server = ServeProcess(tmp_path, *FLAGS)
     try:
