@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 
-# NOTE: timing on a shared 2-core machine; a rerun, not a looser assertion.
+# NOTE: kept as a rerun: the one timing check is a ratio of two wall-clock throughputs
+# measured in turn, and a stall of this process or of the sidecar (other work shares
+# the machine) during one side's blocks moves it by any amount; no measured reference
+# removes that. Short alternating blocks make slower drift hit both sides alike.
 @pytest.mark.flaky(reruns=2)
 def test_bench_proxy_short_run(tmp_path: Path) -> None:
     out = tmp_path / "proxy.json"
@@ -22,9 +25,9 @@ def test_bench_proxy_short_run(tmp_path: Path) -> None:
             "bench",
             "proxy",
             "--requests",
-            "40",
+            "10",
             "--blocks",
-            "1",
+            "4",
             "--concurrency",
             "4",
             "--max-tokens",
