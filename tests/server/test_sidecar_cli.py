@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -93,7 +92,7 @@ def test_tiers_reload_on_sighup_and_on_change_without_dropping_requests(tmp_path
         # A broken file is refused and the sidecar keeps its tiers.
         tiers.write_text("tiers: [")
         os.kill(server.proc.pid, signal.SIGHUP)
-        time.sleep(0.3)
+        assert wait_for(lambda: "tier reload failed" in server.output, 5)  # read and refused
         assert _tier_status(server.url, "gold") == 200
         # A change of the file alone is picked up too (ConfigMap updates send no signal).
         config["tiers"] = [t for t in config["tiers"] if t["name"] != "gold"]
