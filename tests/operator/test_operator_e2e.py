@@ -8,6 +8,7 @@ aiohttp servers on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -275,6 +276,27 @@ async def test_optional_children_when_their_crds_exist(cluster: Cluster) -> None
     assert gateway_pool["spec"]["endpointPickerRef"]["name"] == "llama-epp"
 
 
+class _Quiet:
+    """Whether the API has seen no write for ``period_s``, timed by the test's polls (the
+    emulator's log has no times)."""
+
+    def __init__(self, emu: Any, period_s: float) -> None:
+        self.emu, self.period_s = emu, period_s
+        self.since_s, self.num_writes = time.monotonic(), len(emu.writes())
+
+    def __call__(self) -> bool:
+        now_s, num_writes = time.monotonic(), len(self.emu.writes())
+        if num_writes != self.num_writes:
+            self.since_s, self.num_writes = now_s, num_writes
+        return now_s - self.since_s >= self.period_s
+
+
+def _read_back(emu: Any, since: int) -> bool:
+    """Whether every child of the pool was read (GET) since log entry ``since``."""
+    paths = [p for m, p in emu.log[since:] if m == "GET"]
+    return all(any(p.endswith(f"/{resource.rsplit('/', 1)[-1]}/{name}") for p in paths) for resource, name in CHILDREN)
+
+
 async def test_restart_changes_nothing_that_is_right() -> None:
     async with emulated_api() as (emu, url):
         cfg = OperatorConfig(api_url=url, stats_interval_s=0.3, stats_timeout_s=0.5)
@@ -285,16 +307,18 @@ async def test_restart_changes_nothing_that_is_right() -> None:
             await cluster.create_pool(make_pool())
             await _reconciled(cluster)
             await cluster.wait_for(lambda: condition(cluster.pool(), "SLOAttained"), what="observed")
-            await asyncio.sleep(1.0)
-            idle_from = len(emu.log)
-            await asyncio.sleep(1.0)  # three stats intervals
-            assert emu.writes(idle_from) == [], "an idle operator writes nothing"
+            # Idle: it settles into three stats intervals without a write (however long
+            # this machine takes to get there), which an operator that keeps writing never does.
+            quiet_s = 3 * cfg.stats_interval_s
+            await cluster.wait_for(_Quiet(emu, quiet_s), timeout_s=30, what="an idle operator")
             # Neither the ServiceMonitor nor the gateway CRD is served here: no such child.
             assert not any("servicemonitors" in p or "networking" in p for _, p in emu.writes())
         restart_from = len(emu.log)
         async with running_operator(cfg):
-            await asyncio.sleep(1.5)
-        assert len(emu.log) > restart_from, "the new operator did look"
+            # The new operator reads every child back; then three stats intervals for any
+            # write it would make.
+            await cluster.wait_for(lambda: _read_back(emu, restart_from), timeout_s=30, what="the new operator looking")
+            await asyncio.sleep(quiet_s)
         assert emu.writes(restart_from) == []
 
 
