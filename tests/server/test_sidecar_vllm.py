@@ -42,6 +42,7 @@ class Env:
     url: str
     engine_url: str
     stats_file: Path
+    ready_s: float  # time.monotonic() when the stack was ready, before any request
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     try:
         match = re.search(r"starting vLLM on (http://[0-9.:]+)", server.output)
         assert match, server.output[-3000:]
-        yield Env(server.url, match[1], stats_file)
+        yield Env(server.url, match[1], stats_file, time.monotonic())
     finally:
         server.stop()
     # vLLM may log its own shutdown noise; the sidecar itself logged no error.
@@ -149,10 +150,18 @@ def test_stats_consistent_with_metrics(env: Env) -> None:
     stats = httpx.get(env.url + "/stats").json()
     text = httpx.get(env.url + "/metrics").text
     assert stats["engine"]["ready"] is True
+    # NOTE: /stats counts the last window_s seconds, /metrics everything: the same while
+    # the stack is younger than the window (one-second slots: a second's margin), at most
+    # as many later (this module takes longer than the window on a slow enough machine).
+    same = time.monotonic() - env.ready_s < stats["window_s"] - 1
     for row in stats["tiers"]:
         lab = {"tier": row["name"]}
-        assert row["completed"] == metric_value(text, "accelgen_requests_completed_total", **lab)
-        assert row["slo_met"] == metric_value(text, "accelgen_requests_slo_met_total", **lab)
+        completed = metric_value(text, "accelgen_requests_completed_total", **lab)
+        met = metric_value(text, "accelgen_requests_slo_met_total", **lab)
+        if same:
+            assert (row["completed"], row["slo_met"]) == (completed, met), row
+        else:
+            assert row["completed"] <= completed and row["slo_met"] <= met, row
 
 
 def test_tenants(env: Env) -> None:
