@@ -76,3 +76,13 @@ def test_cell_goals_need_every_part_and_say_which_is_missing() -> None:
     assert full["judge_agrees"]["met"] and full["simulator_vs_engine"]["met"] and full["met"] is True
     ours["calibration"] = {"in_use_ratio_p99": 1.4}
     assert cell_goals(report(ours, stock, stock), tight="chat")["latency_model_p99"]["met"] is False
+
+
+def test_the_judge_disagrees_when_its_timings_give_another_verdict_on_a_goal() -> None:
+    ours, stock = summary(2.6, 2.7, 0.99, 0), summary(1.5, 2.7, 0.5, 40)
+    judged_ours = summary(2.0, 2.7, 0.7, 30)  # the client saw many more late tokens
+    goals = cell_goals(
+        report(ours, stock, stock, judge={"policies": {"accelgen": judged_ours, "vllm-fcfs": stock}}), tight="chat"
+    )
+    assert goals["tight_attainment"]["met"] and not goals["judge"]["tight_attainment"]["met"]
+    assert goals["judge_agrees"]["met"] is False and goals["met"] is False

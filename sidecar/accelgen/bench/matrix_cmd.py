@@ -85,7 +85,8 @@ def _run_cell(args: argparse.Namespace, model: str, model_dir: Path, workload: P
     tight = tight_tier(parse_workload(read_yaml(workload)).tiers)
     print(f"=== cell {name} ===", flush=True)
     try:
-        vllm_cmd.run(_cell_args(args, workload, model_dir, cell_dir))
+        if not args.report_only:
+            vllm_cmd.run(_cell_args(args, workload, model_dir, cell_dir))
         report = json.loads((cell_dir / "report.json").read_text())
     except Exception as err:  # one cell's failure (a sizing refused, say) is reported; the others still run
         traceback.print_exc()
@@ -146,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
     cells = []
     for model in models:
         hidden, layers = MODEL_SIZES[model]
-        model_dir = build_tiny_model(args.out / "models" / model, hidden=hidden, layers=layers)
+        model_dir = args.out / "models" / model
+        if not args.report_only:
+            build_tiny_model(model_dir, hidden=hidden, layers=layers)
         for workload in args.workloads:
             cells.append(_run_cell(args, model, model_dir, workload))
             (args.out / "matrix.json").write_text(json.dumps({"cells": cells}, indent=2))
