@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, help="folder with traces/ (default: $ACCELGEN_DATA_DIR or ../shared/data)"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="judge the cells' reports already in OUT again; run nothing"
+    )
 
 
 def _models(spec: str) -> list[str]:
@@ -107,12 +110,21 @@ def _fmt(goal: dict[str, Any] | None, spec: str) -> str:
     return f"{goal['value']:{spec}}{mark}"
 
 
+def _judge_cell(goals: dict[str, Any]) -> str:
+    judge = goals.get("judge")
+    if not judge:
+        return "–"
+    agrees = "agrees" if goals["judge_agrees"]["met"] else "differs ✗"
+    return f"{judge['tight_attainment']['value']:.1%}, {judge['goodput_vs_stock']['value']:.2f}x: {agrees}"
+
+
 def print_matrix(cells: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="AccelGen vs the best stock vLLM configuration, per cell")
     columns = ("cell", "best stock", "tight att.", "late tok.", "goodput ×", "thr ×", "p99 meas/pred", "judge", "sim")
+    # The judge column: its own tight-tier attainment and goodput ratio, and whether it agrees.
     for column in (*columns, "verdict"):
         table.add_column(column, justify="left" if column in ("cell", "best stock") else "right")
     for c in cells:
@@ -120,7 +132,6 @@ def print_matrix(cells: list[dict[str, Any]]) -> None:
             table.add_row(c["cell"], "–", "–", "–", "–", "–", "–", "–", "–", f"error: {c['error'][:60]}")
             continue
         g = c["goals"]
-        judge = g.get("judge_agrees", {})
         table.add_row(
             c["cell"],
             str(g.get("best_stock", "–")),
@@ -129,7 +140,7 @@ def print_matrix(cells: list[dict[str, Any]]) -> None:
             _fmt(g.get("goodput_vs_stock"), ".2f"),
             _fmt(g.get("throughput_vs_stock"), ".2f"),
             _fmt(g.get("latency_model_p99"), ".2f"),
-            "–" if judge.get("met") is None else ("agrees" if judge["met"] else "differs ✗"),
+            _judge_cell(g),
             _fmt(g.get("simulator_vs_engine"), ".0%"),
             "met" if g.get("met") else "missed",
         )
