@@ -20,6 +20,7 @@ OVERHEAD = ["bench", "overhead"]
 PROXY = ["bench", "proxy"]
 DASHBOARD = ["bench", "dashboard"]
 TINY = ["model", "tiny", "dir"]
+MATRIX = ["bench", "matrix", "w.yaml", "--out", "dir"]
 
 # (command, flag, bad value, reason printed)
 BAD_FLAGS = [
@@ -59,6 +60,8 @@ BAD_FLAGS = [
     (TINY, "--vocab", "-1", "must be > 0, got -1"),
     (TINY, "--max-context", "0", "must be > 0, got 0"),
     (TINY, "--layers", "two", "not an integer: 'two'"),
+    (MATRIX, "--duration-s", "0", "must be > 0, got 0"),
+    (MATRIX, "--repeats", "0", "must be > 0, got 0"),
 ]
 
 
@@ -90,7 +93,7 @@ def test_no_flag_takes_a_bare_int_or_float() -> None:
 
 
 def test_every_command_is_covered() -> None:
-    covered = {tuple(arg for arg in command if arg not in ("w.yaml", "dir")) for command, *_ in BAD_FLAGS}
+    covered = {tuple(arg for arg in command if arg not in ("w.yaml", "dir", "--out")) for command, *_ in BAD_FLAGS}
     assert covered == {path for path, _, _ in _COMMANDS}
 
 

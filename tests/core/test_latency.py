@@ -11,7 +11,7 @@ from accelgen.core.latency import (
     BatchShape,
     FittedLatencyModel,
     ProfileLatencyModel,
-    RegionScaledModel,
+    QuantileLatencyModel,
     max_prefill_tokens_within,
     region_of,
 )
@@ -134,13 +134,15 @@ def test_regions_tell_what_a_step_runs_and_how_deep(shape: BatchShape, region: s
     assert region_of(shape, long_context_tokens=1024) == region
 
 
-def test_region_scaled_model_scales_one_region_and_inverts_exactly() -> None:
+def test_quantile_model_scales_offsets_one_region_and_inverts_exactly() -> None:
     base = FittedLatencyModel(coefficients=TRUE)
-    model = RegionScaledModel(base, {"prefill-long": 1.6, "mixed-long": 1.6}, default=1.1, long_context_tokens=1024)
+    model = QuantileLatencyModel(
+        base, scale=1.2, offsets_s={"mixed-long": 0.03}, default_offset_s=0.002, long_context_tokens=1024
+    )
     deep = BatchShape(num_decodes=3, decode_kv_tokens=300).plus_prefill(200, context_tokens=4000)
     short = BatchShape(num_decodes=3, decode_kv_tokens=300).plus_prefill(200, context_tokens=0)
-    assert model.predict_s(deep) == pytest.approx(1.6 * base.predict_s(deep))
-    assert model.predict_s(short) == pytest.approx(1.1 * base.predict_s(short))
+    assert model.predict_s(deep) == pytest.approx(1.2 * base.predict_s(deep) + 0.03)
+    assert model.predict_s(short) == pytest.approx(1.2 * base.predict_s(short) + 0.002)
     head = BatchShape(num_decodes=3, decode_kv_tokens=300)
     for context in (0, 500, 4000):
         n = max_prefill_tokens_within(model, 0.08, base=head, context_tokens=context, cap_tokens=8192)

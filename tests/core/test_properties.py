@@ -132,7 +132,8 @@ def test_inverted_budget_is_the_largest_that_fits(intercept, per_token, limit, d
         st.floats(0.0, 1e-5),
         st.floats(0.0, 1e-2),
     ),
-    factors=st.dictionaries(st.sampled_from(REGIONS), st.floats(0.5, 3.0), max_size=6),
+    offsets=st.dictionaries(st.sampled_from(REGIONS), st.floats(0.0, 0.2), max_size=6),
+    scale=st.floats(1.0, 3.0),
     limit=st.floats(0.0, 2.0),
     base_prefill=st.integers(0, 4096),
     base_context=st.integers(0, 8192),
@@ -141,13 +142,13 @@ def test_inverted_budget_is_the_largest_that_fits(intercept, per_token, limit, d
     cap=st.integers(0, 8192),
 )
 def test_closed_form_inversion_equals_bisection(  # type: ignore[no-untyped-def]
-    coefficients, factors, limit, base_prefill, base_context, decodes, context, cap
+    coefficients, offsets, scale, limit, base_prefill, base_context, decodes, context, cap
 ) -> None:
-    """The fitted (and region-scaled) model's solved budget is what bisection on its predictions finds."""
-    from accelgen.core.latency import FittedLatencyModel, RegionScaledModel, max_prefill_tokens_within
+    """The fitted (and quantile) model's solved budget is what bisection on its predictions finds."""
+    from accelgen.core.latency import FittedLatencyModel, QuantileLatencyModel, max_prefill_tokens_within
 
     plain = FittedLatencyModel(coefficients=coefficients)
-    fitted = RegionScaledModel(plain, factors, default=1.2) if factors else plain
+    fitted = QuantileLatencyModel(plain, scale=scale, offsets_s=offsets, default_offset_s=0.001) if offsets else plain
 
     class Opaque:  # the same predictions behind the bare protocol: inverted by bisection
         name = "opaque"

@@ -140,10 +140,12 @@ def test_calibrator_ignores_outliers_from_a_busy_machine(tmp_path: Path) -> None
     for shape in _shapes(rng, 300):
         slow = 10.0 if rng.random() < 0.05 else 1.0  # another process had the cores
         cal.add(shape, TRUE_MODEL.predict_s(shape) * slow * rng.uniform(0.97, 1.03))
-    assert cal.refit()
+    assert cal.refit() and cal.fitted is not None
     probe = BatchShape().plus_prefill(1024, context_tokens=0)
-    assert cal.model.predict_s(probe) == pytest.approx(TRUE_MODEL.predict_s(probe), rel=0.1)
+    assert cal.fitted.predict_s(probe) == pytest.approx(TRUE_MODEL.predict_s(probe), rel=0.1)
     assert cal.report()["fit_error"] < 0.05
+    # The planner still plans for what the machine does: its tail, not only the fit.
+    assert cal.model.predict_s(probe) >= cal.fitted.predict_s(probe)
 
 
 @pytest.mark.parametrize("quantile", [0.95, None])
@@ -163,18 +165,20 @@ def test_calibrator_plans_for_a_machine_that_got_slower(tmp_path: Path, quantile
     assert cal.refit() and cal.slowdown <= 1.05
     assert cal.fitted is not None
     fitted_s = cal.fitted.predict_s(probe)
-    assert fitted_s <= cal.model.predict_s(probe) <= 1.05 * fitted_s
+    # The allowance is the tail of every step size's ±3 % noise, in seconds.
+    quiet_s = cal.model.predict_s(probe)
+    assert fitted_s <= quiet_s <= 1.15 * fitted_s
     feed(big[100:200], 1.5)  # another job takes a share of the cores
     if quantile is None:
         assert cal.slowdown == 1.0 and cal.model.predict_s(probe) == pytest.approx(fitted_s)
         return
     assert 1.4 <= cal.slowdown <= 1.6
-    assert 1.4 * fitted_s <= cal.model.predict_s(probe) <= 1.6 * fitted_s
+    assert 1.4 * fitted_s <= cal.model.predict_s(probe) <= 1.7 * fitted_s
     report = cal.report()
     assert report["slowdown"] == cal.slowdown and report["diagnosis"] == "machine-slower", report
     assert load_fit(path).coefficients == cal.fitted.coefficients  # the saved fit stays unscaled
     feed(big[200:300], 1.0)  # the other job ends
-    assert cal.slowdown <= 1.05 and cal.model.predict_s(probe) <= 1.05 * fitted_s
+    assert cal.slowdown <= 1.05 and cal.model.predict_s(probe) <= 1.05 * quiet_s  # back to the quiet plan
     assert cal.report()["diagnosis"] == "ok"
 
 
@@ -220,7 +224,13 @@ def test_a_region_the_model_gets_wrong_is_learnt_not_dropped() -> None:
         cal.add(shape, truth.predict_s(shape) * rng.uniform(0.98, 1.02))
     diagnosis = cal.report()
     assert diagnosis["diagnosis"] == "model-off" and diagnosis["model_off_regions"] == ["mixed-long"], diagnosis
-    assert diagnosis["regions"]["mixed-long"]["factor"] > 1.5  # planned for meanwhile
+    assert cal.slowdown <= 1.05  # not the machine: the other regions run as fitted
+    # Planned for meanwhile: that region's steps get an allowance of their own, in seconds.
+    regions = diagnosis["regions"]
+    others = [v["offset_s"] for r, v in regions.items() if r != "mixed-long" and v["window_steps"] >= 16]
+    assert others and regions["mixed-long"]["offset_s"] >= 0.015 > max(others), regions
+    planned = [cal.model.predict_s(shape) >= truth.predict_s(shape) for shape in deep]
+    assert sum(planned) >= 0.8 * len(deep)
     assert cal.refit() and cal.num_outliers == 0  # nothing thrown away
     probe = deep[0]
     assert cal.fitted is not None

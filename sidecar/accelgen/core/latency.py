@@ -11,9 +11,10 @@ An iteration's cost is described by :class:`BatchShape`. Two models share the
   pairs, KV read by decodes, and for chunks deep into a prompt the pairs against cached
   context, the cached KV each chunk reads, the chunks), with its fit error, for
   calibrating against a running engine;
-* :class:`RegionScaledModel` — a fitted model scaled per region of shape space
-  (:func:`region_of`: decode / prefill / mixed × short / long context), which the
-  planner uses to plan with a high quantile of each step's measured time.
+* :class:`QuantileLatencyModel` — a fitted model scaled by the machine's slowdown plus,
+  per region of shape space (:func:`region_of`: decode / prefill / mixed × short / long
+  context), an allowance for its steps' tail: the planner plans with a high quantile of
+  each step's measured time.
 
 All are monotone in every field of the shape, so :func:`max_prefill_tokens_within` can
 invert them (in closed form for the fitted ones, by bisection otherwise).
@@ -168,7 +169,7 @@ def max_prefill_tokens_within(
     """
     if cap_tokens <= 0 or model.predict_s(base) > limit_s:
         return 0
-    if isinstance(model, FittedLatencyModel | RegionScaledModel):
+    if isinstance(model, FittedLatencyModel | QuantileLatencyModel):
         return model.max_prefill_tokens(limit_s, base=base, context_tokens=context_tokens, cap_tokens=cap_tokens)
     if model.predict_s(base.plus_prefill(cap_tokens, context_tokens=context_tokens)) <= limit_s:
         return cap_tokens
@@ -417,46 +418,62 @@ class FittedLatencyModel:
 
 
 @dataclass(frozen=True, slots=True)
-class RegionScaledModel:
-    """A fitted model whose predictions are scaled per region of shape space.
+class QuantileLatencyModel:
+    """A fitted model that predicts a high quantile of a step's time, not its mean.
 
-    The planner plans with a high quantile of each step's time, not its mean: ``factors``
-    holds, per region (:func:`region_of`), how much longer than ``base`` predicts the
-    steps of that region take at that quantile; regions not in it use ``default``.
+    ``base × scale + offset(region)``: ``scale`` is how much slower than fitted the
+    machine runs (every shape alike); per region of shape space (:func:`region_of`) the
+    offset is the allowance its steps' tail needs beyond that (measured − scaled fit at
+    a high quantile: jitter from other processes is a time, not a proportion, and a
+    region the fit gets wrong needs more of it). Regions not in ``offsets_s`` use
+    ``default_offset_s``.
 
     Args:
         base: The fitted model.
-        factors: Region name → factor (> 0).
-        default: Factor of every other region.
+        scale: Factor of every prediction (≥ 1 in use).
+        offsets_s: Region name → seconds added to its steps' predictions (≥ 0).
+        default_offset_s: Seconds added in every other region.
         long_context_tokens: Where a region's context turns ``long``.
     """
 
     base: FittedLatencyModel
-    factors: Mapping[str, float]
-    default: float = 1.0
+    scale: float = 1.0
+    offsets_s: Mapping[str, float] = field(default_factory=dict)
+    default_offset_s: float = 0.0
     long_context_tokens: int = 1024
-    _scaled: dict[str, FittedLatencyModel] = field(init=False, repr=False, compare=False)
+    _scaled: FittedLatencyModel = field(init=False, repr=False, compare=False)
+    _offsets: dict[str, float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        scaled = {region: self.base.scaled(self.factors.get(region, self.default)) for region in REGIONS}
-        object.__setattr__(self, "_scaled", scaled)
+        object.__setattr__(self, "_scaled", self.base.scaled(self.scale))
+        object.__setattr__(self, "_offsets", {r: self.offsets_s.get(r, self.default_offset_s) for r in REGIONS})
 
     @property
     def name(self) -> str:
         return self.base.name
 
-    def factor(self, shape: BatchShape) -> float:
-        return self.factors.get(region_of(shape, long_context_tokens=self.long_context_tokens), self.default)
+    def offset_s(self, shape: BatchShape) -> float:
+        return self._offsets[region_of(shape, long_context_tokens=self.long_context_tokens)]
 
     def predict_s(self, shape: BatchShape) -> float:
-        return self._scaled[region_of(shape, long_context_tokens=self.long_context_tokens)].predict_s(shape)
+        return self._scaled.predict_s(shape) + self.offset_s(shape)
 
     def max_prefill_tokens(self, limit_s: float, *, base: BatchShape, context_tokens: int, cap_tokens: int) -> int:
-        """The base model's closed form, scaled by the region the chunk puts the batch in
-        (which does not depend on the chunk's size, see :func:`region_of`)."""
-        region = region_of(
-            base.plus_prefill(1, context_tokens=context_tokens), long_context_tokens=self.long_context_tokens
+        """The scaled fit's closed form, less the offset of the region the chunk puts the
+        batch in (which does not depend on the chunk's size, see :func:`region_of`),
+        then checked against :meth:`predict_s` itself (rounding never lets it overrun)."""
+        offset = self._offsets[
+            region_of(base.plus_prefill(1, context_tokens=context_tokens), long_context_tokens=self.long_context_tokens)
+        ]
+        n = self._scaled.max_prefill_tokens(
+            limit_s - offset, base=base, context_tokens=context_tokens, cap_tokens=cap_tokens
         )
-        return self._scaled[region].max_prefill_tokens(
-            limit_s, base=base, context_tokens=context_tokens, cap_tokens=cap_tokens
-        )
+
+        def fits(k: int) -> bool:
+            return self.predict_s(base.plus_prefill(k, context_tokens=context_tokens)) <= limit_s
+
+        while n > 0 and not fits(n):
+            n -= 1
+        while n < cap_tokens and fits(n + 1):
+            n += 1
+        return n

@@ -6,19 +6,22 @@ The scheduler times every step and hands ``(BatchShape, measured seconds)`` here
 replaces the prior; it is refitted every ``refit_every`` samples on a sliding window.
 Each fit is written to ``path`` (JSON) so a restarted engine starts calibrated.
 
-[ours] The planner plans with a high quantile of each step's time, per region of shape
-space (:func:`~accelgen.core.latency.region_of`: decode / prefill / mixed × short /
-long context), not with the fit's mean::
+[ours] The planner plans with a high quantile of each step's time, not the fit's mean,
+in two parts: how much slower the machine runs than fitted (a proportion, every shape
+alike) and, per region of shape space (:func:`~accelgen.core.latency.region_of`: decode /
+prefill / mixed × short / long context), the tail its steps need beyond that (a time:
+jitter from other processes adds milliseconds, not a percentage)::
 
-    ratio   = measured / fitted, for every step the fit predicts at counted_min_s or more
-    factor  = quantile(last `ratio_window` ratios of the step's region), in [1, max_slowdown]
-    default = the same over every region's recent steps (regions with too few steps)
-    model in use = RegionScaledModel(fit, factors, default)
+    scale      = min over regions of the median measured / fitted   (in [1, max_slowdown])
+    offset(r)  = quantile(last `slowdown_window` (measured - scale x fitted) of region r), >= 0
+    default    = the same over every region's recent steps (regions with too few steps)
+    model in use = QuantileLatencyModel(fit, scale, offsets, default)
 
-Feedback: a step that overruns the model in use by more than ``overrun_tolerance`` raises
-its region's factor (and the default) to its own ratio at once, so the very next plan is
-smaller; the quantile takes over again at the region's next update (every 8 of its
-steps), so the factor falls back once overruns stop. The persisted fit stays unscaled.
+Both are re-derived every 8 steps. Feedback: a step that overruns the model in use by
+more than ``overrun_tolerance`` raises its region's offset (and the default) to its own
+excess at once, so the very next plan is smaller; the quantile takes over again at the
+next update, so the allowance falls back once overruns stop. The persisted fit stays as
+fitted.
 
 A slower machine and a wrong model look different: on a slower machine (other work on
 shared CPUs, a throttled GPU) every region's steps run long; with a wrong model one
@@ -53,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from accelgen.core.errors import ConfigError
-from accelgen.core.latency import REGIONS, BatchShape, FittedLatencyModel, LatencyModel, RegionScaledModel, region_of
+from accelgen.core.latency import REGIONS, BatchShape, FittedLatencyModel, LatencyModel, QuantileLatencyModel, region_of
 
 #: [ours] A rough prior for the tests' tiny model (hidden 256, 2 layers) on a small CPU:
 #: prefill of 1,024 tokens ~34 ms, a decode step of 128 requests ~15 ms. Other models get
@@ -87,25 +90,24 @@ def prior_for(*, hidden: int, layers: int, intermediate: int) -> FittedLatencyMo
 
 @dataclass(slots=True)
 class _Region:
-    """Recent measured / fitted ratios of one region, and the factor planned with."""
+    """Recent (fitted, measured) seconds of one region's steps, and its offset in use."""
 
-    ratios: deque[float]
-    factor: float = 1.0
+    steps: deque[tuple[float, float]]
+    offset_s: float = 0.0
     num_steps: int = 0
-    since_update: int = 0
 
 
 @dataclass(slots=True)
-class _Ratios:
-    """Per-region and overall ratio windows."""
+class _Window:
+    """Per-region and overall windows of recent steps."""
 
-    window: int
+    size: int
     regions: dict[str, _Region] = field(default_factory=dict)
-    overall: deque[float] = field(default_factory=deque)
+    overall: deque[tuple[float, float]] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
-        self.regions = {r: _Region(deque(maxlen=self.window)) for r in REGIONS}
-        self.overall = deque(maxlen=self.window)
+        self.regions = {r: _Region(deque(maxlen=self.size)) for r in REGIONS}
+        self.overall = deque(maxlen=self.size)
 
     def clear(self) -> None:
         self.__post_init__()
@@ -121,13 +123,11 @@ class Calibrator:
         refit_every: Samples between refits (at least an eighth of the window's samples).
         window: Most recent samples a fit uses.
         skip_first: Steps ignored at start (warm-up: allocator, first-touch, caches).
-        slowdown_quantile: The quantile of measured / fitted each region is planned at
-            (module docstring); None: plan with the fit itself, never scale.
+        slowdown_quantile: The quantile of each region's steps the planner plans for
+            (module docstring); None: plan with the fit itself, never scale or offset.
         slowdown_window: Recent steps per region the quantile is taken over.
-        slowdown_min_s: Only steps the fit predicts at this or longer count towards the
-            factors; None: twice the fit's time of one lone decode (relative, so the
-            same on any machine).
-        max_slowdown: The largest factor applied.
+        slowdown_min_s: Only steps the fit predicts at this or longer count; None: all.
+        max_slowdown: The largest scale applied.
         overrun_tolerance: A step longer than (1 + this) × its prediction is an overrun.
         long_context_tokens: Where a region's context turns ``long``.
     """
@@ -172,10 +172,10 @@ class Calibrator:
         self.max_slowdown = max_slowdown
         self.overrun_tolerance = overrun_tolerance
         self.long_context_tokens = long_context_tokens
-        self.slowdown = 1.0  # the default factor: every region without enough steps of its own
-        self._ratios = _Ratios(slowdown_window)
-        self._counted_min_s = math.inf
-        self._since_default = 0
+        self.slowdown = 1.0  # the machine's scale: how much slower than fitted, every shape alike
+        self.default_offset_s = 0.0  # the tail allowance of regions without enough steps of their own
+        self._window = _Window(slowdown_window)
+        self._since_update = 0
         if path is not None and path.exists():
             self._use_fit(load_fit(path))
             self.loaded_from_file = True
@@ -207,76 +207,88 @@ class Calibrator:
         return self.refit() or changed
 
     def _track(self, shape: BatchShape, measured_s: float, predicted_s: float) -> bool:
-        """Update the factors from this step; True when the model in use changed."""
+        """Update scale and offsets from this step; True when the model in use changed."""
         fit = self.fitted
-        q = self.slowdown_quantile
-        if fit is None or q is None:
+        if fit is None or self.slowdown_quantile is None:
             return False  # the prior is no yardstick for the machine's speed
         fitted_s = fit.predict_s(shape)
-        if fitted_s < self._counted_min_s:
+        if fitted_s <= 0 or (self.slowdown_min_s is not None and fitted_s < self.slowdown_min_s):
             return False
-        ratio = measured_s / fitted_s
-        region = self._ratios.regions[self.region(shape)]
-        region.ratios.append(ratio)
+        region = self._window.regions[self.region(shape)]
+        region.steps.append((fitted_s, measured_s))
         region.num_steps += 1
-        region.since_update += 1
-        self._ratios.overall.append(ratio)
-        self._since_default += 1
+        self._window.overall.append((fitted_s, measured_s))
+        self._since_update += 1
         changed = False
         if measured_s > predicted_s * (1.0 + self.overrun_tolerance):
-            # Feedback: plan the next steps for this overrun now, not in 8 steps' time.
+            # Feedback: plan the next steps for this overrun now, not at the next update.
             self.num_overruns += 1
-            region.factor = max(region.factor, self._clamp(ratio))
-            self.slowdown = max(self.slowdown, self._clamp(ratio))
+            excess = measured_s - self.slowdown * fitted_s
+            region.offset_s = max(region.offset_s, excess)
+            self.default_offset_s = max(self.default_offset_s, excess)
             changed = True
-        if len(region.ratios) >= 16 and region.since_update >= 8:
-            region.since_update = 0
-            new = self._clamp(float(np.quantile(region.ratios, q)))
-            if abs(new - region.factor) > 0.05 * region.factor:
-                region.factor, changed = new, True
-        if len(self._ratios.overall) >= 16 and self._since_default >= 8:
-            self._since_default = 0
-            new = self._clamp(float(np.quantile(self._ratios.overall, q)))
-            if abs(new - self.slowdown) > 0.05 * self.slowdown:
-                self.slowdown, changed = new, True
+        if self._since_update >= 8 and len(self._window.overall) >= 16:
+            self._since_update = 0
+            changed = self._update() or changed
         if changed:
             self._rebuild_model()
         return changed
 
-    def _clamp(self, factor: float) -> float:
-        return min(max(factor, 1.0), self.max_slowdown)
+    def _update(self) -> bool:
+        """Re-derive the scale and the offsets from the windows; True when they moved."""
+        q = self.slowdown_quantile
+        assert q is not None
+        medians = [
+            statistics.median(m / f for f, m in r.steps) for r in self._window.regions.values() if len(r.steps) >= 16
+        ]
+        if not medians:
+            medians = [statistics.median(m / f for f, m in self._window.overall)]
+        scale = min(max(min(medians), 1.0), self.max_slowdown)
+
+        def tail_s(steps: deque[tuple[float, float]]) -> float:
+            return max(0.0, float(np.quantile([m - scale * f for f, m in steps], q)))
+
+        moved = abs(scale - self.slowdown) > 0.01 * self.slowdown
+        self.slowdown = scale
+        new_default = tail_s(self._window.overall)
+        moved = moved or abs(new_default - self.default_offset_s) > max(0.05 * self.default_offset_s, 2e-4)
+        self.default_offset_s = new_default
+        for region in self._window.regions.values():
+            if len(region.steps) >= 16:
+                new = tail_s(region.steps)
+                moved = moved or abs(new - region.offset_s) > max(0.05 * region.offset_s, 2e-4)
+                region.offset_s = new
+        return moved
 
     def _rebuild_model(self) -> None:
         fit = self.fitted
         assert fit is not None
-        factors = {name: region.factor for name, region in self._ratios.regions.items() if len(region.ratios) >= 16}
-        if self.slowdown == 1.0 and all(f == 1.0 for f in factors.values()):
-            self.model = fit
-        else:
-            self.model = RegionScaledModel(
-                fit, factors, default=self.slowdown, long_context_tokens=self.long_context_tokens
-            )
+        offsets = {name: r.offset_s for name, r in self._window.regions.items() if len(r.steps) >= 16}
+        self.model = QuantileLatencyModel(
+            fit,
+            scale=self.slowdown,
+            offsets_s=offsets,
+            default_offset_s=self.default_offset_s,
+            long_context_tokens=self.long_context_tokens,
+        )
 
     def _use_fit(self, fit: FittedLatencyModel) -> None:
-        """Make ``fit`` the fit; the ratio windows are re-derived from the recent samples."""
+        """Make ``fit`` the fit; the windows are re-derived from the recent samples."""
         self.fitted = fit
-        floor = fit.predict_s(BatchShape(num_decodes=1))
-        self._counted_min_s = self.slowdown_min_s if self.slowdown_min_s is not None else 2.0 * floor
-        factors = {name: region.factor for name, region in self._ratios.regions.items()}
-        self._ratios.clear()
-        for name, factor in factors.items():
-            self._ratios.regions[name].factor = factor
-        if self.slowdown_quantile is not None:
-            for shape, measured_s in list(self._samples)[-4 * self._ratios.window :]:
-                fitted_s = fit.predict_s(shape)
-                if fitted_s >= self._counted_min_s:
-                    self._ratios.regions[self.region(shape)].ratios.append(measured_s / fitted_s)
-                    self._ratios.overall.append(measured_s / fitted_s)
-            for region in self._ratios.regions.values():
-                if len(region.ratios) >= 16:
-                    region.factor = self._clamp(float(np.quantile(region.ratios, self.slowdown_quantile)))
-            if len(self._ratios.overall) >= 16:
-                self.slowdown = self._clamp(float(np.quantile(self._ratios.overall, self.slowdown_quantile)))
+        counts = {name: r.num_steps for name, r in self._window.regions.items()}
+        self._window.clear()
+        for name, count in counts.items():
+            self._window.regions[name].num_steps = count
+        if self.slowdown_quantile is None:
+            self.model = fit
+            return
+        for shape, measured_s in list(self._samples)[-4 * self._window.size :]:
+            fitted_s = fit.predict_s(shape)
+            if fitted_s > 0 and (self.slowdown_min_s is None or fitted_s >= self.slowdown_min_s):
+                self._window.regions[self.region(shape)].steps.append((fitted_s, measured_s))
+                self._window.overall.append((fitted_s, measured_s))
+        if len(self._window.overall) >= 16:
+            self._update()
         self._rebuild_model()
 
     def refit(self) -> bool:
@@ -319,9 +331,9 @@ class Calibrator:
         region the model overestimates is safe and not flagged.
         """
         medians = {
-            name: statistics.median(region.ratios)
-            for name, region in self._ratios.regions.items()
-            if len(region.ratios) >= 16
+            name: statistics.median(m / f for f, m in region.steps)
+            for name, region in self._window.regions.items()
+            if len(region.steps) >= 16
         }
         if not medians:
             return "ok", []
@@ -338,16 +350,19 @@ class Calibrator:
         errors = list(self._online_errors)
         diagnosis, off = self.diagnosis()
         regions = {}
-        for name, region in self._ratios.regions.items():
-            if not region.ratios:
+        for name, region in self._window.regions.items():
+            if not region.steps:
                 continue
-            p50, p90, p99 = (float(v) for v in np.quantile(region.ratios, [0.5, 0.9, 0.99]))
+            ratios = [m / f for f, m in region.steps]
+            p50, p90, p99 = (float(v) for v in np.quantile(ratios, [0.5, 0.9, 0.99]))
             regions[name] = {
-                "num_steps": region.num_steps,
+                "num_steps": region.num_steps,  # timed since the first fit
+                "window_steps": len(region.steps),  # the quantiles are over these
                 "ratio_p50": p50,
                 "ratio_p90": p90,
                 "ratio_p99": p99,
-                "factor": region.factor if len(region.ratios) >= 16 else self.slowdown,
+                "factor": self.slowdown,
+                "offset_s": region.offset_s if len(region.steps) >= 16 else self.default_offset_s,
             }
         return {
             "model": self.model.name,
@@ -365,6 +380,7 @@ class Calibrator:
             "num_overruns": self.num_overruns,
             "quantile": self.slowdown_quantile,
             "slowdown": self.slowdown,
+            "default_offset_s": self.default_offset_s,
             "diagnosis": diagnosis,
             "model_off_regions": off,
             "regions": regions,
