@@ -9,7 +9,10 @@ A request reserves KV for prompt + max_tokens on admission (no preemption).
 Like AccelGen's scheduler inside vLLM, it can write the in-engine stats file
 (:class:`accelgen.vllm.stats.EngineStats`, policy ``sim``): its budget per step is the
 tokens it scheduled in that step (decodes + prompt chunks), so the sidecar's
-``accelgen_engine_budget_tokens`` has data without vLLM.
+``accelgen_engine_budget_tokens`` has data without vLLM. Its steps are timed (wall time
+of each iteration's sleep) and calibrated by the same
+:class:`~accelgen.vllm.calibration.Calibrator`, whose report is the file's
+``calibration``: the latency-model gauges and panels have data without vLLM too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelgen.core.latency import BatchShape, LatencyModel
+from accelgen.vllm.calibration import TINY_CPU_PRIOR, Calibrator
 from accelgen.vllm.stats import EngineStats
 
 
@@ -62,6 +66,7 @@ class SimEngine:
         self.config = config
         # The side channel accelgen.vllm writes (written only with a path; counted always).
         self.stats = EngineStats(policy="sim", path=stats_path)
+        self.calibrator = Calibrator(prior=TINY_CPU_PRIOR)
         self._written_s, self._written_steps = -1e9, -1  # -1: not even the empty file yet
         self.waiting: list[SimRequest] = []
         self.running: list[SimRequest] = []
@@ -135,6 +140,7 @@ class SimEngine:
     def _write_stats(self) -> None:
         # ~2 ms with a full window, in the sidecar's event loop under --engine sim:
         # at most every interval_s while busy, and once when idle (see _loop).
+        self.stats.calibration = self.calibrator.report()
         self.stats.maybe_write(force=True)
         self._written_s, self._written_steps = time.monotonic(), self.stats.num_steps
 
@@ -162,7 +168,10 @@ class SimEngine:
                 continue
             shape, work = self._plan()
             self._record(shape)
+            started_s = time.perf_counter()
             await asyncio.sleep(self.model.predict_s(shape) * self.config.time_scale)
+            if self.config.time_scale > 0:  # at scale 0 steps take no time: nothing to calibrate
+                self.calibrator.add(shape, time.perf_counter() - started_s)
             for request, chunk in work:
                 if request.aborted:
                     continue
