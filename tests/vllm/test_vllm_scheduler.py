@@ -56,17 +56,20 @@ def test_slo_metadata_from_extra_args_reaches_the_planner(engine) -> None:
 def _step_times_s(engine) -> tuple[float, float]:
     """(cap-sized prefill step, decode step) in seconds on this machine now, each alone.
 
-    The prefill step is the lesser of its median measured time (three lone 2,048-token
-    prompts) and the calibrated fit's prediction; the decode step is the median measured
-    one (the decodes after those prompts).
+    The prefill step is the lesser of its median measured time (three lone prompts of
+    2,040 to 2,048 tokens) and the calibrated fit's prediction; the decode step is the
+    median measured one (the decodes after those prompts).
+
+    NOTE: prompts of three lengths, so each shape of these steps is seen once a call:
+    a shape seen five times enters the calibrator's noise floor, which another test reads.
     """
     s = engine.scheduler
     fit = s.calibrator.fitted
     assert fit is not None, s.calibrator.report()
     prefills: list[float] = []
     decodes: list[float] = []
-    for _ in range(3):
-        add(engine, prompt_tokens=CAP_TOKENS, max_tokens=4)
+    for i in range(3):
+        add(engine, prompt_tokens=CAP_TOKENS - 4 * i, max_tokens=4)
         step(engine)
         prefills.append(s.accelgen_stats.last_measured_s)
         while engine.llm.llm_engine.has_unfinished_requests():
@@ -82,13 +85,14 @@ def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine, calibrated_f
 
     NOTE: the targets are relative to this machine's steps, not the tiers' fixed ones: a
     fast CPU runs a cap-sized step within the tight tier's 150 ms, so nothing would need
-    to shrink, and a slow one past the loose tier's 3 s. Tight: the geometric mean of a
-    cap-sized prefill step (the lower of measured and fitted, see ``_step_times_s``) and a
-    decode step of the running requests (the higher of measured and predicted), so it is
-    as many times shorter than the one (no cap-sized step fits) as longer than the other
-    (the planner admits a request only while such a decode step fits 80 % of the tightest
-    TBT). Loose: ten cap-sized steps, so it never constrains. Skipped when the two steps
-    differ by less than 2.5² (a machine too busy to show it; idle, they differ ~100x).
+    to shrink, and a slow one past the loose tier's 3 s. The tight TBT must stay under
+    half a cap-sized prefill step (the lower of measured and fitted, see
+    ``_step_times_s``), so the budget falls below half the cap, and over a decode step of
+    the running requests (the higher of measured and predicted) / 0.8, as the planner
+    admits a request only while such a step fits 80 % of the tightest TBT: it is set
+    midway between the two, geometrically, the same factor from each. Skipped when that
+    factor is under 1.25 (a machine too busy to show it; idle, it is about 6). Loose: ten
+    cap-sized steps, so it never constrains.
     """
     s = engine.scheduler
     cap_step_s, decode_s = _step_times_s(engine)
@@ -96,12 +100,12 @@ def test_budget_follows_the_tight_tier_as_it_comes_and_goes(engine, calibrated_f
     for _ in range(3):
         running = running.plus_decode(context_tokens=64)
     decode_s = max(decode_s, s.calibrator.model.predict_s(running))
-    contrast = math.sqrt(cap_step_s / decode_s)
+    most_s, least_s = cap_step_s / 2, decode_s / 0.8
     timings = {"cap_step_s": cap_step_s, "decode_s": decode_s}
-    if contrast < 2.5:
+    if most_s < 1.25**2 * least_s:
         pytest.skip(f"machine too busy to tell a cap-sized step from a decode step: {timings}")
     cap_step_ms = 1000 * cap_step_s
-    tight_tbt_ms = cap_step_ms / contrast
+    tight_tbt_ms = 1000 * math.sqrt(most_s * least_s)
     budgets = s.accelgen_stats.budget_tokens
     long_id = add(engine, prompt_tokens=5000, max_tokens=40, tbt_ms=10 * cap_step_ms)
     step(engine)
@@ -180,12 +184,12 @@ def _unsteerable(planned: dict[str, int], need: dict[str, int], running: set[str
 
 def test_plans_are_executed_as_planned(engine) -> None:
     """vLLM's batch equals the core's plan: same requests, same chunk sizes, in every
-    step whose plan vLLM can be steered to (see ``_unsteerable``; at most one such plan
-    per admission).
+    step whose plan vLLM can be steered to (see ``_unsteerable``).
 
     NOTE: which plans come up depends on the machine's speed (the tight tier's fixed
-    TBT cuts chunks on a slow machine, not on a fast one), so no share of inexact steps
-    is asserted: each inexact step is checked to be one vLLM cannot run as planned.
+    TBT cuts chunks on a slow machine, not on a fast one), and so does how many cannot
+    be steered (an admission crowded out by the cut request is planned again the next
+    step): no share of inexact steps is asserted, each is checked to be of that kind.
     """
     stats = engine.scheduler.accelgen_stats
     inexact_before = stats.num_inexact_steps
@@ -209,7 +213,6 @@ def test_plans_are_executed_as_planned(engine) -> None:
             computed[rid] += n
     assert len(misses) == stats.num_inexact_steps - inexact_before
     assert all(m["unsteerable"] for m in misses), misses
-    assert len(misses) <= len(prompt_tokens), misses
 
 
 @pytest.mark.parametrize("name", [n for n, spec in REGISTRY.items() if not spec.clairvoyant] + ["vllm-stock"])
