@@ -38,11 +38,11 @@ from accelgen.vllm.stats import EngineStats, read_stats
 BUDGET = "accelgen_engine_budget_tokens"
 ATTAINMENT = "accelgen_tier_attainment_target_ratio"
 RATIO = "accelgen_engine_step_time_ratio"
-FACTOR = "accelgen_engine_step_time_factor"
+ALLOWANCE = "accelgen_engine_step_time_allowance_seconds"
 DIAGNOSIS = "accelgen_engine_latency_model_diagnosis"
 LATENCY_MODEL = (
     RATIO,
-    FACTOR,
+    ALLOWANCE,
     "accelgen_engine_latency_model_slowdown",
     "accelgen_engine_latency_model_in_use_ratio_p99",
     DIAGNOSIS,
@@ -263,7 +263,7 @@ def test_latency_model_gauges_from_the_calibrators_report(tmp_path: Path) -> Non
         for region, entry in regions.items():
             for quantile, key in (("0.5", "ratio_p50"), ("0.9", "ratio_p90"), ("0.99", "ratio_p99")):
                 assert metric_value(text, RATIO, pool="p3", region=region, quantile=quantile) == entry[key]
-            assert metric_value(text, FACTOR, pool="p3", region=region) == entry["factor"]
+            assert metric_value(text, ALLOWANCE, pool="p3", region=region) == entry["offset_s"]
         assert regions["mixed-long"]["ratio_p99"] > 1.5 > regions["decode-short"]["ratio_p99"]
         for name, key in (
             ("slowdown", "slowdown"),
@@ -278,7 +278,7 @@ def test_latency_model_gauges_from_the_calibrators_report(tmp_path: Path) -> Non
         # Regions without steps have no series; every label set is known in advance.
         lines = _latency_lines(text)
         assert not any('region="decode-long"' in line or "prefill" in line for line in lines)
-        assert len(lines) == 3 * 3 + 3 + 3 + 3, lines  # ratios, factors, diagnosis, the three scalars
+        assert len(lines) == 3 * 3 + 3 + 3 + 3, lines  # ratios, allowances, diagnosis, the three scalars
     finally:
         stack.stop()
 
@@ -295,7 +295,7 @@ def test_latency_model_gauges_follow_the_file_and_survive_garbage(tmp_path: Path
         "in_use_ratio_p99": 1.12,
         "num_overruns": 4,
         "regions": {
-            "decode-short": {"num_steps": 812, "ratio_p50": 0.99, "ratio_p90": 1.04, "ratio_p99": 1.11, "factor": 1.05}
+            "decode-short": {"num_steps": 812, "ratio_p50": 0.99, "ratio_p90": 1.04, "ratio_p99": 1.11, "offset_s": 1.05}
         },
     }
     try:
@@ -305,7 +305,7 @@ def test_latency_model_gauges_follow_the_file_and_survive_garbage(tmp_path: Path
             f'{RATIO}{{quantile="0.5",region="decode-short"}} 0.99',
             f'{RATIO}{{quantile="0.9",region="decode-short"}} 1.04',
             f'{RATIO}{{quantile="0.99",region="decode-short"}} 1.11',
-            f'{FACTOR}{{region="decode-short"}} 1.05',
+            f'{ALLOWANCE}{{region="decode-short"}} 1.05',
             "accelgen_engine_latency_model_slowdown 1.03",
             "accelgen_engine_latency_model_in_use_ratio_p99 1.12",
             f'{DIAGNOSIS}{{diagnosis="ok"}} 1.0',
@@ -326,12 +326,12 @@ def test_latency_model_gauges_follow_the_file_and_survive_garbage(tmp_path: Path
         garbage = (
             '{"calibration": {"slowdown": NaN, "in_use_ratio_p99": null, "num_overruns": "4",'
             ' "diagnosis": "on-fire", "regions": {"decode-long": {"ratio_p50": Infinity, "ratio_p90": 1.5,'
-            ' "ratio_p99": true, "factor": -1}, "tpu-short": {"ratio_p50": 1.0, "factor": 1.0},'
-            ' "mixed-long": null, "prefill-long": {"factor": 2.5}}}}'
+            ' "ratio_p99": true, "offset_s": -1}, "tpu-short": {"ratio_p50": 1.0, "offset_s": 1.0},'
+            ' "mixed-long": null, "prefill-long": {"offset_s": 2.5}}}}'
         )
         path.with_suffix(".tmp").write_text(garbage)
         os.replace(path.with_suffix(".tmp"), path)
-        want = [f'{RATIO}{{quantile="0.9",region="decode-long"}} 1.5', f'{FACTOR}{{region="prefill-long"}} 2.5']
+        want = [f'{RATIO}{{quantile="0.9",region="decode-long"}} 1.5', f'{ALLOWANCE}{{region="prefill-long"}} 2.5']
         assert wait_for(lambda: _latency_lines(_metrics(stack)) == want, 5), _latency_lines(_metrics(stack))
         engine_lines = [line for line in _metrics(stack).splitlines() if line.startswith("accelgen_engine")]
         assert not any(word in line for line in engine_lines for word in ("NaN", "Inf"))
@@ -366,8 +366,8 @@ def test_latency_model_of_keeps_only_known_finite_values() -> None:
                 "num_overruns": -3,
                 "diagnosis": "model-off",
                 "regions": {
-                    "mixed-short": {"ratio_p50": 0.0, "ratio_p90": "1.2", "ratio_p99": math.nan, "factor": None},
-                    "decode-short": {"ratio_p99": 1e309, "factor": 1.2},  # 1e309: inf
+                    "mixed-short": {"ratio_p50": 0.0, "ratio_p90": "1.2", "ratio_p99": math.nan, "offset_s": None},
+                    "decode-short": {"ratio_p99": 1e309, "offset_s": 1.2},  # 1e309: inf
                 },
             }
         }
@@ -377,5 +377,5 @@ def test_latency_model_of_keeps_only_known_finite_values() -> None:
         slowdown=1.0,
         diagnosis="model-off",
         ratios={"mixed-short": {"0.5": 0.0}},
-        factors={"decode-short": 1.2},
+        allowances_s={"decode-short": 1.2},
     )

@@ -45,7 +45,7 @@ class LatencyModelReport:
     num_overruns: float | None = None  # cumulative, from the engine's start
     diagnosis: str | None = None  # one of DIAGNOSES
     ratios: dict[str, dict[str, float]] = field(default_factory=dict)  # region → {quantile: ratio}
-    factors: dict[str, float] = field(default_factory=dict)  # region → factor the planner plans with
+    allowances_s: dict[str, float] = field(default_factory=dict)  # region → seconds the planner adds
 
 
 @dataclass(slots=True)
@@ -115,7 +115,7 @@ def latency_model_of(snapshot: dict[str, Any]) -> LatencyModelReport:
         return LatencyModelReport()
     regions = raw.get("regions")
     ratios: dict[str, dict[str, float]] = {}
-    factors: dict[str, float] = {}
+    allowances_s: dict[str, float] = {}
     for region in REGIONS:  # a fixed list: unknown names never become label values
         entry = regions.get(region) if isinstance(regions, dict) else None
         if not isinstance(entry, dict):
@@ -123,9 +123,9 @@ def latency_model_of(snapshot: dict[str, Any]) -> LatencyModelReport:
         quantiles = {q: v for q, key in RATIO_QUANTILES.items() if (v := _number(entry.get(key))) is not None}
         if quantiles:
             ratios[region] = quantiles
-        factor = _number(entry.get("factor"))
-        if factor is not None:
-            factors[region] = factor
+        allowance = _number(entry.get("offset_s"))
+        if allowance is not None:
+            allowances_s[region] = allowance
     diagnosis = raw.get("diagnosis")
     return LatencyModelReport(
         slowdown=_number(raw.get("slowdown")),
@@ -133,7 +133,7 @@ def latency_model_of(snapshot: dict[str, Any]) -> LatencyModelReport:
         num_overruns=_number(raw.get("num_overruns")),
         diagnosis=str(diagnosis) if diagnosis in DIAGNOSES else None,
         ratios=ratios,
-        factors=factors,
+        allowances_s=allowances_s,
     )
 
 

@@ -96,23 +96,23 @@ class LatencyModelCollector:
         for region, quantiles in r.ratios.items():
             for quantile, value in quantiles.items():
                 self._add(ratio, value, region, quantile)
-        factor = self._family(
-            "accelgen_engine_step_time_factor",
-            "Factor AccelGen's planner scales the fitted latency model by in each region "
-            "(a high quantile of measured / predicted; an overrun raises it at once)",
+        allowance = self._family(
+            "accelgen_engine_step_time_allowance_seconds",
+            "Seconds AccelGen's planner adds to the scaled fit's prediction of each region's steps "
+            "(the 95th percentile of their recent excess over it; an overrun raises it at once)",
             "region",
         )
-        for region, value in r.factors.items():
-            self._add(factor, value, region)
+        for region, value in r.allowances_s.items():
+            self._add(allowance, value, region)
         slowdown = self._family(
             "accelgen_engine_latency_model_slowdown",
-            "Factor the planner applies where a region has too few steps of its own: the same "
-            "quantile of measured / predicted over every region's recent steps",
+            "How much slower than fitted the engine's steps run, every region alike (the smallest "
+            "median measured / predicted over the regions): the planner scales the fit by it",
         )
         self._add(slowdown, r.slowdown)
         in_use = self._family(
             "accelgen_engine_latency_model_in_use_ratio_p99",
-            "99th percentile of measured / predicted by the model the planner uses (factors "
+            "99th percentile of measured / predicted by the model the planner uses (scale and allowance "
             "applied), over recent steps predicted at 20 ms or more: above 1, plans overrun",
         )
         self._add(in_use, r.in_use_ratio_p99)
@@ -132,7 +132,7 @@ class LatencyModelCollector:
             "with the engine)",
         )
         self._add(overruns, r.num_overruns)
-        yield from (ratio, factor, slowdown, in_use, diagnosis, overruns)
+        yield from (ratio, allowance, slowdown, in_use, diagnosis, overruns)
 
 
 @dataclass(frozen=True, slots=True)

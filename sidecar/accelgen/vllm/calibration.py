@@ -361,7 +361,6 @@ class Calibrator:
                 "ratio_p50": p50,
                 "ratio_p90": p90,
                 "ratio_p99": p99,
-                "factor": self.slowdown,
                 "offset_s": region.offset_s if len(region.steps) >= 16 else self.default_offset_s,
             }
         return {
