@@ -183,6 +183,22 @@ def max_prefill_tokens_within(
     return lo
 
 
+def _settle(
+    n: int, model: LatencyModel, limit_s: float, *, base: BatchShape, context_tokens: int, cap_tokens: int
+) -> int:
+    """``n`` (a solved chunk size) moved to the largest that fits by ``model``'s own
+    predictions: a step or two at most, so rounding never lets a chunk overrun."""
+
+    def fits(k: int) -> bool:
+        return model.predict_s(base.plus_prefill(k, context_tokens=context_tokens)) <= limit_s
+
+    while n > 0 and not fits(n):
+        n -= 1
+    while n < cap_tokens and fits(n + 1):
+        n += 1
+    return n
+
+
 @dataclass(frozen=True, slots=True)
 class ProfileLatencyModel:
     """Measured token-proportional time plus analytic attention and a fixed overhead.
@@ -336,15 +352,7 @@ class FittedLatencyModel:
         if denominator <= 0:
             return cap_tokens  # chunk tokens cost nothing in this model
         n = max(0, math.floor(min(2.0 * room / denominator, float(cap_tokens))))
-
-        def fits(k: int) -> bool:
-            return self.predict_s(base.plus_prefill(k, context_tokens=context_tokens)) <= limit_s
-
-        while n > 0 and not fits(n):
-            n -= 1
-        while n < cap_tokens and fits(n + 1):
-            n += 1
-        return n
+        return _settle(n, self, limit_s, base=base, context_tokens=context_tokens, cap_tokens=cap_tokens)
 
     @classmethod
     def fit(
@@ -468,12 +476,4 @@ class QuantileLatencyModel:
         n = self._scaled.max_prefill_tokens(
             limit_s - offset, base=base, context_tokens=context_tokens, cap_tokens=cap_tokens
         )
-
-        def fits(k: int) -> bool:
-            return self.predict_s(base.plus_prefill(k, context_tokens=context_tokens)) <= limit_s
-
-        while n > 0 and not fits(n):
-            n -= 1
-        while n < cap_tokens and fits(n + 1):
-            n += 1
-        return n
+        return _settle(n, self, limit_s, base=base, context_tokens=context_tokens, cap_tokens=cap_tokens)
