@@ -220,17 +220,23 @@ async def _send_phases(base_url: str, phases: Sequence[ProbePhase], *, vocab: in
                 raise RuntimeError(f"probe phase {phase.name}: {type(err).__name__}: {err}") from err
 
 
-def _body(req: ProbeRequest, rng: random.Random, vocab: int) -> dict[str, Any]:
+def completion_body(prompt_tokens: int, output_tokens: int, rng: random.Random, vocab: int) -> dict[str, Any]:
+    """A streaming ``/v1/completions`` body: that many random token ids, exactly that many
+    output tokens (``ignore_eos``), every chunk with the cumulative token count."""
     return {
         "model": "model",
-        "prompt": [rng.randrange(10, vocab) for _ in range(req.prompt_tokens)],
-        "max_tokens": req.output_tokens,
-        "min_tokens": req.output_tokens,
+        "prompt": [rng.randrange(10, vocab) for _ in range(prompt_tokens)],
+        "max_tokens": output_tokens,
+        "min_tokens": output_tokens,
         "ignore_eos": True,
         "temperature": 0.0,
         "stream": True,
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
+
+
+def _body(req: ProbeRequest, rng: random.Random, vocab: int) -> dict[str, Any]:
+    return completion_body(req.prompt_tokens, req.output_tokens, rng, vocab)
 
 
 async def _complete(session: Any, url: str, body: dict[str, Any], started: Any = None) -> None:

@@ -153,18 +153,11 @@ def _server_config(
 
 
 def _body(req: SimRequest, name: str, tiers: TierSet, rng: random.Random, vocab: int) -> dict[str, Any]:
+    from accelgen.bench.probe import completion_body
+
     tier = tiers.get(req.tier)
-    body: dict[str, Any] = {
-        "model": "model",
-        "prompt": [rng.randrange(10, vocab) for _ in range(req.prompt_tokens)],
-        "max_tokens": req.output_tokens,
-        "min_tokens": req.output_tokens,
-        "ignore_eos": True,
-        "temperature": 0.0,
-        "stream": True,
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-        "vllm_xargs": {"slo_tier": tier.name},
-    }
+    body = completion_body(req.prompt_tokens, req.output_tokens, rng, vocab)
+    body["vllm_xargs"] = {"slo_tier": tier.name}
     if name == "vllm-priority":
         body["priority"] = tier.priority
     return body
@@ -212,6 +205,8 @@ async def _replay(
 
     import aiohttp
 
+    from accelgen.bench.probe import completion_body
+
     outcome = Outcome()
     rng = random.Random(seed)
     bodies = {r.request_id: _body(r, name, tiers, rng, vocab) for r in requests}  # before the clock starts
@@ -221,19 +216,9 @@ async def _replay(
         # Warm-up (not recorded): the first requests of a fresh engine pay one-time costs,
         # and AccelGen calibrates its latency model on these steps.
         warm_rng = random.Random(seed + 1)
-        warm = [
-            {
-                "model": "model",
-                "prompt": [warm_rng.randrange(10, vocab) for _ in range(64 + 160 * i)],
-                "max_tokens": 24,
-                "min_tokens": 24,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-                "vllm_xargs": {"slo_tier": tiers.default},
-            }
-            for i in range(WARMUP_REQUESTS)
-        ]
+        warm = [completion_body(64 + 160 * i, 24, warm_rng, vocab) for i in range(WARMUP_REQUESTS)]
+        for b in warm:
+            b["vllm_xargs"] = {"slo_tier": tiers.default}
         await asyncio.gather(*(_send(session, url, b, lambda n: None) for b in warm))
 
         loop = asyncio.get_running_loop()
