@@ -70,7 +70,7 @@ class _PendingStep:
     """A scheduled step waiting for its output, for timing."""
 
     output: SchedulerOutput
-    returned_s: float  # perf_counter when schedule() returned
+    started_s: float  # perf_counter when schedule() was called
     shape: BatchShape
     predicted_s: float
     record: dict[str, Any] | None  # for the step log, completed with the measured time
@@ -258,18 +258,20 @@ class _AccelGenMixin(_SchedulerBase):
         # The plan's shape when vLLM ran the plan as planned (the common case, and cheaper).
         shape = plan.shape if plan is not None and exact else batch_shape(output, self.requests)
         predicted_s = self.calibrator.model.predict_s(shape)
-        self._pending.append(_PendingStep(output, returned_s, shape, predicted_s, record))
+        self._pending.append(_PendingStep(output, t0, shape, predicted_s, record))
         return output
 
     def update_from_output(self, scheduler_output: SchedulerOutput, model_runner_output: Any) -> Any:
-        t = time.perf_counter()
         step = self._pop_pending(scheduler_output)
+        result = super().update_from_output(scheduler_output, model_runner_output)
+        t = time.perf_counter()
         if step is not None and step.shape.num_tokens == 0 and step.record is not None:
             self.accelgen_stats.record_step(step.record)
         elif step is not None:
-            # NOTE: with async scheduling the next schedule() runs before this update;
-            # the step could start only when the previous one had finished.
-            measured_s = t - max(step.returned_s, self._last_update_end_s)
+            # What a token's gap is made of: the step's schedule(), its forward pass and
+            # this update, which emits its tokens. With async scheduling the next
+            # schedule() runs before this update: the step starts when the last one ended.
+            measured_s = t - max(step.started_s, self._last_update_end_s)
             self.accelgen_stats.record_timing(predicted_s=step.predicted_s, measured_s=measured_s)
             if step.record is not None:
                 step.record.update(
@@ -282,7 +284,6 @@ class _AccelGenMixin(_SchedulerBase):
                 if self.planner is not None:
                     self.planner.set_latency_model(self.calibrator.model)
                 self._publish_calibration()
-        result = super().update_from_output(scheduler_output, model_runner_output)
         self._last_update_end_s = time.perf_counter()
         self._last_token_wall_s = time.time()
         self.accelgen_stats.maybe_write()
