@@ -6,25 +6,8 @@ Top-level imports stay light (argparse only) so ``accelgen --help`` never loads 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from accelgen.argtypes import non_negative_float, port, positive_float, positive_int
-
-# The tiers used when no --tiers file is given (same shape as the YAML file).
-DEFAULT_TIERS: dict[str, Any] = {
-    "default_tier": "standard",
-    "tiers": [
-        {
-            "name": "interactive",
-            "ttft_ms": 500,
-            "tbt_ms": 100,
-            "priority": 0,
-            "attainment_target": 0.95,
-        },
-        {"name": "standard", "ttft_ms": 2000, "tbt_ms": 250, "priority": 1},
-        {"name": "batch", "deadline_s": 3600, "priority": 2},
-    ],
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -33,11 +33,25 @@ from accelgen.server.state import Sidecar, SidecarConfig
 from accelgen.server.tenants import load_keys
 from accelgen.server.tickets import AdmissionConfig
 
+# The tiers used when no --tiers file is given (same shape as the YAML file).
+DEFAULT_TIERS: dict[str, Any] = {
+    "default_tier": "standard",
+    "tiers": [
+        {
+            "name": "interactive",
+            "ttft_ms": 500,
+            "tbt_ms": 100,
+            "priority": 0,
+            "attainment_target": 0.95,
+        },
+        {"name": "standard", "ttft_ms": 2000, "tbt_ms": 250, "priority": 1},
+        {"name": "batch", "deadline_s": 3600, "priority": 2},
+    ],
+}
+
 
 def load_config(args: argparse.Namespace, engine_url: str, *, engine_stats: str | None = None) -> SidecarConfig:
     """The sidecar configuration from CLI flags; ConfigError for a bad file."""
-    from accelgen.server.cli import DEFAULT_TIERS
-
     tiers: TierSet = load_tiers(args.tiers) if args.tiers else parse_tiers(DEFAULT_TIERS)
     keys = load_keys(args.keys, tier_names=frozenset(t.name for t in tiers)) if args.keys else None
     admission = AdmissionConfig(
