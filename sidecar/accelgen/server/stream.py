@@ -1,6 +1,6 @@
 """Watching a generation go by: token times, the SLO verdict, and non-streaming reassembly.
 
-Definitions (shared/ACCELGEN.md): TTFT = first token − arrival; a TBT gap is the time
+Definitions (README, "Metrics"): TTFT = first token − arrival; a TBT gap is the time
 between consecutive token events of one request; a token is late when its gap exceeds
 the tier's TBT target; a request meets its SLO when TTFT is within target and at most
 max(1, ⌈1 % of output tokens⌉) tokens are late (offline: completed before its deadline).

@@ -1,4 +1,4 @@
-"""``accelgen``: the AccelGen planner (Shen & Sen, arXiv 2503.13737), as ACCELGEN.md specifies.
+"""``accelgen``: the AccelGen planner (Shen & Sen, arXiv 2503.13737).
 
 One :meth:`AccelGenPolicy._schedule` call, every iteration::
 
