@@ -158,17 +158,63 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 _NUM = (int, float)
 
 
+@dataclass(frozen=True, slots=True)
+class _Arrivals:
+    """The ``arrivals:`` and ``sizing:`` sections, checked against each other."""
+
+    process: str
+    rate_rps: float | None
+    time_scale: float
+    sizing: Sizing | None
+
+
 def parse_workload(raw: object) -> Workload:
     """Validate a workload mapping; ConfigError names the offending field."""
+    # NOTE: the sections are read in this order, so a file with several faults names the same first one.
     top = _Reader(raw, "")
     name = top.get("name", str, "workload")
     seed = top.get("seed", int, 0)
+    duration_s, num_requests = _parse_length(top)
+    max_tokens = top.get("max_tokens", int, 2048, positive=True)
+    arrivals = _parse_arrivals(top)
+    tiers = _parse_tier_set(top)
+    sources = _parse_sources(top.get("sources", list), tiers)
+    _check_relative(arrivals.sizing, sources, tiers)
+    engine = _parse_engine(top.get("engine", dict))
+    scheduler = _parse_scheduler(top)
+    policies = _parse_policies(top.get("policies", list))
+    sweep_rates = _parse_sweep(top)
+    top.done()
+    return Workload(
+        name=name,
+        seed=seed,
+        duration_s=duration_s,
+        num_requests=num_requests,
+        process=arrivals.process,
+        rate_rps=arrivals.rate_rps,
+        time_scale=arrivals.time_scale,
+        sources=sources,
+        tiers=tiers,
+        engine=engine,
+        scheduler=scheduler,
+        policies=policies,
+        sweep_rates=sweep_rates,
+        max_tokens=max_tokens,
+        sizing=arrivals.sizing,
+    )
+
+
+def _parse_length(top: _Reader) -> tuple[float | None, int | None]:
+    """``duration_s`` or ``num_requests``: exactly one of them says how long the workload runs."""
     duration_s = top.get("duration_s", _NUM, None, positive=True)
     num_requests = top.get("num_requests", int, None, positive=True)
     if (duration_s is None) == (num_requests is None):
         raise ConfigError("give exactly one of duration_s and num_requests", field="duration_s")
-    max_tokens = top.get("max_tokens", int, 2048, positive=True)
+    return None if duration_s is None else float(duration_s), num_requests
 
+
+def _parse_arrivals(top: _Reader) -> _Arrivals:
+    """The arrival process and its rate, absolute or relative to the engine (``sizing.load``)."""
     arr = _Reader(top.get("arrivals", dict), "arrivals")
     process = arr.get("process", str, "poisson")
     if process not in ("poisson", "replay"):
@@ -184,19 +230,27 @@ def parse_workload(raw: object) -> Workload:
         raise ConfigError("give one of arrivals.rate_rps and sizing.load", field="sizing.load")
     if process == "poisson" and rate is None and not relative_rate:
         raise ConfigError("poisson arrivals need rate_rps", field="arrivals.rate_rps")
+    return _Arrivals(process, None if rate is None else float(rate), time_scale, sizing)
 
+
+def _parse_tier_set(top: _Reader) -> TierSet:
+    """The ``tiers:`` section in the core's tier format, its errors located under ``tiers``."""
     try:
-        tiers = parse_tiers(top.get("tiers", dict))
+        return parse_tiers(top.get("tiers", dict))
     except ConfigError as err:
         raise err.within(prefix="tiers") from None
 
-    raw_sources = top.get("sources", list)
+
+def _parse_sources(raw_sources: list[Any], tiers: TierSet) -> tuple[Source, ...]:
+    """The ``sources:`` list: at least one, each naming tiers of ``tiers``."""
     if not raw_sources:
         raise ConfigError("needs at least one source", field="sources")
-    sources = tuple(_parse_source(s, f"sources[{i}]", tiers) for i, s in enumerate(raw_sources))
-    _check_relative(sizing, sources, tiers)
+    return tuple(_parse_source(s, f"sources[{i}]", tiers) for i, s in enumerate(raw_sources))
 
-    eng = _Reader(top.get("engine", dict), "engine")
+
+def _parse_engine(raw: object) -> EngineSpec:
+    """The ``engine:`` section; ``num_kv_blocks: auto`` becomes None."""
+    eng = _Reader(raw, "engine")
     kv = eng.get("num_kv_blocks", (int, str), "auto")
     if (isinstance(kv, str) and kv != "auto") or (isinstance(kv, int) and kv <= 0):
         raise ConfigError(f"must be a positive integer or 'auto', got {kv!r}", field="engine.num_kv_blocks")
@@ -211,13 +265,19 @@ def parse_workload(raw: object) -> Workload:
     eng.done()
     if not 0 <= engine.latency_noise < 1:
         raise ConfigError("must be in [0, 1)", field="engine.latency_noise")
+    return engine
 
+
+def _parse_scheduler(top: _Reader) -> PolicyConfig:
+    """The optional ``scheduler:`` section (PolicyConfig fields), its errors under ``scheduler``."""
     try:
-        scheduler = parse_policy_config(top.get("scheduler", dict, None))
+        return parse_policy_config(top.get("scheduler", dict, None))
     except ConfigError as err:
         raise err.within(prefix="scheduler") from None
 
-    policies = top.get("policies", list)
+
+def _parse_policies(policies: list[Any]) -> tuple[str, ...]:
+    """The ``policies:`` list: at least one, each a registered policy's name."""
     for i, p in enumerate(policies):
         if not isinstance(p, str):
             raise ConfigError(f"expected a policy name, got {p!r}", field=f"policies[{i}]")
@@ -227,33 +287,19 @@ def parse_workload(raw: object) -> Workload:
             raise err.within(prefix=f"policies[{i}]") from None
     if not policies:
         raise ConfigError("name at least one policy", field="policies")
+    return tuple(policies)
 
-    sweep_rates: tuple[float, ...] = ()
-    if "sweep" in top.raw:
-        sw = _Reader(top.get("sweep", dict), "sweep")
-        rates = sw.get("rate_rps", list)
-        if not rates or not all(isinstance(r, _NUM) and not isinstance(r, bool) and r > 0 for r in rates):
-            raise ConfigError("must be a non-empty list of positive rates", field="sweep.rate_rps")
-        sweep_rates = tuple(float(r) for r in rates)
-        sw.done()
-    top.done()
-    return Workload(
-        name=name,
-        seed=seed,
-        duration_s=None if duration_s is None else float(duration_s),
-        num_requests=num_requests,
-        process=process,
-        rate_rps=None if rate is None else float(rate),
-        time_scale=time_scale,
-        sources=sources,
-        tiers=tiers,
-        engine=engine,
-        scheduler=scheduler,
-        policies=tuple(policies),
-        sweep_rates=sweep_rates,
-        max_tokens=max_tokens,
-        sizing=sizing,
-    )
+
+def _parse_sweep(top: _Reader) -> tuple[float, ...]:
+    """The optional ``sweep: {rate_rps: [...]}``: the rates to rerun the workload at."""
+    if "sweep" not in top.raw:
+        return ()
+    sw = _Reader(top.get("sweep", dict), "sweep")
+    rates = sw.get("rate_rps", list)
+    if not rates or not all(isinstance(r, _NUM) and not isinstance(r, bool) and r > 0 for r in rates):
+        raise ConfigError("must be a non-empty list of positive rates", field="sweep.rate_rps")
+    sw.done()
+    return tuple(float(r) for r in rates)
 
 
 def _parse_sizing(raw: object) -> Sizing | None:
