@@ -162,7 +162,19 @@ class SidecarMetrics:
         self.pool = pool
         self._series: dict[str, TierSeries] = {}
         self.registry = CollectorRegistry()
-        r, names = self.registry, ("pool", "tier") if pool else ("tier",)
+        names = ("pool", "tier") if pool else ("tier",)
+        engine_names = ("pool",) if pool else ()
+        # NOTE: registration order is the order of /metrics: keep the groups in this order.
+        self._add_request_counters(names)
+        self._add_latency_histograms(names, tiers)
+        self._add_tier_gauges(names)
+        self._add_engine_gauges(engine_names)
+        self._add_health(engine_names)
+        self.set_tiers(tiers)
+
+    def _add_request_counters(self, names: tuple[str, ...]) -> None:
+        """Per-tier counters: requests by outcome, completions, SLO hits and their tokens."""
+        r = self.registry
         self.requests = Counter("accelgen_requests", "Requests by outcome", [*names, "outcome"], registry=r)
         self.completed = Counter("accelgen_requests_completed", "Requests completed", names, registry=r)
         self.slo_met = Counter("accelgen_requests_slo_met", "Completed requests that met their SLO", names, registry=r)
@@ -173,6 +185,10 @@ class SidecarMetrics:
             names,
             registry=r,
         )
+
+    def _add_latency_histograms(self, names: tuple[str, ...], tiers: TierSet) -> None:
+        """Per-tier TTFT, TBT-gap and queue-time histograms, with every tier's targets as edges."""
+        r = self.registry
         self.ttft = Histogram(
             "accelgen_ttft_seconds",
             "Time to first token (from arrival)",
@@ -194,6 +210,10 @@ class SidecarMetrics:
             buckets=_BASE_EDGES_S,
             registry=r,
         )
+
+    def _add_tier_gauges(self, names: tuple[str, ...]) -> None:
+        """Per-tier gauges: queue depth, latency targets and attainment target."""
+        r = self.registry
         self.queue_depth = Gauge("accelgen_queue_depth", "Requests queued in the sidecar", names, registry=r)
         self.target = Gauge(
             "accelgen_tier_target_seconds",
@@ -207,7 +227,10 @@ class SidecarMetrics:
             names,
             registry=r,
         )
-        enames = ("pool",) if pool else ()
+
+    def _add_engine_gauges(self, enames: tuple[str, ...]) -> None:
+        """The engine as seen: readiness, requests, KV usage, preemptions, budget, latency model."""
+        r = self.registry
         self.engine_ready = Gauge("accelgen_engine_ready", "1 if the engine answers", enames, registry=r)
         self.engine_running = Gauge("accelgen_engine_requests_running", "Engine running requests", enames, registry=r)
         self.engine_waiting = Gauge("accelgen_engine_requests_waiting", "Engine waiting requests", enames, registry=r)
@@ -225,17 +248,19 @@ class SidecarMetrics:
             [*enames, "stat"],
             registry=r,
         )
-        self.latency_model = LatencyModelCollector(pool=pool)
+        self.latency_model = LatencyModelCollector(pool=self.pool)
         r.register(self.latency_model)
+
+    def _add_health(self, enames: tuple[str, ...]) -> None:
+        """The sidecar's own health: how late its event loop runs."""
         self.loop_lag = Histogram(
             "accelgen_event_loop_lag_seconds",
             "How late the sidecar's event loop ran a periodic timer: every request in the "
             "sidecar was delayed by as much (a busy loop, or a process starved of CPU)",
             enames,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-            registry=r,
+            registry=self.registry,
         )
-        self.set_tiers(tiers)
 
     def labels(self, tier: str) -> dict[str, str]:
         return {"pool": self.pool, "tier": tier} if self.pool else {"tier": tier}
