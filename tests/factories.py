@@ -6,6 +6,7 @@ worked out by hand: an iteration costs 10 ms + 0.1 ms per token (attention free)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from accelgen.core.config import PolicyConfig
@@ -15,6 +16,7 @@ from accelgen.core.policies import make_policy
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request
 from accelgen.core.tiers import SLOTier, TierSet, parse_tiers
+from accelgen.wire import EngineStatsFile, EngineStatsRecorder
 
 INTERCEPT_S = 0.010
 PER_TOKEN_S = 0.0001
@@ -131,3 +133,8 @@ def place_running(policy: Policy, request: Request, *, outputs: int, last_token_
     assert policy.free_blocks >= 0
     policy.running.append(request)
     return request
+
+
+def make_engine_stats(**changes: object) -> EngineStatsFile:
+    """An engine stats file as the real writer makes it (no step yet), with ``changes``."""
+    return dataclasses.replace(EngineStatsRecorder(policy="test").snapshot(), **changes)  # type: ignore[arg-type]

@@ -15,6 +15,8 @@ from accelgen.server.engine_state import EngineState, parse_engine_metrics, read
 from accelgen.server.errors import ApiError
 from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
 from accelgen.server.tickets import AdmissionConfig, Ticket
+from accelgen.wire import write_engine_stats
+from factories import make_engine_stats
 
 
 class Clock:
@@ -234,10 +236,12 @@ def test_a_persisting_engine_queue_holds_releases_a_passing_one_does_not() -> No
 
 
 def test_engine_preempting_holds_releases(tmp_path: Path) -> None:
-    # The in-engine side channel as accelgen.vllm.stats writes it.
+    # The in-engine stats file, in the wire format.
     stats = tmp_path / "engine-stats.json"
-    stats.write_text(json.dumps({"preemptions_by_tier": {"batch": 2, "interactive": 1}}))
+    write_engine_stats(stats, make_engine_stats(preemptions_by_tier={"batch": 2, "interactive": 1}))
     assert read_preemptions(str(stats)) == 3
+    stats.write_text(json.dumps({"preemptions_by_tier": {"batch": 2, "interactive": 1}}))
+    assert read_preemptions(str(stats)) is None  # not the format (no version)
     assert read_preemptions(str(tmp_path / "missing.json")) is None
     stats.write_text("{not json")
     assert read_preemptions(str(stats)) is None

@@ -33,7 +33,10 @@ from accelgen.server.engine_state import (
     read_engine_stats,
 )
 from accelgen.vllm.calibration import Calibrator
-from accelgen.vllm.stats import EngineStats, read_stats
+from accelgen.vllm.stats import EngineStats
+from accelgen.wire import BudgetTokens, EngineStatsFile, WireError
+from accelgen.wire import read_engine_stats as read_stats_file
+from factories import make_engine_stats
 
 BUDGET = "accelgen_engine_budget_tokens"
 ATTAINMENT = "accelgen_tier_attainment_target_ratio"
@@ -70,10 +73,10 @@ def _latency_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(LATENCY_MODEL) and not line.startswith("#")]
 
 
-def _write_atomically(path: Path, snapshot: object) -> None:
+def _write_atomically(path: Path, snapshot: EngineStatsFile | dict[str, object]) -> None:
     """As the engine writes it: temp file + rename (a reader never sees half a file)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(snapshot))
+    tmp.write_text(json.dumps(snapshot.to_json() if isinstance(snapshot, EngineStatsFile) else snapshot))
     os.replace(tmp, path)
 
 
@@ -101,11 +104,11 @@ def test_sim_engine_budget_per_step_exact(tmp_path: Path) -> None:
         text = _metrics(stack)
         assert f'{BUDGET}{{pool="p1",stat="max"}} 200.0' in text
         assert "# TYPE accelgen_engine_budget_tokens gauge" in text
-        # The file is the side channel's format, read by accelgen.vllm's own reader too.
-        snapshot = read_stats(Path(stats))
-        assert snapshot["policy"] == "sim" and snapshot["num_steps"] == 6
-        assert snapshot["budget_tokens"] == {"last": 200, "min": 1, "max": 200, "median": 1.0}
-        assert snapshot["preemptions_by_tier"] == {}
+        # The file is the wire format, read by its one reader.
+        snapshot = read_stats_file(Path(stats))
+        assert snapshot.policy == "sim" and snapshot.num_steps == 6
+        assert snapshot.budget_tokens == BudgetTokens(last=200, min=1, max=200, median=1.0)
+        assert snapshot.preemptions_by_tier == {}
         assert metric_value(text, "accelgen_engine_preemptions", pool="p1") == 0
     finally:
         stack.stop()
@@ -113,7 +116,7 @@ def test_sim_engine_budget_per_step_exact(tmp_path: Path) -> None:
 
 def test_budget_follows_the_stats_file(tmp_path: Path) -> None:
     # An engine elsewhere (here: the in-process sim, not writing any file) and its stats
-    # file on a shared volume, written by hand as accelgen.vllm.stats writes it.
+    # file on a shared volume, written in the wire format.
     path = tmp_path / "engine-stats.json"
     stack = Stack(engine_stats=str(path)).start()
     try:
@@ -121,7 +124,9 @@ def test_budget_follows_the_stats_file(tmp_path: Path) -> None:
         assert BUDGET + "{" not in _metrics(stack)
         _write_atomically(
             path,
-            {"budget_tokens": {"last": 512, "median": 256.5, "min": 8, "max": 2048}, "preemptions_by_tier": {"b": 2}},
+            make_engine_stats(
+                budget_tokens=BudgetTokens(last=512, median=256.5, min=8, max=2048), preemptions_by_tier={"b": 2}
+            ),
         )
         want = {"last": 512.0, "median": 256.5, "min": 8.0, "max": 2048.0}
         assert wait_for(lambda: _budget_series(_metrics(stack)) == want, 5), _metrics(stack)
@@ -130,16 +135,16 @@ def test_budget_follows_the_stats_file(tmp_path: Path) -> None:
         assert metric_value(text, "accelgen_engine_preemptions") == 2
 
         # The engine rewrites it: the gauge follows.
-        _write_atomically(path, {"budget_tokens": {"last": 96, "median": 128, "min": 4, "max": 4096}})
+        _write_atomically(path, make_engine_stats(budget_tokens=BudgetTokens(last=96, median=128, min=4, max=4096)))
         want = {"last": 96.0, "median": 128.0, "min": 4.0, "max": 4096.0}
         assert wait_for(lambda: _budget_series(_metrics(stack)) == want, 5), _metrics(stack)
 
         # An engine before its first step: only `last`; the other series go away.
-        _write_atomically(path, {"budget_tokens": {"last": 0, "median": None, "min": None, "max": None}})
+        _write_atomically(path, make_engine_stats(budget_tokens=BudgetTokens(last=0, median=None, min=None, max=None)))
         assert wait_for(lambda: _budget_series(_metrics(stack)) == {"last": 0.0}, 5), _metrics(stack)
 
         # The file gone (engine restarting): the last values seen are kept.
-        _write_atomically(path, {"budget_tokens": {"last": 64, "median": 64, "min": 64, "max": 64}})
+        _write_atomically(path, make_engine_stats(budget_tokens=BudgetTokens(last=64, median=64, min=64, max=64)))
         want = {"last": 64.0, "median": 64.0, "min": 64.0, "max": 64.0}
         assert wait_for(lambda: _budget_series(_metrics(stack)) == want, 5)
         path.unlink()
@@ -149,16 +154,31 @@ def test_budget_follows_the_stats_file(tmp_path: Path) -> None:
 
 
 def test_budget_of_keeps_only_finite_numbers(tmp_path: Path) -> None:
-    snapshot = {"budget_tokens": {"last": 3, "median": "7", "min": True, "max": math.inf, "p99": 9.5}}
-    assert budget_of(snapshot) == {"last": 3.0, "p99": 9.5}
-    assert budget_of({}) == {} and budget_of({"budget_tokens": [1, 2]}) == {}
-    assert preemptions_of({"preemptions_by_tier": {"a": 1, "b": 4}}) == 5
-    assert preemptions_of({"preemptions_by_tier": {"a": "x"}}) is None
+    snapshot = make_engine_stats(budget_tokens=BudgetTokens(last=3, median=math.nan, min=None, max=math.inf))
+    assert budget_of(snapshot) == {"last": 3.0}
+    assert budget_of(make_engine_stats()) == {"last": 0.0}  # before the first step
+    assert preemptions_of(make_engine_stats(preemptions_by_tier={"a": 1, "b": 4})) == 5
+    # What is not the format never reaches these: the reader refuses it, naming the field.
+    doc = make_engine_stats().to_json()
+    for key, value in (("median", "7"), ("min", True), ("last", None)):
+        with pytest.raises(WireError, match=f"budget_tokens.{key}"):
+            EngineStatsFile.from_json({**doc, "budget_tokens": {**doc["budget_tokens"], key: value}})
+    with pytest.raises(WireError, match="budget_tokens must be an object"):
+        EngineStatsFile.from_json({**doc, "budget_tokens": [1, 2]})
+    with pytest.raises(WireError, match=r"preemptions_by_tier\.a must be an integer"):
+        EngineStatsFile.from_json({**doc, "preemptions_by_tier": {"a": "x"}})
     path = tmp_path / "s.json"
     path.write_text("[1, 2]")
     assert read_engine_stats(str(path)) is None  # not an object
     path.write_text('{"budget_tokens": {"last": 1}}')
-    assert read_engine_stats(str(path)) == {"budget_tokens": {"last": 1}}
+    assert read_engine_stats(str(path)) is None  # no version: not this format
+    path.write_text(json.dumps({**doc, "budget_tokens": {"last": 1, "min": None, "max": None, "median": None}}))
+    assert read_engine_stats(str(path)) == make_engine_stats(
+        budget_tokens=BudgetTokens(last=1, min=None, max=None, median=None),
+        pid=doc["pid"],
+        started_at_s=doc["started_at_s"],
+        updated_at_s=doc["updated_at_s"],
+    )
     assert read_engine_stats(str(tmp_path / "missing.json")) is None
 
 
@@ -214,7 +234,7 @@ def test_serve_engine_sim_exports_budget_and_targets(tmp_path: Path, own_file: b
     finally:
         server.stop()
     if own_file:  # the given file is the sidecar's to read, not to delete
-        assert read_stats(stats)["budget_tokens"]["max"] == 64
+        assert read_stats_file(stats).budget_tokens.max == 64
     assert "Traceback" not in server.output
 
 
@@ -305,7 +325,9 @@ def test_latency_model_gauges_follow_the_file_and_survive_garbage(tmp_path: Path
         },
     }
     try:
-        _write_atomically(path, {"budget_tokens": {"last": 8}, "calibration": calibration})
+        _write_atomically(
+            path, make_engine_stats(budget_tokens=BudgetTokens(last=8, min=8, max=8, median=8), calibration=calibration)
+        )
         assert wait_for(lambda: _latency_lines(_metrics(stack)) != [], 5), _metrics(stack)
         assert _latency_lines(_metrics(stack)) == [
             f'{RATIO}{{quantile="0.5",region="decode-short"}} 0.99',
@@ -321,7 +343,9 @@ def test_latency_model_gauges_follow_the_file_and_survive_garbage(tmp_path: Path
         ]
 
         # The engine's diagnosis changes: the state set follows.
-        _write_atomically(path, {"calibration": {**calibration, "diagnosis": "machine-slower", "num_overruns": 9}})
+        _write_atomically(
+            path, make_engine_stats(calibration={**calibration, "diagnosis": "machine-slower", "num_overruns": 9})
+        )
         assert wait_for(lambda: metric_value(_metrics(stack), DIAGNOSIS, diagnosis="machine-slower") == 1, 5)
         text = _metrics(stack)
         assert metric_value(text, DIAGNOSIS, diagnosis="ok") == 0
@@ -330,27 +354,26 @@ def test_latency_model_gauges_follow_the_file_and_survive_garbage(tmp_path: Path
         # Nulls and garbage (NaN and Infinity are what json.dumps writes for nan/inf):
         # what is a finite number >= 0, a known region and a known diagnosis is kept.
         garbage = (
-            '{"calibration": {"slowdown": NaN, "in_use_ratio_p99": null, "num_overruns": "4",'
+            '{"slowdown": NaN, "in_use_ratio_p99": null, "num_overruns": "4",'
             ' "diagnosis": "on-fire", "regions": {"decode-long": {"ratio_p50": Infinity, "ratio_p90": 1.5,'
             ' "ratio_p99": true, "offset_s": -1}, "tpu-short": {"ratio_p50": 1.0, "offset_s": 1.0},'
-            ' "mixed-long": null, "prefill-long": {"offset_s": 2.5}}}}'
+            ' "mixed-long": null, "prefill-long": {"offset_s": 2.5}}}'
         )
-        path.with_suffix(".tmp").write_text(garbage)
-        os.replace(path.with_suffix(".tmp"), path)
+        _write_atomically(path, make_engine_stats(calibration=json.loads(garbage)))
         want = [f'{RATIO}{{quantile="0.9",region="decode-long"}} 1.5', f'{ALLOWANCE}{{region="prefill-long"}} 2.5']
         assert wait_for(lambda: _latency_lines(_metrics(stack)) == want, 5), _latency_lines(_metrics(stack))
         engine_lines = [line for line in _metrics(stack).splitlines() if line.startswith("accelgen_engine")]
         assert not any(word in line for line in engine_lines for word in ("NaN", "Inf"))
 
         # An engine from before the calibration report: the series go away.
-        _write_atomically(path, {"budget_tokens": {"last": 8}})
+        _write_atomically(path, make_engine_stats())
         assert wait_for(lambda: _latency_lines(_metrics(stack)) == [], 5), _metrics(stack)
 
         # Half a file (not written atomically) or none at all: the last values are kept.
-        _write_atomically(path, {"calibration": calibration})
+        _write_atomically(path, make_engine_stats(calibration=calibration))
         assert wait_for(lambda: len(_latency_lines(_metrics(stack))) == 10, 5)
         kept = _latency_lines(_metrics(stack))
-        path.write_text(json.dumps({"calibration": calibration})[:40])
+        path.write_text(json.dumps(make_engine_stats(calibration=calibration).to_json())[:40])
         assert not wait_for(lambda: _latency_lines(_metrics(stack)) != kept, 0.5)
         path.unlink()
         assert not wait_for(lambda: _latency_lines(_metrics(stack)) != kept, 0.5)
@@ -360,13 +383,14 @@ def test_latency_model_gauges_follow_the_file_and_survive_garbage(tmp_path: Path
 
 def test_latency_model_of_keeps_only_known_finite_values() -> None:
     empty = LatencyModelReport()
-    assert latency_model_of({}) == empty  # an older engine
-    assert latency_model_of({"calibration": {}}) == empty  # no calibrator (or no fit yet)
-    assert latency_model_of({"calibration": [1, 2]}) == empty
-    assert latency_model_of({"calibration": {"regions": ["decode-short"], "diagnosis": ["ok"]}}) == empty
+    assert latency_model_of(make_engine_stats()) == empty  # no calibrator (or no fit yet)
+    assert latency_model_of(make_engine_stats(calibration={"slowdown": None})) == empty
+    with pytest.raises(WireError, match="calibration must be an object"):
+        EngineStatsFile.from_json({**make_engine_stats().to_json(), "calibration": [1, 2]})
+    assert latency_model_of(make_engine_stats(calibration={"regions": ["decode-short"], "diagnosis": ["ok"]})) == empty
     got = latency_model_of(
-        {
-            "calibration": {
+        make_engine_stats(
+            calibration={
                 "slowdown": 1,
                 "in_use_ratio_p99": False,
                 "num_overruns": -3,
@@ -376,7 +400,7 @@ def test_latency_model_of_keeps_only_known_finite_values() -> None:
                     "decode-short": {"ratio_p99": 1e309, "offset_s": 1.2},  # 1e309: inf
                 },
             }
-        }
+        )
     )
     # Regions in REGIONS order, whatever order the file has them in.
     assert got == LatencyModelReport(

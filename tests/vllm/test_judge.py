@@ -22,7 +22,7 @@ from vllm_support import TIERS_YAML
 from accelgen.bench.judge import JudgeError, TierStream, client_requests, judge, record, run_judge, streams_for
 from accelgen.core.tiers import SLOTier, TierSet, parse_tiers
 from accelgen.sim.workload import SimRequest
-from accelgen.vllm.stats import read_stats
+from accelgen.wire import read_engine_stats
 
 TIERS = TierSet(
     (SLOTier("chat", ttft_slo_s=0.5, tbt_slo_s=0.1), SLOTier("bulk", ttft_slo_s=1.0, tbt_slo_s=0.5)), default="chat"
@@ -203,7 +203,7 @@ def test_a_client_past_the_timeout_is_stopped(
 def test_vllm_bench_serve_streams_are_all_judged(server: Any, tiny_model: Path, tmp_path: Path) -> None:
     """Two tiers' streams from the real client against the real AccelGen server."""
     tiers = parse_tiers(yaml.safe_load(TIERS_YAML))
-    before = read_stats(server.stats_file)["requests_by_tier"] if server.stats_file.exists() else {}
+    before = read_engine_stats(server.stats_file).requests_by_tier if server.stats_file.exists() else {}
     xargs = lambda tier: {"vllm_xargs": {"slo_tier": tier}}  # noqa: E731
     streams = [
         TierStream("tight", 4, 4.0, 48, 12, extra_body=xargs("tight")),
@@ -235,7 +235,7 @@ def test_vllm_bench_serve_streams_are_all_judged(server: Any, tiny_model: Path, 
     # The tiers reached AccelGen's scheduler: 4 tight, 3 loose and 2 warm-up loose requests.
     deadline = time.monotonic() + 30
     while True:
-        after = read_stats(server.stats_file)["requests_by_tier"]
+        after = read_engine_stats(server.stats_file).requests_by_tier
         grown = {k: after.get(k, 0) - before.get(k, 0) for k in ("tight", "loose")}
         if grown == {"tight": 4, "loose": 5} or time.monotonic() > deadline:
             break

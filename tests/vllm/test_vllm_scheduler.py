@@ -12,7 +12,8 @@ from vllm_support import CAP_TOKENS, Recorder, add, policy, run_until_idle, step
 from accelgen.core.latency import BatchShape
 from accelgen.core.policies import REGISTRY
 from accelgen.vllm.calibration import load_fit
-from accelgen.vllm.stats import read_stats, read_step_log
+from accelgen.vllm.stats import read_step_log
+from accelgen.wire import read_engine_stats
 
 pytestmark = pytest.mark.slow
 
@@ -257,14 +258,14 @@ def test_calibrated_model_error_on_the_engines_own_steps(engine, calibrated_file
 
 def test_side_channel_publishes_in_engine_stats(engine) -> None:
     engine.scheduler.accelgen_stats.maybe_write(force=True)
-    snap = read_stats(engine.stats_file)
-    assert snap["policy"] == "accelgen"
-    assert snap["num_steps"] > 0
-    assert snap["budget_tokens"]["max"] == CAP_TOKENS
-    assert 0 < snap["planner_s"]["median"] < 0.01
-    assert snap["step_time_s"]["last_measured"] > 0
-    assert snap["calibration"]["num_samples"] > 0
-    assert set(snap["requests_by_tier"]) >= {"tight", "loose"}
+    snap = read_engine_stats(engine.stats_file)
+    assert snap.policy == "accelgen"
+    assert snap.num_steps > 0
+    assert snap.budget_tokens.max == CAP_TOKENS
+    assert snap.planner_s.median is not None and 0 < snap.planner_s.median < 0.01
+    assert snap.step_time_s.last_measured is not None and snap.step_time_s.last_measured > 0
+    assert snap.calibration["num_samples"] > 0
+    assert set(snap.requests_by_tier) >= {"tight", "loose"}
     steps = [r for r in read_step_log(engine.step_log) if "budget_tokens" in r]
     assert steps, "no AccelGen step in the step log"
     timed = [r for r in steps if "measured_s" in r]

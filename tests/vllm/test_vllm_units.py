@@ -14,7 +14,8 @@ from accelgen.core.tiers import parse_tiers
 from accelgen.vllm.calibration import Calibrator, load_fit, save_fit
 from accelgen.vllm.settings import DEFAULT_TIERS, settings_from_env
 from accelgen.vllm.slo import resolve_slo
-from accelgen.vllm.stats import EngineStats, read_stats, read_step_log
+from accelgen.vllm.stats import EngineStats, read_step_log
+from accelgen.wire import read_engine_stats
 
 TIERS = parse_tiers(
     {
@@ -255,12 +256,12 @@ def test_stats_snapshot_and_step_log_round_trip(tmp_path: Path) -> None:
         stats.record_step({"step": i, "budget_tokens": 100 * (i + 1)})
     stats.preemptions_by_tier["loose"] += 2
     stats.close()
-    snap = read_stats(tmp_path / "s.json")
-    assert snap["policy"] == "accelgen"
-    assert snap["budget_tokens"]["max"] == 500 and snap["budget_tokens"]["median"] == 300
-    assert snap["planner_s"]["median"] == pytest.approx(0.0003)
-    assert snap["step_time_s"]["mean_error"] == pytest.approx(0.25)
-    assert snap["preemptions_by_tier"] == {"loose": 2}
+    snap = read_engine_stats(tmp_path / "s.json")
+    assert snap.policy == "accelgen"
+    assert snap.budget_tokens.max == 500 and snap.budget_tokens.median == 300
+    assert snap.planner_s.median == pytest.approx(0.0003) and snap.planner_s.num == 5
+    assert snap.step_time_s.mean_error == pytest.approx(0.25)
+    assert snap.preemptions_by_tier == {"loose": 2}
     assert [r["step"] for r in read_step_log(tmp_path / "l.jsonl")] == [0, 1, 2, 3, 4]
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from accelgen.bench.sizing import EngineMeasurement, measure_engine
 from accelgen.core.latency import FittedLatencyModel
 from accelgen.core.plan import EngineLimits
+from accelgen.wire import WireError, read_engine_stats
 
 if TYPE_CHECKING:
     from accelgen.vllm.launch import ServerConfig
@@ -188,10 +189,9 @@ def _num_steps(stats_file: Path | None) -> int | None:
     if stats_file is None or not stats_file.exists():
         return None
     try:
-        steps = json.loads(stats_file.read_text(encoding="utf-8")).get("num_steps")
-    except (OSError, ValueError):
+        return read_engine_stats(stats_file).num_steps
+    except (OSError, WireError):
         return None
-    return steps if isinstance(steps, int) else None
 
 
 async def _send_phases(base_url: str, phases: Sequence[ProbePhase], *, vocab: int, seed: int) -> None:

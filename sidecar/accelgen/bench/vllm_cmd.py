@@ -329,7 +329,7 @@ def _run_config(
 
     from accelgen.sim.metrics import Recorder
     from accelgen.vllm.launch import EngineServer
-    from accelgen.vllm.stats import read_stats
+    from accelgen.wire import read_engine_stats
 
     cfg = _server_config(name, workload, model_dir, workdir, calibration, tag=tag)
     recorder = Recorder(requests, workload.tiers)
@@ -360,7 +360,7 @@ def _run_config(
     stats: dict[str, Any] = {}
     if cfg.stats_file is not None and cfg.stats_file.exists():
         try:
-            stats = read_stats(cfg.stats_file)
+            stats = read_engine_stats(cfg.stats_file).to_json()
         except (OSError, ValueError):
             stats = {}
     result = recorder.summary()

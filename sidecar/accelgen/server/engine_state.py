@@ -4,7 +4,7 @@ vLLM exports ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and
 ``vllm:kv_cache_usage_perc`` (a fraction in [0, 1] despite the name; older versions
 call it ``vllm:gpu_cache_usage_perc``), one series per model; they are summed.
 AccelGen's in-engine scheduler also writes a stats file (its side channel, see
-:mod:`accelgen.vllm.stats`; the sim engine writes the same file): its preemption count
+:class:`accelgen.wire.EngineStatsFile`; the sim engine writes the same file): its preemption count
 says when KV is short, its ``budget_tokens`` (last, and median/min/max over the
 engine's recent steps) is exported as a gauge, and so is its ``calibration``: how far
 the engine's steps run from its latency model, per region of shape space
@@ -13,19 +13,24 @@ the engine's steps run from its latency model, per region of shape space
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
+from accelgen import wire
 from accelgen.core.latency import REGIONS
+from accelgen.wire import EngineStatsFile
+
+log = logging.getLogger(__name__)
+_last_problem = ""  # the stats file's last problem logged
 
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _READ = (_RUNNING, _WAITING, *_KV)
 
-#: What ``Calibrator.diagnosis()`` (accelgen.vllm.calibration) can say of the latency model.
+#: What ``Calibrator.diagnosis()`` (accelgen.core.calibration) can say of the latency model.
 DIAGNOSES = ("ok", "machine-slower", "model-off")
 #: Label ``quantile`` → the key of a region's ratio in the stats file's ``calibration``.
 RATIO_QUANTILES = {"0.5": "ratio_p50", "0.9": "ratio_p90", "0.99": "ratio_p99"}
@@ -66,39 +71,34 @@ class EngineState:
     error: str = "engine not checked yet"
 
 
-def read_engine_stats(path: str) -> dict[str, Any] | None:
-    """The in-engine scheduler's stats snapshot (``accelgen.vllm.stats``), or None.
+def read_engine_stats(path: str) -> EngineStatsFile | None:
+    """The in-engine scheduler's stats file (:mod:`accelgen.wire`), or None.
 
     The file is rewritten atomically by the engine; None if it is missing, unreadable
-    or not a JSON object.
+    or not that format (logged once per distinct problem: the poll repeats it).
     """
+    global _last_problem
     try:
-        with open(path, encoding="utf-8") as handle:
-            snapshot = json.load(handle)
-    except (OSError, ValueError):
+        return wire.read_engine_stats(Path(path))
+    except OSError:
         return None
-    return snapshot if isinstance(snapshot, dict) else None
-
-
-def preemptions_of(snapshot: dict[str, Any]) -> int | None:
-    """Total preemptions in a snapshot (summed over tiers); None if malformed."""
-    try:
-        by_tier = snapshot.get("preemptions_by_tier") or {}
-        return int(sum(int(v) for v in by_tier.values()))
-    except (ValueError, TypeError, AttributeError):
+    except wire.WireError as err:
+        if str(err) != _last_problem:
+            _last_problem = str(err)
+            log.warning("engine stats file ignored: %s", err)
         return None
 
 
-def budget_of(snapshot: dict[str, Any]) -> dict[str, float]:
+def preemptions_of(snapshot: EngineStatsFile) -> int:
+    """Total preemptions in a snapshot (summed over tiers)."""
+    return snapshot.num_preemptions
+
+
+def budget_of(snapshot: EngineStatsFile) -> dict[str, float]:
     """The snapshot's ``budget_tokens`` stats that are finite numbers (none before a step)."""
-    raw = snapshot.get("budget_tokens")
-    if not isinstance(raw, dict):
-        return {}
-    return {
-        str(stat): float(value)
-        for stat, value in raw.items()
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    }
+    budget = snapshot.budget_tokens
+    raw = {"last": budget.last, "min": budget.min, "max": budget.max, "median": budget.median}
+    return {stat: float(value) for stat, value in raw.items() if value is not None and math.isfinite(value)}
 
 
 def _number(value: object) -> float | None:
@@ -108,11 +108,9 @@ def _number(value: object) -> float | None:
     return None
 
 
-def latency_model_of(snapshot: dict[str, Any]) -> LatencyModelReport:
+def latency_model_of(snapshot: EngineStatsFile) -> LatencyModelReport:
     """The snapshot's ``calibration`` (empty for an engine that reports none, or garbage)."""
-    raw = snapshot.get("calibration")
-    if not isinstance(raw, dict):
-        return LatencyModelReport()
+    raw = snapshot.calibration
     regions = raw.get("regions")
     ratios: dict[str, dict[str, float]] = {}
     allowances_s: dict[str, float] = {}

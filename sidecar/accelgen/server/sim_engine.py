@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelgen.core.latency import BatchShape, LatencyModel
-from accelgen.vllm.calibration import TINY_CPU_PRIOR, Calibrator
+from accelgen.core.calibration import TINY_CPU_PRIOR, Calibrator
 from accelgen.vllm.stats import EngineStats
 
 

@@ -45,13 +45,14 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request as VllmRequest
 from vllm.v1.request import RequestStatus
 
+from accelgen.core.calibration import prior_for
 from accelgen.core.errors import ConfigError
 from accelgen.core.latency import BatchShape, FittedLatencyModel
 from accelgen.core.plan import EngineLimits, IterationPlan
 from accelgen.core.policies import get_spec, make_policy
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request, blocks_for
-from accelgen.vllm.calibration import Calibrator, prior_for
+from accelgen.vllm.calibration import persisted_calibrator
 from accelgen.vllm.settings import settings_from_env
 from accelgen.vllm.slo import resolve_slo
 from accelgen.vllm.stats import EngineStats
@@ -112,7 +113,7 @@ class _AccelGenMixin(_SchedulerBase):
             max_num_batched_tokens=self._cap_tokens,
             max_num_seqs=self.max_num_running_reqs,
         )
-        self.calibrator = Calibrator(
+        self.calibrator = persisted_calibrator(
             prior=self._prior(),
             path=s.calibration_file,
             min_samples=s.min_fit_samples,

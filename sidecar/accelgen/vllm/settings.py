@@ -25,7 +25,7 @@ The scheduler YAML::
     min_fit_samples: 32           # samples before the fitted model replaces the prior
     refit_every: 32
     slowdown_quantile: 0.95       # plan each region of shapes at this quantile of measured/fitted
-                                  # (>= 1; see accelgen.vllm.calibration); null: never scale
+                                  # (>= 1; see accelgen.core.calibration); null: never scale
 """
 
 from __future__ import annotations

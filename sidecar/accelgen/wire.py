@@ -1,0 +1,303 @@
+"""What crosses a process boundary, typed and versioned: one writer and one reader each.
+
+Every document here is a frozen dataclass with ``to_json()`` (plain JSON types, with
+its ``version``) and ``from_json()``, which raises :class:`WireError` naming the field
+when a document is of a newer or unknown version, lacks a field or has one of the wrong
+type. Keys a reader does not know are ignored, so a writer may add a field without a
+new version; removing or retyping one needs a new version.
+
+* :class:`EngineStatsFile` — the in-engine scheduler's statistics (the vLLM engine's or
+  the simulated engine's), a file rewritten atomically by :class:`EngineStatsRecorder`
+  and read by :func:`read_engine_stats` (the sidecar, the benchmarks, tests).
+
+Imports ``accelgen.core`` only: the sidecar, the simulator, the in-engine scheduler and
+the operator all read and write these without importing each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+import time
+import types
+from collections import Counter, deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from accelgen.core.summary import quantile
+
+_T = TypeVar("_T")
+
+
+class WireError(ValueError):
+    """A document this reader does not understand: newer version, missing or mistyped field."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _decode_value(kind: Any, value: object, where: str) -> Any:
+    """``value`` checked against the annotation ``kind`` (and converted for dataclasses)."""
+    origin = get_origin(kind)
+    if origin in (Union, types.UnionType):
+        options = get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _decode_value(inner, value, where)
+    if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+        if not isinstance(value, dict):
+            raise WireError(f"{where} must be an object, got {value!r}")
+        return _decode_fields(kind, value, where)
+    if origin is dict:
+        _, value_kind = get_args(kind)
+        if not isinstance(value, dict):
+            raise WireError(f"{where} must be an object, got {value!r}")
+        if value_kind is Any:
+            return dict(value)
+        return {str(k): _decode_value(value_kind, v, f"{where}.{k}") for k, v in value.items()}
+    if kind is float:
+        if not _is_number(value):
+            raise WireError(f"{where} must be a number, got {value!r}")
+        return float(value)  # type: ignore[arg-type]
+    if kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise WireError(f"{where} must be an integer, got {value!r}")
+        return value
+    if kind in (str, bool):
+        if not isinstance(value, kind):
+            raise WireError(f"{where} must be a {kind.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"no wire decoding for {kind!r} at {where}")  # a programming error
+
+
+def _decode_fields(cls: type[_T], doc: Mapping[str, object], where: str) -> _T:
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if spec.name == "version":
+            continue
+        if spec.name not in doc:
+            if spec.default is not dataclasses.MISSING:
+                continue
+            raise WireError(f"{where}: missing field {spec.name!r}")
+        values[spec.name] = _decode_value(hints[spec.name], doc[spec.name], f"{where}.{spec.name}")
+    return cls(**values)
+
+
+def decode(cls: type[_T], doc: object, *, what: str, version: int) -> _T:
+    """A versioned document of type ``cls`` from parsed JSON; WireError if it is not one."""
+    if not isinstance(doc, dict):
+        raise WireError(f"{what} must be a JSON object, got {type(doc).__name__}")
+    found = doc.get("version")
+    if found is None:
+        raise WireError(f"{what}: missing field 'version' (this reader reads version {version})")
+    if not isinstance(found, int) or isinstance(found, bool) or found != version:
+        newer = " (newer than this reader)" if isinstance(found, int) and found > version else ""
+        raise WireError(f"{what}: version {found!r}{newer} is not the version {version} this reader reads")
+    return _decode_fields(cls, doc, what)
+
+
+def encode(document: Any) -> dict[str, Any]:
+    """A wire dataclass as plain JSON types (its ``version`` included)."""
+    out: dict[str, Any] = dataclasses.asdict(document)
+    return out
+
+
+# --- the engine stats file -------------------------------------------------------------
+
+ENGINE_STATS_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BudgetTokens:
+    """The planner's token budget: the last step's, and over the recent steps."""
+
+    last: int
+    min: int | None  # None before the first step
+    max: int | None
+    median: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepTimes:
+    """The last step's predicted and measured seconds, and the mean relative error."""
+
+    last_predicted: float | None
+    last_measured: float | None
+    mean_error: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Durations:
+    """Seconds over the recent steps (None with no step yet)."""
+
+    median: float | None
+    p99: float | None
+    mean: float | None
+    num: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineStatsFile:
+    """The in-engine scheduler's statistics, as one engine process publishes them.
+
+    ``calibration`` is the latency model's report (``Calibrator.report()``), an opaque
+    JSON object here: its reader is the sidecar's latency-model gauges.
+    """
+
+    policy: str
+    pid: int
+    started_at_s: float  # wall clock (time.time()), for a reader in another process
+    updated_at_s: float
+    num_steps: int
+    num_empty_plans: int
+    num_inexact_steps: int
+    num_fallback_steps: int
+    num_unexecuted_admissions: int
+    budget_tokens: BudgetTokens
+    step_time_s: StepTimes
+    planner_s: Durations
+    schedule_s: Durations
+    preemptions_by_tier: dict[str, int]
+    engine_preemptions_by_tier: dict[str, int]  # the subset vLLM made on its own
+    requests_by_tier: dict[str, int]
+    slo_metadata_problems: dict[str, int]
+    calibration: dict[str, Any]
+    version: int = ENGINE_STATS_VERSION
+
+    @property
+    def num_preemptions(self) -> int:
+        return sum(self.preemptions_by_tier.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return encode(self)
+
+    @classmethod
+    def from_json(cls, doc: object) -> EngineStatsFile:
+        return decode(cls, doc, what="engine stats", version=ENGINE_STATS_VERSION)
+
+
+def write_engine_stats(path: Path, stats: EngineStatsFile) -> None:
+    """Replace ``path`` with ``stats`` atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".stats-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(stats.to_json(), f, indent=1)
+    # NOTE: mkstemp makes it 0600; the sidecar reading it may run as another user.
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def read_engine_stats(path: Path) -> EngineStatsFile:
+    """The stats file at ``path``; OSError if unreadable, WireError if not this format."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # UnicodeDecodeError included
+        raise WireError(f"engine stats {path}: not JSON ({err})") from None
+    return EngineStatsFile.from_json(doc)
+
+
+def _durations(values: list[float]) -> Durations:
+    return Durations(
+        median=statistics.median(values) if values else None,
+        p99=quantile(values, 0.99),
+        mean=statistics.fmean(values) if values else None,
+        num=len(values),
+    )
+
+
+class EngineStatsRecorder:
+    """The writer of the stats file: one engine's counters and recent per-step timings.
+
+    The engine (vLLM's scheduler, the simulated engine) updates the public counters and
+    windows as it runs and calls :meth:`maybe_write`; :meth:`snapshot` is the file.
+
+    Args:
+        policy: Name of the policy in use.
+        path: The stats file, or None to keep the numbers in memory only.
+        interval_s: Least time between two writes.
+        window: Steps kept for the medians and quantiles.
+    """
+
+    def __init__(self, *, policy: str, path: Path | None = None, interval_s: float = 0.5, window: int = 4096) -> None:
+        self.policy = policy
+        self.path = path
+        self.interval_s = interval_s
+        self.started_s = time.time()
+        self.num_steps = 0
+        self.num_empty_plans = 0
+        self.num_inexact_steps = 0
+        self.num_fallback_steps = 0
+        self.num_unexecuted_admissions = 0
+        self.preemptions_by_tier: Counter[str] = Counter()
+        self.engine_preemptions_by_tier: Counter[str] = Counter()
+        self.requests_by_tier: Counter[str] = Counter()
+        self.slo_problems: Counter[str] = Counter()
+        self.last_budget_tokens = 0
+        self.schedule_s: deque[float] = deque(maxlen=window)
+        self.planner_s: deque[float] = deque(maxlen=window)
+        self.budget_tokens: deque[int] = deque(maxlen=window)
+        self.step_errors: deque[float] = deque(maxlen=window)
+        self.last_predicted_s: float | None = None
+        self.last_measured_s: float | None = None
+        self.calibration: dict[str, Any] = {}
+        self._last_write_s = 0.0
+
+    def record_timing(self, *, predicted_s: float, measured_s: float) -> None:
+        """One step's predicted and measured duration."""
+        self.last_predicted_s = predicted_s
+        self.last_measured_s = measured_s
+        if measured_s > 0:
+            self.step_errors.append(abs(predicted_s - measured_s) / measured_s)
+
+    def snapshot(self) -> EngineStatsFile:
+        """What the file says now."""
+        budgets = list(self.budget_tokens)
+        errors = list(self.step_errors)
+        return EngineStatsFile(
+            policy=self.policy,
+            pid=os.getpid(),
+            started_at_s=self.started_s,
+            updated_at_s=time.time(),
+            num_steps=self.num_steps,
+            num_empty_plans=self.num_empty_plans,
+            num_inexact_steps=self.num_inexact_steps,
+            num_fallback_steps=self.num_fallback_steps,
+            num_unexecuted_admissions=self.num_unexecuted_admissions,
+            budget_tokens=BudgetTokens(
+                last=self.last_budget_tokens,
+                min=min(budgets) if budgets else None,
+                max=max(budgets) if budgets else None,
+                median=statistics.median(budgets) if budgets else None,
+            ),
+            step_time_s=StepTimes(
+                last_predicted=self.last_predicted_s,
+                last_measured=self.last_measured_s,
+                mean_error=statistics.fmean(errors) if errors else None,
+            ),
+            planner_s=_durations(list(self.planner_s)),
+            schedule_s=_durations(list(self.schedule_s)),
+            preemptions_by_tier=dict(self.preemptions_by_tier),
+            engine_preemptions_by_tier=dict(self.engine_preemptions_by_tier),
+            requests_by_tier=dict(self.requests_by_tier),
+            slo_metadata_problems=dict(self.slo_problems),
+            calibration=self.calibration,
+        )
+
+    def maybe_write(self, *, force: bool = False) -> None:
+        """Rewrite the file if ``interval_s`` has passed since the last write (or ``force``)."""
+        now = time.monotonic()
+        if self.path is None or (not force and now - self._last_write_s < self.interval_s):
+            return
+        self._last_write_s = now
+        write_engine_stats(self.path, self.snapshot())
+
+    def close(self) -> None:
+        """The last write."""
+        self.maybe_write(force=True)
