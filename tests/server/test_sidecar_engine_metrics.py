@@ -24,6 +24,7 @@ from sidecar_harness import TIERS_CONFIG, Stack, metric_value, wait_for
 from sidecar_process import ServeProcess
 
 from accelgen.config import load_tiers
+from accelgen.core.calibration import Calibrator
 from accelgen.core.latency import BatchShape, FittedLatencyModel
 from accelgen.server.engine_state import (
     LatencyModelReport,
@@ -32,7 +33,6 @@ from accelgen.server.engine_state import (
     preemptions_of,
     read_engine_stats,
 )
-from accelgen.vllm.calibration import Calibrator
 from accelgen.vllm.stats import EngineStats
 from accelgen.wire import BudgetTokens, EngineStatsFile, WireError
 from accelgen.wire import read_engine_stats as read_stats_file
