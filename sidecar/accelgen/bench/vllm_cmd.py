@@ -29,16 +29,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,14 +43,11 @@ from accelgen.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from accelgen.bench.probe import ProbeResult
-    from accelgen.core.tiers import TierSet
-    from accelgen.sim.metrics import Recorder
     from accelgen.sim.traces import Trace
     from accelgen.sim.workload import SimRequest, Workload
     from accelgen.vllm.launch import ServerConfig
 
 CONFIGS = ("accelgen", "vllm-fcfs", "vllm-priority")
-WARMUP_REQUESTS = 6
 # The simulator's metrics compared between engine and simulator (--calibrated).
 AGREEMENT_KEYS = ("throughput_rps", "goodput_rps", "attainment", "token_attainment", "ttft_p50_s", "tbt_p99_s")
 
@@ -109,20 +102,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What one configuration's replay produced besides token times."""
-
-    failed: dict[str, str] = field(default_factory=dict)  # request id -> error
-    unfinished: list[str] = field(default_factory=list)  # cut off at the drain limit
-    late_sends_s: list[float] = field(default_factory=list)  # send time - arrival time
-    retried: list[str] = field(default_factory=list)  # connection reset before any token
-    token_times_s: dict[str, list[float]] = field(default_factory=dict)  # arrival of each token chunk
-    loop_lags_s: list[float] = field(default_factory=list)  # how late the client's 10-ms ticks woke
-    wall_s: float = 0.0
-    start_wall_s: float = 0.0  # time.time() at the replay's t = 0 (to match the step log)
-
-
 def _server_config(
     name: str, workload: Workload, model_dir: Path, workdir: Path, calibration: Path | None, *, tag: str
 ) -> ServerConfig:
@@ -150,137 +129,6 @@ def _server_config(
         calibration_file=calibration,
         **common,
     )
-
-
-def _body(req: SimRequest, name: str, tiers: TierSet, rng: random.Random, vocab: int) -> dict[str, Any]:
-    from accelgen.bench.probe import completion_body
-
-    tier = tiers.get(req.tier)
-    body = completion_body(req.prompt_tokens, req.output_tokens, rng, vocab)
-    body["vllm_xargs"] = {"slo_tier": tier.name}
-    if name == "vllm-priority":
-        body["priority"] = tier.priority
-    return body
-
-
-async def _send(session: Any, url: str, body: dict[str, Any], on_tokens: Any) -> None:
-    """POST one streaming completion; ``on_tokens(n)`` for every chunk with n new tokens."""
-    seen = 0
-    async with session.post(url, json=body) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                break
-            chunk = json.loads(data)
-            if "error" in chunk:
-                raise RuntimeError(str(chunk["error"])[:200])
-            usage = chunk.get("usage") or {}
-            total = usage.get("completion_tokens")
-            if total is None:  # no usage in this chunk: one token per choice with text
-                total = seen + sum(1 for c in chunk.get("choices", []) if c.get("text"))
-            if total > seen:
-                on_tokens(total - seen)
-                seen = total
-    if seen < body["max_tokens"]:
-        raise RuntimeError(f"stream ended after {seen} of {body['max_tokens']} tokens")
-
-
-async def _replay(
-    base_url: str,
-    name: str,
-    requests: list[SimRequest],
-    recorder: Recorder,
-    tiers: TierSet,
-    *,
-    vocab: int,
-    seed: int,
-    drain_s: float,
-) -> Outcome:
-    import asyncio
-
-    import aiohttp
-
-    from accelgen.bench.probe import completion_body
-
-    outcome = Outcome()
-    rng = random.Random(seed)
-    bodies = {r.request_id: _body(r, name, tiers, rng, vocab) for r in requests}  # before the clock starts
-    url = base_url + "/v1/completions"
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
-        # Warm-up (not recorded): the first requests of a fresh engine pay one-time costs,
-        # and AccelGen calibrates its latency model on these steps.
-        warm_rng = random.Random(seed + 1)
-        warm = [completion_body(64 + 160 * i, 24, warm_rng, vocab) for i in range(WARMUP_REQUESTS)]
-        for b in warm:
-            b["vllm_xargs"] = {"slo_tier": tiers.default}
-        await asyncio.gather(*(_send(session, url, b, lambda n: None) for b in warm))
-
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        outcome.start_wall_s = time.time()
-
-        async def one(req: SimRequest) -> None:
-            delay = t0 + req.arrival_s - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            outcome.late_sends_s.append(max(0.0, loop.time() - t0 - req.arrival_s))
-
-            received = 0
-            times = outcome.token_times_s[req.request_id] = []
-
-            def on_tokens(n: int) -> None:
-                nonlocal received
-                received += n
-                now = loop.time() - t0
-                times.append(now)
-                for _ in range(n):
-                    recorder.token(req.request_id, now)
-
-            for attempt in range(2):
-                try:
-                    await _send(session, url, bodies[req.request_id], on_tokens)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except aiohttp.ClientConnectionError as err:
-                    # A pooled keep-alive connection reset before any token: send again
-                    # (the time lost stays in this request's TTFT).
-                    if attempt == 0 and received == 0:
-                        outcome.retried.append(req.request_id)
-                        continue
-                    outcome.failed[req.request_id] = f"{type(err).__name__}: {err}"
-                except Exception as err:  # a failed request is counted, never fatal
-                    outcome.failed[req.request_id] = f"{type(err).__name__}: {err}"
-                recorder.dropped(req.request_id)
-                return
-            recorder.finished(req.request_id, loop.time() - t0)
-
-        async def ticker() -> None:
-            # The client's own lateness: token times include it (the client shares the CPU).
-            while True:
-                t = loop.time()
-                await asyncio.sleep(0.01)
-                outcome.loop_lags_s.append(loop.time() - t - 0.01)
-
-        tick = asyncio.ensure_future(ticker())
-        tasks = {asyncio.ensure_future(one(r)): r.request_id for r in requests}
-        last = requests[-1].arrival_s if requests else 0.0
-        remaining = t0 + last + drain_s - loop.time()
-        _, pending = await asyncio.wait(tasks, timeout=max(remaining, 0.1))
-        for task in pending:
-            task.cancel()
-            outcome.unfinished.append(tasks[task])
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        tick.cancel()
-        outcome.wall_s = loop.time() - t0
-    return outcome
 
 
 def _preemptions_from_metrics(base_url: str) -> int | None:
@@ -327,6 +175,7 @@ def _run_config(
 
     import numpy as np
 
+    from accelgen.bench.replay import replay, write_request_log
     from accelgen.sim.metrics import Recorder
     from accelgen.vllm.launch import EngineServer
     from accelgen.wire import read_engine_stats
@@ -338,7 +187,7 @@ def _run_config(
         print(f"[{name}] healthy after {server.start_s:.0f} s; replaying {len(requests)} requests", flush=True)
         load_before = os.getloadavg()[0]
         outcome = asyncio.run(
-            _replay(
+            replay(
                 server.base_url,
                 name,
                 requests,
@@ -356,7 +205,7 @@ def _run_config(
         )
         start_s = server.start_s
         port = server.port
-    _write_request_log(workdir / f"{tag}-requests.jsonl", recorder, outcome)
+    write_request_log(workdir / f"{tag}-requests.jsonl", recorder, outcome)
     stats: dict[str, Any] = {}
     if cfg.stats_file is not None and cfg.stats_file.exists():
         try:
@@ -431,32 +280,6 @@ def _judge(
         timeout_s=3 * duration_s + 600.0,
         warmup=warmup,
     )
-
-
-def _write_request_log(path: Path, recorder: Recorder, outcome: Outcome) -> None:
-    """One JSON line per request: its verdict and, for a missed one, why (late tokens' times).
-
-    Times are seconds from the replay's start; ``start_wall_s`` in each line puts them on
-    the step log's clock (``t_s``).
-    """
-    with path.open("w", encoding="utf-8") as f:
-        for rid, rec in recorder.records.items():
-            times = outcome.token_times_s.get(rid, [])
-            tbt = rec.tier.tbt_slo_s
-            late = [(b, b - a) for a, b in itertools.pairwise(times) if tbt is not None and b - a > tbt]
-            line = {
-                "id": rid,
-                "tier": rec.tier.name,
-                "arrival_s": rec.arrival_s,
-                "ttft_s": rec.ttft_s,
-                "tokens": rec.num_tokens,
-                "late_tokens": rec.num_late,
-                "met": rec.met(),
-                "late_gaps": [[round(t, 4), round(gap, 4)] for t, gap in late],
-                "error": outcome.failed.get(rid),
-                "start_wall_s": outcome.start_wall_s,
-            }
-            f.write(json.dumps(line) + "\n")
 
 
 def _write_engine_files(raw: dict[str, Any], workload: Workload, workdir: Path) -> None:
