@@ -81,6 +81,8 @@ def engine(vllm_available: None, tiny_model: Path, workdir: Path) -> Iterator[En
     os.environ.update(env)
     from vllm import LLM
 
+    from accelgen.launch import SCHEDULER_CLS
+
     t0 = time.monotonic()
     llm = LLM(
         model=str(tiny_model),
@@ -95,7 +97,7 @@ def engine(vllm_available: None, tiny_model: Path, workdir: Path) -> Iterator[En
         enable_prefix_caching=False,  # exact KV accounting: no shared blocks
         enforce_eager=True,
         seed=0,
-        scheduler_cls="accelgen.vllm.AccelGenScheduler",
+        scheduler_cls=SCHEDULER_CLS,
     )
     start_s = time.monotonic() - t0
     scheduler = llm.llm_engine.engine_core.engine_core.scheduler
@@ -137,12 +139,12 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(vllm_available: None, tiny_model: Path, workdir: Path, calibrated_file: Path) -> Iterator[Server]:
-    from accelgen.vllm.launch import EngineServer, ServerConfig
+    from accelgen.launch import VllmServer, VllmServerConfig
 
     # A copy, so the server's refits do not touch the in-process engine's file.
     calibration = workdir / "server-calibration.json"
     calibration.write_bytes(calibrated_file.read_bytes())
-    cfg = ServerConfig(
+    cfg = VllmServerConfig(
         model_dir=tiny_model,
         served_model_name="tiny",
         max_model_len=MAX_MODEL_LEN,
@@ -153,17 +155,16 @@ def server(vllm_available: None, tiny_model: Path, workdir: Path, calibrated_fil
         tiers_file=workdir / "tiers.yaml",
         stats_file=workdir / "server-stats.json",
         calibration_file=calibration,
+        log_file=workdir / "server.log",
     )
-    engine_server = EngineServer(cfg, log_file=workdir / "server.log", start_timeout_s=240)
+    engine_server = VllmServer(cfg, start_timeout_s=240)
     try:
         engine_server.start()
     except RuntimeError as err:
         pytest.fail(str(err))
     try:
         assert engine_server.start_s is not None
-        yield Server(
-            engine_server.base_url, workdir / "server-stats.json", engine_server.log_file, engine_server.start_s
-        )
+        yield Server(engine_server.base_url, workdir / "server-stats.json", workdir / "server.log", engine_server.start_s)
     finally:
         engine_server.stop()
 

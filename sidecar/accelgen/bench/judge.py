@@ -25,15 +25,12 @@ This module does not import vLLM.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from accelgen.core.tiers import TierSet
+from accelgen.process import ChildProcess, stop_all
 from accelgen.sim.metrics import Recorder
 from accelgen.sim.workload import SimRequest
-from accelgen.vllm.launch import ENGINE_PROCESS_GROUP
 
 # `vllm bench serve` with a barrier: the client imports vLLM, loads the tokenizer and
 # samples its prompts (about 20 s on 2 cores), says it is ready, and sends nothing
@@ -81,6 +78,7 @@ CLIENT_KEYS = (
 )  # fmt: skip
 NUM_ERRORS_SHOWN = 5
 LOG_TAIL_CHARS = 4000
+STOP_GRACE_S = 10.0  # SIGTERM to every client's process group, then SIGKILL
 
 
 class JudgeError(RuntimeError):
@@ -381,7 +379,7 @@ def run_judge(
         go_file.touch()
         _await_exit(measured, deadline)
     finally:
-        _stop_all(clients)
+        stop_all([c.proc for c in clients], grace_s=STOP_GRACE_S)
     results = {c.tier: json.loads(c.result_file.read_text(encoding="utf-8")) for c in measured}
     summary = judge(results, tiers=tiers)
     summary["client_results"] = {c.tier: str(c.result_file) for c in measured}
@@ -394,16 +392,12 @@ class _Client:
 
     name: str  # how errors name it
     tier: str
-    proc: subprocess.Popen[bytes]
-    log_file: Path
+    proc: ChildProcess  # its output in TIER.log
     result_file: Path
     ready_file: Path
 
     def tail(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-        except OSError:
-            return ""
+        return self.proc.log_tail(LOG_TAIL_CHARS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,10 +444,8 @@ def _launch(
         python=python,
     )
     env = dict(os.environ, ACCELGEN_JUDGE_READY=str(ready_file), ACCELGEN_JUDGE_GO=str(go_file), PYTHONUNBUFFERED="1")
-    with log_file.open("wb") as log:
-        # Its own process group (stopped as one) in the caller's session, as an engine's.
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, **ENGINE_PROCESS_GROUP)
-    return _Client(name, stream.tier, proc, log_file, result_file, ready_file)
+    proc = ChildProcess(cmd, name=f"vllm bench serve for {name}", env=env, log_file=log_file)
+    return _Client(name, stream.tier, proc, result_file, ready_file)
 
 
 def _await_ready(clients: Sequence[_Client], deadline: _Deadline) -> None:
@@ -462,7 +454,7 @@ def _await_ready(clients: Sequence[_Client], deadline: _Deadline) -> None:
         for c in waiting:
             if c.proc.poll() is not None:
                 raise JudgeError(
-                    f"vllm bench serve for {c.name} exited with {c.proc.returncode} before sending:\n{c.tail()}"
+                    f"vllm bench serve for {c.name} exited with {c.proc.poll()} before sending:\n{c.tail()}"
                 )
         deadline.check(waiting[0], "not ready")
         time.sleep(0.05)
@@ -484,18 +476,3 @@ def _await_exit(clients: Sequence[_Client], deadline: _Deadline) -> None:
         if pending:
             deadline.check(pending[0], "not done")
             time.sleep(0.1)
-
-
-def _stop_all(clients: Sequence[_Client], timeout_s: float = 10.0) -> None:
-    """SIGTERM every client's process group, SIGKILL what is left after ``timeout_s``."""
-    for c in clients:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(c.proc.pid, signal.SIGTERM)
-    end = time.monotonic() + timeout_s
-    for c in clients:
-        try:
-            c.proc.wait(timeout=max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(c.proc.pid, signal.SIGKILL)
-            c.proc.wait()

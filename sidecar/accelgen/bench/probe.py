@@ -39,7 +39,7 @@ from accelgen.core.plan import EngineLimits
 from accelgen.wire import WireError, read_engine_stats
 
 if TYPE_CHECKING:
-    from accelgen.vllm.launch import ServerConfig
+    from accelgen.launch import VllmServerConfig
 
 #: (concurrent requests, prompt tokens) of the decode phases.
 DECODE_GRID = ((1, 64), (4, 64), (16, 64), (4, 1024), (16, 256))
@@ -130,15 +130,15 @@ def estimated_steps(phases: Sequence[ProbePhase], cap: int) -> int:
     return total
 
 
-def measure(cfg: ServerConfig, limits: EngineLimits, *, log_file: Path, vocab: int, seed: int = 0) -> ProbeResult:
+def measure(cfg: VllmServerConfig, limits: EngineLimits, *, log_file: Path, vocab: int, seed: int = 0) -> ProbeResult:
     """Start ``cfg``'s server (it must have a ``calibration_file``), probe it, stop it."""
-    from accelgen.vllm.launch import EngineServer
+    from accelgen.launch import VllmServer
 
     if cfg.calibration_file is None:
         raise ValueError("the measurement engine needs a calibration_file")
     cfg.calibration_file.unlink(missing_ok=True)  # the fit must be this engine's own
     phases = probe_phases(limits, max_model_len=cfg.max_model_len)
-    with EngineServer(cfg, log_file=log_file, start_timeout_s=420.0) as server:
+    with VllmServer(dataclasses.replace(cfg, log_file=log_file), start_timeout_s=420.0) as server:
         result = probe_server(
             server.base_url,
             phases,

@@ -137,18 +137,36 @@ def size_workload(
         return workload, {}
     measured = measure_engine(model, max_num_batched_tokens=limits.max_num_batched_tokens)
     factor = _time_factor(workload, measured)
+    sized = _scaled_workload(workload, model, factor, cap=limits.max_num_batched_tokens)
+    derived = _derived(workload, sized, model, measured, factor)
+    if sizing.load is not None:
+        capacity = capacity_rps(sized, model, limits, traces=traces, max_request_tokens=max_request_tokens)
+        rate = _rate(sizing.load, capacity, workload.duration_s)
+        sized = sized.with_rate(rate)
+        derived.update(capacity_rps=capacity, capacity_requests=CAPACITY_REQUESTS, rate_rps=rate)
+    return sized, derived
+
+
+def _scaled_workload(workload: Workload, model: LatencyModel, factor: float, *, cap: int) -> Workload:
+    """``workload`` with its times scaled by ``factor`` and its prompt caps in tokens (rate untouched)."""
     tiers = _scaled_tiers(workload.tiers, factor)
     scheduler = workload.scheduler.replace(
         gamma_s=workload.scheduler.gamma_s * factor, safety_margin_s=workload.scheduler.safety_margin_s * factor
     )
     tight_tbt_s = tiers.tightest_tbt_s
     sources = tuple(
-        _sized_source(source, f"sources[{i}]", model, tight_tbt_s, limits.max_num_batched_tokens)
-        for i, source in enumerate(workload.sources)
+        _sized_source(source, f"sources[{i}]", model, tight_tbt_s, cap) for i, source in enumerate(workload.sources)
     )
-    sized = dataclasses.replace(workload, tiers=tiers, scheduler=scheduler, sources=sources, sizing=None)
-    derived: dict[str, Any] = {
-        "relative": dataclasses.asdict(sizing)
+    return dataclasses.replace(workload, tiers=tiers, scheduler=scheduler, sources=sources, sizing=None)
+
+
+def _derived(
+    workload: Workload, sized: Workload, model: LatencyModel, measured: EngineMeasurement, factor: float
+) -> dict[str, Any]:
+    """The report's ``sizing`` entry: the relative values, what was measured and what they became."""
+    assert workload.sizing is not None
+    return {
+        "relative": dataclasses.asdict(workload.sizing)
         | {
             f"sources[{i}].max_prompt_tbts": s.max_prompt_tbts
             for i, s in enumerate(workload.sources)
@@ -157,25 +175,21 @@ def size_workload(
         "measured": measured.to_dict(),
         "reference_decode": {"num_decodes": REFERENCE_DECODES, "context_tokens": REFERENCE_CONTEXT_TOKENS},
         "time_factor": factor,
-        "tight_tbt_s": tight_tbt_s,
-        "tiers": {t.name: {"ttft_s": t.ttft_slo_s, "tbt_s": t.tbt_slo_s, "deadline_s": t.deadline_s} for t in tiers},
-        "scheduler": {"gamma_s": scheduler.gamma_s, "safety_margin_s": scheduler.safety_margin_s},
+        "tight_tbt_s": sized.tiers.tightest_tbt_s,
+        "tiers": {
+            t.name: {"ttft_s": t.ttft_slo_s, "tbt_s": t.tbt_slo_s, "deadline_s": t.deadline_s} for t in sized.tiers
+        },
+        "scheduler": {"gamma_s": sized.scheduler.gamma_s, "safety_margin_s": sized.scheduler.safety_margin_s},
         "sources": [
             {
                 "trace": s.trace,
                 "max_prompt_tokens": s.max_prompt_tokens,
                 "prefill_s": None if s.max_prompt_tokens is None else prefill_s(model, s.max_prompt_tokens),
             }
-            for s in sources
+            for s in sized.sources
         ],
         "rate_rps": sized.rate_rps,
     }
-    if sizing.load is not None:
-        capacity = capacity_rps(sized, model, limits, traces=traces, max_request_tokens=max_request_tokens)
-        rate = _rate(sizing.load, capacity, workload.duration_s)
-        sized = sized.with_rate(rate)
-        derived.update(capacity_rps=capacity, capacity_requests=CAPACITY_REQUESTS, rate_rps=rate)
-    return sized, derived
 
 
 def _time_factor(workload: Workload, measured: EngineMeasurement) -> float:

@@ -43,9 +43,9 @@ from accelgen.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from accelgen.bench.probe import ProbeResult
+    from accelgen.launch import VllmServerConfig
     from accelgen.sim.traces import Trace
     from accelgen.sim.workload import SimRequest, Workload
-    from accelgen.vllm.launch import ServerConfig
 
 CONFIGS = ("accelgen", "vllm-fcfs", "vllm-priority")
 # The simulator's metrics compared between engine and simulator (--calibrated).
@@ -104,8 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _server_config(
     name: str, workload: Workload, model_dir: Path, workdir: Path, calibration: Path | None, *, tag: str
-) -> ServerConfig:
-    from accelgen.vllm.launch import ServerConfig
+) -> VllmServerConfig:
+    from accelgen.launch import VllmServerConfig
 
     e = workload.engine
     common: dict[str, Any] = {
@@ -115,12 +115,13 @@ def _server_config(
         "num_gpu_blocks": e.num_kv_blocks,
         "kv_cache_memory_bytes": 1 << 30,
         "extra_args": ("--block-size", str(e.block_size_tokens), "--seed", str(workload.seed)),
+        "log_file": workdir / f"{tag}-server.log",
     }
     if name == "vllm-fcfs":
-        return ServerConfig(policy=None, scheduling_policy="fcfs", **common)
+        return VllmServerConfig(scheduler_cls=None, policy=None, scheduling_policy="fcfs", **common)
     if name == "vllm-priority":
-        return ServerConfig(policy=None, scheduling_policy="priority", **common)
-    return ServerConfig(
+        return VllmServerConfig(scheduler_cls=None, policy=None, scheduling_policy="priority", **common)
+    return VllmServerConfig(
         policy=name,
         tiers_file=workdir / "tiers.yaml",
         scheduler_config=workdir / "scheduler.yaml",
@@ -176,14 +177,14 @@ def _run_config(
     import numpy as np
 
     from accelgen.bench.replay import replay, write_request_log
+    from accelgen.launch import VllmServer
     from accelgen.sim.metrics import Recorder
-    from accelgen.vllm.launch import EngineServer
     from accelgen.wire import read_engine_stats
 
     cfg = _server_config(name, workload, model_dir, workdir, calibration, tag=tag)
     recorder = Recorder(requests, workload.tiers)
     print(f"[{name}] starting vLLM ...", flush=True)
-    with EngineServer(cfg, log_file=workdir / f"{tag}-server.log", start_timeout_s=420.0) as server:
+    with VllmServer(cfg, start_timeout_s=420.0) as server:
         print(f"[{name}] healthy after {server.start_s:.0f} s; replaying {len(requests)} requests", flush=True)
         load_before = os.getloadavg()[0]
         outcome = asyncio.run(
@@ -450,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # leaves every `with EngineServer` block: engines stop
+        raise KeyboardInterrupt  # leaves every `with VllmServer` block: engines stop
 
     signal.signal(signal.SIGTERM, on_term)
     try:
