@@ -6,6 +6,9 @@ when a document is of a newer or unknown version, lacks a field or has one of th
 type. Keys a reader does not know are ignored, so a writer may add a field without a
 new version; removing or retyping one needs a new version.
 
+* :class:`SloFields` — a request's SLO metadata in the OpenAI body's ``vllm_xargs``,
+  written by the sidecar and read by the in-engine scheduler (clients talking to the
+  engine directly write the same keys, without a version).
 * :class:`EngineStatsFile` — the in-engine scheduler's statistics (the vLLM engine's or
   the simulated engine's), a file rewritten atomically by :class:`EngineStatsRecorder`
   and read by :func:`read_engine_stats` (the sidecar, the benchmarks, tests).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -107,6 +111,77 @@ def encode(document: Any) -> dict[str, Any]:
     """A wire dataclass as plain JSON types (its ``version`` included)."""
     out: dict[str, Any] = dataclasses.asdict(document)
     return out
+
+
+# --- a request's SLO fields in vllm_xargs ---------------------------------------------
+
+SLO_VERSION = 1
+SLO_VERSION_KEY = "accelgen_slo_version"
+SLO_TIER_KEY = "slo_tier"
+#: What a client may write instead of ``slo_tier`` (the first one present wins).
+SLO_TIER_ALIASES = ("tier", "accelgen_tier")
+SLO_TARGET_KEYS = ("ttft_ms", "tbt_ms", "deadline_s")
+#: Every key of the SLO fields: the sidecar drops a client's own before writing its.
+SLO_KEYS = (SLO_VERSION_KEY, SLO_TIER_KEY, *SLO_TIER_ALIASES, *SLO_TARGET_KEYS)
+
+
+def _positive(key: str, value: object) -> float:
+    """A target as a float > 0; a numeric string counts (clients send them), a bool not."""
+    number: object = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number) and number > 0:
+        return float(number)
+    raise WireError(f"{key} must be a positive number, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SloFields:
+    """A request's SLO metadata: a tier by name, and targets overriding the tier's.
+
+    ``deadline_s`` (an offline request) excludes ``ttft_ms`` and ``tbt_ms``. Which tier
+    names exist is the reader's tier set to say, not the wire's.
+    """
+
+    tier: str | None = None
+    ttft_ms: float | None = None
+    tbt_ms: float | None = None
+    deadline_s: float | None = None
+
+    def to_xargs(self) -> dict[str, Any]:
+        """The ``vllm_xargs`` entries (only the fields that are set, and the version)."""
+        out: dict[str, Any] = {SLO_VERSION_KEY: SLO_VERSION}
+        if self.tier is not None:
+            out[SLO_TIER_KEY] = self.tier
+        for key in SLO_TARGET_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_xargs(cls, xargs: Mapping[str, Any]) -> SloFields:
+        """The SLO fields of a request's ``vllm_xargs`` (other keys are not ours).
+
+        Raises:
+            WireError: A version other than this reader's, a tier name that is not a
+                string, a target that is not a positive number, or a deadline with
+                targets.
+        """
+        version = xargs.get(SLO_VERSION_KEY, SLO_VERSION)  # none: a client's own metadata
+        if version != SLO_VERSION or isinstance(version, bool):
+            raise WireError(f"{SLO_VERSION_KEY} {version!r} is not the version {SLO_VERSION} this reader reads")
+        key = next((k for k in (SLO_TIER_KEY, *SLO_TIER_ALIASES) if k in xargs), None)
+        tier = None if key is None else xargs[key]
+        if tier is not None and not isinstance(tier, str):
+            raise WireError(f"{key} must be a string, got {tier!r}")
+        targets = {k: _positive(k, xargs[k]) for k in SLO_TARGET_KEYS if k in xargs}
+        if "deadline_s" in targets and len(targets) > 1:
+            raise WireError("deadline_s excludes ttft_ms/tbt_ms")
+        return cls(tier=tier, **targets)
 
 
 # --- the engine stats file -------------------------------------------------------------

@@ -79,9 +79,8 @@ def engine(vllm_available: None, tiny_model: Path, workdir: Path) -> Iterator[En
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    from vllm import LLM
-
     from accelgen.launch import SCHEDULER_CLS
+    from vllm import LLM
 
     t0 = time.monotonic()
     llm = LLM(
@@ -164,7 +163,8 @@ def server(vllm_available: None, tiny_model: Path, workdir: Path, calibrated_fil
         pytest.fail(str(err))
     try:
         assert engine_server.start_s is not None
-        yield Server(engine_server.base_url, workdir / "server-stats.json", workdir / "server.log", engine_server.start_s)
+        log_file = workdir / "server.log"
+        yield Server(engine_server.base_url, workdir / "server-stats.json", log_file, engine_server.start_s)
     finally:
         engine_server.stop()
 

@@ -12,10 +12,9 @@ from typing import Any
 
 from accelgen.core.tiers import SLOTier
 from accelgen.server.errors import ApiError
+from accelgen.wire import SLO_KEYS, SloFields
 
 _DEFAULT_MAX_TOKENS = 256  # admission's guess when the client sets no limit
-# vllm_xargs keys the sidecar owns: a client cannot claim a tier through them.
-_XARGS_OWNED = ("accelgen_tier", "slo_tier", "tier", "ttft_ms", "tbt_ms", "deadline_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,21 +109,27 @@ def parse(body: object, *, chat: bool) -> Parsed:
     )
 
 
+def slo_fields(tier: SLOTier) -> SloFields:
+    """What the engine is told of the request's tier: its name and its targets."""
+    if tier.is_offline:
+        return SloFields(tier=tier.name, deadline_s=tier.deadline_s)
+    ttft_s, tbt_s = tier.ttft_slo_s, tier.tbt_slo_s
+    return SloFields(
+        tier=tier.name,
+        ttft_ms=None if ttft_s is None else round(ttft_s * 1000.0, 3),
+        tbt_ms=None if tbt_s is None else round(tbt_s * 1000.0, 3),
+    )
+
+
 def engine_body(parsed: Parsed, tier: SLOTier, *, send_priority: bool) -> dict[str, Any]:
     """The body sent to the engine: always streaming with usage, plus the tier metadata."""
     body = dict(parsed.body)
     options = dict(body.get("stream_options") or {})
     options["include_usage"] = True
     body.update(stream=True, stream_options=options)
-    xargs = {k: v for k, v in (body.get("vllm_xargs") or {}).items() if k not in _XARGS_OWNED}
-    # NOTE: accelgen.vllm reads the tier as ``slo_tier``; ``accelgen_tier`` is the name
-    # in issue 4's contract. Both are sent; engines ignore keys they do not know.
-    xargs["accelgen_tier"] = xargs["slo_tier"] = tier.name
-    if tier.is_offline:
-        xargs["deadline_s"] = tier.deadline_s
-    else:
-        xargs["ttft_ms"] = round((tier.ttft_slo_s or 0.0) * 1000.0, 3)
-        xargs["tbt_ms"] = round((tier.tbt_slo_s or 0.0) * 1000.0, 3)
+    # NOTE: the SLO keys are the sidecar's: a client cannot claim a tier through them.
+    xargs = {k: v for k, v in (body.get("vllm_xargs") or {}).items() if k not in SLO_KEYS}
+    xargs.update(slo_fields(tier).to_xargs())
     body["vllm_xargs"] = xargs
     if send_priority:
         body["priority"] = tier.priority
