@@ -135,20 +135,20 @@ def test_tiny_model_tokenizes_chats_and_fits_the_config(tmp_path: Path) -> None:
 
 
 def test_server_command_and_environment_per_configuration(tmp_path: Path) -> None:
-    from accelgen.vllm.launch import SCHEDULER_CLS, ServerConfig, server_command, server_env
+    from accelgen.launch import SCHEDULER_CLS, VllmServerConfig, vllm_server_command, vllm_server_env
 
-    accelgen = ServerConfig(model_dir=tmp_path, policy="sarathi", tiers_file=tmp_path / "t.yaml", num_gpu_blocks=99)
-    cmd = server_command(accelgen, port=8123, python="py")
+    accelgen = VllmServerConfig(model_dir=tmp_path, policy="sarathi", tiers_file=tmp_path / "t.yaml", num_gpu_blocks=99)
+    cmd = vllm_server_command(accelgen, port=8123, python="py")
     assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
     assert cmd[cmd.index("--scheduler-cls") + 1] == SCHEDULER_CLS
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--num-gpu-blocks-override") + 1] == "99"
     assert "--load-format" in cmd and "dummy" in cmd
-    env = server_env(accelgen, {"PATH": "/bin", "ACCELGEN_STEP_LOG": "/stale"})
+    env = vllm_server_env(accelgen, {"PATH": "/bin", "ACCELGEN_STEP_LOG": "/stale"})
     assert env["ACCELGEN_POLICY"] == "sarathi" and env["ACCELGEN_TIERS"] == str(tmp_path / "t.yaml")
     assert "ACCELGEN_STEP_LOG" not in env and env["PATH"] == "/bin"
-    stock = ServerConfig(model_dir=tmp_path, policy=None, scheduling_policy="priority")
-    stock_cmd = server_command(stock, port=1)
+    stock = VllmServerConfig(model_dir=tmp_path, scheduler_cls=None, policy=None, scheduling_policy="priority")
+    stock_cmd = vllm_server_command(stock, port=1)
     assert "--scheduler-cls" not in stock_cmd
     assert stock_cmd[stock_cmd.index("--scheduling-policy") + 1] == "priority"
-    assert "ACCELGEN_POLICY" not in server_env(stock, {})
+    assert "ACCELGEN_POLICY" not in vllm_server_env(stock, {})
