@@ -43,7 +43,9 @@ from accelgen.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from accelgen.bench.probe import ProbeResult
+    from accelgen.bench.replay import Outcome
     from accelgen.launch import VllmServerConfig
+    from accelgen.sim.metrics import Recorder
     from accelgen.sim.traces import Trace
     from accelgen.sim.workload import SimRequest, Workload
 
@@ -172,34 +174,18 @@ def _run_config(
     With ``judge``, vLLM's benchmark client then loads the same engine (:func:`_judge`);
     its verdict is under the result's ``judge``.
     """
-    import asyncio
-
-    import numpy as np
-
-    from accelgen.bench.replay import replay, write_request_log
+    from accelgen.bench.replay import write_request_log
     from accelgen.launch import VllmServer
     from accelgen.sim.metrics import Recorder
-    from accelgen.wire import read_engine_stats
 
     cfg = _server_config(name, workload, model_dir, workdir, calibration, tag=tag)
     recorder = Recorder(requests, workload.tiers)
     print(f"[{name}] starting vLLM ...", flush=True)
     with VllmServer(cfg, start_timeout_s=420.0) as server:
         print(f"[{name}] healthy after {server.start_s:.0f} s; replaying {len(requests)} requests", flush=True)
-        load_before = os.getloadavg()[0]
-        outcome = asyncio.run(
-            replay(
-                server.base_url,
-                name,
-                requests,
-                recorder,
-                workload.tiers,
-                vocab=vocab,
-                seed=workload.seed,
-                drain_s=drain_s,
-            )
+        outcome, load_avg_1m = _timed_replay(
+            server.base_url, name, workload, requests, recorder, vocab=vocab, drain_s=drain_s
         )
-        load_after = os.getloadavg()[0]
         metric_preemptions = _preemptions_from_metrics(server.base_url)
         judged = (
             _judge(name, server.base_url, workload, requests, model_dir, workdir / f"{tag}-judge") if judge else None
@@ -207,39 +193,14 @@ def _run_config(
         start_s = server.start_s
         port = server.port
     write_request_log(workdir / f"{tag}-requests.jsonl", recorder, outcome)
-    stats: dict[str, Any] = {}
-    if cfg.stats_file is not None and cfg.stats_file.exists():
-        try:
-            stats = read_engine_stats(cfg.stats_file).to_json()
-        except (OSError, ValueError):
-            stats = {}
-    result = recorder.summary()
-    by_tier = stats.get("preemptions_by_tier") or {}
-    engine_by_tier = stats.get("engine_preemptions_by_tier") or {}
-    preemptions = sum(by_tier.values()) if stats else (metric_preemptions or 0)
-    planner = (stats.get("planner_s") or {}).get("mean") or 0.0
-    result.update(
-        preemptions=int(preemptions),
-        preemptions_by_tier=by_tier,
-        engine_preemptions_by_tier=engine_by_tier,
-        vllm_preemptions_metric=metric_preemptions,
-        plan_time_per_iteration_s=float(planner),
-        iterations=stats.get("num_steps"),
-        schedule_s=stats.get("schedule_s"),
-        calibration=stats.get("calibration"),
-        failed=len(outcome.failed),
-        unfinished=len(outcome.unfinished),
-        retried=len(outcome.retried),
-        errors=dict(list(outcome.failed.items())[:5]),
-        send_lag_p99_s=float(np.percentile(outcome.late_sends_s, 99)) if outcome.late_sends_s else 0.0,
-        client_loop_lag_p99_s=float(np.percentile(outcome.loop_lags_s, 99)) if outcome.loop_lags_s else 0.0,
-        client_loop_lag_max_s=max(outcome.loop_lags_s, default=0.0),
-        # The machine's 1-minute load average before and after the replay: other work on
-        # the same cores shows up here (and in the client's lags), not in the engine.
-        load_avg_1m=[round(load_before, 2), round(load_after, 2)],
+    result = _config_result(
+        recorder,
+        outcome,
+        stats=_engine_stats(cfg.stats_file),
+        metric_preemptions=metric_preemptions,
+        load_avg_1m=load_avg_1m,
         engine_start_s=start_s,
         engine_port=port,
-        replay_wall_s=outcome.wall_s,
     )
     if judged is not None:
         result["judge"] = judged
@@ -247,6 +208,98 @@ def _run_config(
         f"[{name}] done in {outcome.wall_s:.0f} s: {result['completed']} completed, "
         f"{len(outcome.failed)} failed, {len(outcome.unfinished)} unfinished",
         flush=True,
+    )
+    return result
+
+
+def _timed_replay(
+    base_url: str,
+    name: str,
+    workload: Workload,
+    requests: list[SimRequest],
+    recorder: Recorder,
+    *,
+    vocab: int,
+    drain_s: float,
+) -> tuple[Outcome, list[float]]:
+    """The replay (:func:`accelgen.bench.replay.replay`) and the machine's load before and after it."""
+    import asyncio
+
+    from accelgen.bench.replay import replay
+
+    load_before = os.getloadavg()[0]
+    outcome = asyncio.run(
+        replay(base_url, name, requests, recorder, workload.tiers, vocab=vocab, seed=workload.seed, drain_s=drain_s)
+    )
+    load_after = os.getloadavg()[0]
+    return outcome, [round(load_before, 2), round(load_after, 2)]
+
+
+def _engine_stats(stats_file: Path | None) -> dict[str, Any]:
+    """The AccelGen engine's stats file as JSON; ``{}`` when there is none or it cannot be read."""
+    from accelgen.wire import read_engine_stats
+
+    if stats_file is None or not stats_file.exists():
+        return {}
+    try:
+        return read_engine_stats(stats_file).to_json()
+    except (OSError, ValueError):
+        return {}
+
+
+def _engine_figures(stats: dict[str, Any], metric_preemptions: int | None) -> dict[str, Any]:
+    """The engine's side of a result: preemptions, planner time, steps, calibration."""
+    by_tier = stats.get("preemptions_by_tier") or {}
+    preemptions = sum(by_tier.values()) if stats else (metric_preemptions or 0)
+    planner = (stats.get("planner_s") or {}).get("mean") or 0.0
+    return {
+        "preemptions": int(preemptions),
+        "preemptions_by_tier": by_tier,
+        "engine_preemptions_by_tier": stats.get("engine_preemptions_by_tier") or {},
+        "vllm_preemptions_metric": metric_preemptions,
+        "plan_time_per_iteration_s": float(planner),
+        "iterations": stats.get("num_steps"),
+        "schedule_s": stats.get("schedule_s"),
+        "calibration": stats.get("calibration"),
+    }
+
+
+def _client_figures(outcome: Outcome) -> dict[str, Any]:
+    """The client's side of a result: failures, retries, and how late it sent and woke."""
+    import numpy as np
+
+    return {
+        "failed": len(outcome.failed),
+        "unfinished": len(outcome.unfinished),
+        "retried": len(outcome.retried),
+        "errors": dict(list(outcome.failed.items())[:5]),
+        "send_lag_p99_s": float(np.percentile(outcome.late_sends_s, 99)) if outcome.late_sends_s else 0.0,
+        "client_loop_lag_p99_s": float(np.percentile(outcome.loop_lags_s, 99)) if outcome.loop_lags_s else 0.0,
+        "client_loop_lag_max_s": max(outcome.loop_lags_s, default=0.0),
+    }
+
+
+def _config_result(
+    recorder: Recorder,
+    outcome: Outcome,
+    *,
+    stats: dict[str, Any],
+    metric_preemptions: int | None,
+    load_avg_1m: list[float],
+    engine_start_s: float | None,
+    engine_port: int,
+) -> dict[str, Any]:
+    """One replay's report entry: the recorder's summary, then the engine's and the client's figures."""
+    result = recorder.summary()
+    result.update(_engine_figures(stats, metric_preemptions))
+    result.update(_client_figures(outcome))
+    result.update(
+        # The machine's 1-minute load average before and after the replay: other work on
+        # the same cores shows up here (and in the client's lags), not in the engine.
+        load_avg_1m=load_avg_1m,
+        engine_start_s=engine_start_s,
+        engine_port=engine_port,
+        replay_wall_s=outcome.wall_s,
     )
     return result
 
