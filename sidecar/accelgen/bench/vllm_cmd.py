@@ -12,9 +12,9 @@ after another, each fed the identical request sequence at its arrival times:
 Every request streams (``/v1/completions``, the prompt is that many random token ids of
 the model's vocabulary, ``max_tokens = min_tokens`` = its output length,
 ``ignore_eos``); ``continuous_usage_stats`` gives the token count of every chunk, so each
-token is stamped with the time its chunk arrived. Token times go into the simulator's
-:class:`~accelgen.sim.metrics.Recorder`, so the JSON report has the shape of
-``accelgen bench sim``'s. ``--calibrated OUT.json`` saves the latency model the AccelGen
+token is stamped with the time its chunk arrived (the replay: :mod:`accelgen.bench.replay`).
+Token times go into the simulator's :class:`~accelgen.sim.metrics.Recorder`, so the JSON
+report has the shape of ``accelgen bench sim``'s. ``--calibrated OUT.json`` saves the latency model the AccelGen
 engine fitted online and runs the simulator on the same requests with it, reporting how
 far simulator and engine agree.
 
@@ -415,9 +415,7 @@ def _finish_measure_only(args: argparse.Namespace, report: dict[str, Any], workd
     if own_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+        _write_json(args.json, report)
     return 0
 
 
@@ -463,38 +461,13 @@ def _agreement(engine: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelgen.bench.goals import cell_goals, tight_tier
-    from accelgen.bench.report import print_report
-    from accelgen.config import read_yaml
-    from accelgen.sim.profiles import default_data_dir
-    from accelgen.sim.workload import load_source_traces, parse_workload
-
+    """Size the workload if asked, replay it on every configuration, report and compare."""
     source = str(args.workload)
-    raw = read_yaml(args.workload)
-    try:
-        workload = parse_workload(raw)
-    except ConfigError as err:
-        raise err.within(source=source) from None
-    names = [c.strip() for c in args.configs.split(",") if c.strip()]
-    if not names:
-        raise ConfigError("name at least one configuration", field="--configs")
-    from accelgen.core.policies import get_spec
-
-    for name in names:
-        if name not in ("vllm-fcfs", "vllm-priority") and get_spec(name).clairvoyant:
-            raise ConfigError(f"{name} needs true output lengths; no engine has them", field="--configs")
-    if args.duration_s is not None:
-        workload = dataclasses.replace(workload, duration_s=args.duration_s, num_requests=None)
-    num_kv_blocks = workload.engine.num_kv_blocks
-    if num_kv_blocks is None:
-        raise ConfigError("give the engine's num_kv_blocks (a real engine has no 'auto')", field="engine.num_kv_blocks")
-    data_dir = args.data_dir or default_data_dir()
-    try:
-        traces = load_source_traces(workload, data_dir)
-    except ConfigError as err:
-        raise err.within(source=err.source or source) from None
+    raw, workload, names = _load(args, source=source)
+    traces = _traces(args, workload, source=source)
     e = workload.engine
-    max_request_tokens = min((num_kv_blocks - 1) * e.block_size_tokens, 8192)
+    assert e.num_kv_blocks is not None  # _load refuses 'auto'
+    max_request_tokens = min((e.num_kv_blocks - 1) * e.block_size_tokens, 8192)
     # A sized workload has its requests only once the engine is measured.
     requests = [] if workload.sizing else _requests(workload, traces, max_request_tokens)
 
@@ -508,71 +481,25 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        model_dir = args.model
-        if model_dir is None:
-            from accelgen.vllm.tiny_model import build_tiny_model
-
-            model_dir = build_tiny_model(workdir / "tiny-model")
-        vocab = min(int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]), 32000)
+        model_dir, vocab = _model(args, workdir)
         sizing: dict[str, Any] | None = None
         if workload.sizing is not None or args.measure_only:
             workload, sizing = _measure_and_size(
                 workload,
                 traces,
                 source=source,
-                model_dir=Path(model_dir),
+                model_dir=model_dir,
                 workdir=workdir,
                 vocab=vocab,
                 max_request_tokens=max_request_tokens,
             )
             requests = _requests(workload, traces, max_request_tokens)
         _write_engine_files(raw, workload, workdir)
-        calibration = workdir / "calibration.json"
-        report: dict[str, Any] = {
-            "workload": workload.name,
-            "rate_rps": workload.rate_rps,
-            "num_requests": len(requests),
-            "duration_s": workload.duration_s,
-            "engine": {
-                "kind": "vllm-cpu",
-                "model": str(model_dir),
-                "num_kv_blocks": e.num_kv_blocks,
-                "block_size_tokens": e.block_size_tokens,
-                "max_num_batched_tokens": e.max_num_batched_tokens,
-                "max_num_seqs": e.max_num_seqs,
-            },
-            "policies": {},
-        }
-        if sizing is not None:
-            report["sizing"] = sizing
+        report = _report_head(workload, requests, model_dir, sizing)
         if args.measure_only:
             names = []
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for round_no in range(args.repeats):
-            # Reversed every other round: drift in the machine's load hits every configuration alike.
-            for name in names if round_no % 2 == 0 else names[::-1]:
-                runs[name].append(
-                    _run_config(
-                        name,
-                        workload,
-                        requests,
-                        model_dir=Path(model_dir),
-                        workdir=workdir,
-                        vocab=vocab,
-                        drain_s=args.drain_s,
-                        calibration=calibration if name not in ("vllm-fcfs", "vllm-priority") else None,
-                        tag=name if args.repeats == 1 else f"{name}-{round_no + 1}",
-                        judge=args.judge,
-                    )
-                )
-        for name in names:
-            ranked = sorted(runs[name], key=lambda r: r["goodput_rps"])
-            result = ranked[(len(ranked) - 1) // 2]  # the median replay (the lower one of an even count)
-            result["replays_goodput_rps"] = [r["goodput_rps"] for r in runs[name]]
-            judged = result.pop("judge", None)
-            if judged is not None:
-                report.setdefault("judge", {"policies": {}})["policies"][name] = judged
-            report["policies"][name] = result
+        runs = _replay_rounds(args, names, workload, requests, model_dir=model_dir, workdir=workdir, vocab=vocab)
+        _add_medians(report, names, runs)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if own_workdir and not (args.calibrated and (workdir / "calibration.json").exists()):
@@ -580,40 +507,186 @@ def run(args: argparse.Namespace) -> int:
 
     if args.measure_only:
         return _finish_measure_only(args, report, workdir, own_workdir=own_workdir)
+    _print_reports(report, workload)
+    if args.calibrated:
+        _compare_with_simulator(args, report, workload, requests, workdir, own_workdir=own_workdir)
+    _add_goals(report, workload)
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def _load(args: argparse.Namespace, *, source: str) -> tuple[Any, Workload, list[str]]:
+    """The workload file (as written, and parsed with ``--duration-s`` applied) and the configurations."""
+    from accelgen.config import read_yaml
+    from accelgen.core.policies import get_spec
+    from accelgen.sim.workload import parse_workload
+
+    raw = read_yaml(args.workload)
+    try:
+        workload = parse_workload(raw)
+    except ConfigError as err:
+        raise err.within(source=source) from None
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if not names:
+        raise ConfigError("name at least one configuration", field="--configs")
+    for name in names:
+        if name not in ("vllm-fcfs", "vllm-priority") and get_spec(name).clairvoyant:
+            raise ConfigError(f"{name} needs true output lengths; no engine has them", field="--configs")
+    if args.duration_s is not None:
+        workload = dataclasses.replace(workload, duration_s=args.duration_s, num_requests=None)
+    if workload.engine.num_kv_blocks is None:
+        raise ConfigError("give the engine's num_kv_blocks (a real engine has no 'auto')", field="engine.num_kv_blocks")
+    return raw, workload, names
+
+
+def _traces(args: argparse.Namespace, workload: Workload, *, source: str) -> list[Trace]:
+    """One trace per source, read from ``--data-dir`` (or the default data folder)."""
+    from accelgen.sim.profiles import default_data_dir
+    from accelgen.sim.workload import load_source_traces
+
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        return load_source_traces(workload, data_dir)
+    except ConfigError as err:
+        raise err.within(source=err.source or source) from None
+
+
+def _model(args: argparse.Namespace, workdir: Path) -> tuple[Path, int]:
+    """The model directory (``--model``, else a tiny model built in ``workdir``) and the vocabulary used."""
+    model_dir = args.model
+    if model_dir is None:
+        from accelgen.vllm.tiny_model import build_tiny_model
+
+        model_dir = build_tiny_model(workdir / "tiny-model")
+    vocab = min(int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]), 32000)
+    return Path(model_dir), vocab
+
+
+def _report_head(
+    workload: Workload, requests: list[SimRequest], model_dir: Path, sizing: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The report before any replay: the workload, the engine and (if sized) how."""
+    e = workload.engine
+    report: dict[str, Any] = {
+        "workload": workload.name,
+        "rate_rps": workload.rate_rps,
+        "num_requests": len(requests),
+        "duration_s": workload.duration_s,
+        "engine": {
+            "kind": "vllm-cpu",
+            "model": str(model_dir),
+            "num_kv_blocks": e.num_kv_blocks,
+            "block_size_tokens": e.block_size_tokens,
+            "max_num_batched_tokens": e.max_num_batched_tokens,
+            "max_num_seqs": e.max_num_seqs,
+        },
+        "policies": {},
+    }
+    if sizing is not None:
+        report["sizing"] = sizing
+    return report
+
+
+def _replay_rounds(
+    args: argparse.Namespace,
+    names: list[str],
+    workload: Workload,
+    requests: list[SimRequest],
+    *,
+    model_dir: Path,
+    workdir: Path,
+    vocab: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every configuration's results, ``--repeats`` rounds of one replay each."""
+    calibration = workdir / "calibration.json"
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_no in range(args.repeats):
+        # Reversed every other round: drift in the machine's load hits every configuration alike.
+        for name in names if round_no % 2 == 0 else names[::-1]:
+            runs[name].append(
+                _run_config(
+                    name,
+                    workload,
+                    requests,
+                    model_dir=model_dir,
+                    workdir=workdir,
+                    vocab=vocab,
+                    drain_s=args.drain_s,
+                    calibration=calibration if name not in ("vllm-fcfs", "vllm-priority") else None,
+                    tag=name if args.repeats == 1 else f"{name}-{round_no + 1}",
+                    judge=args.judge,
+                )
+            )
+    return runs
+
+
+def _add_medians(report: dict[str, Any], names: list[str], runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Each configuration's median-goodput replay into the report, its judge's verdict beside."""
+    for name in names:
+        ranked = sorted(runs[name], key=lambda r: r["goodput_rps"])
+        result = ranked[(len(ranked) - 1) // 2]  # the median replay (the lower one of an even count)
+        result["replays_goodput_rps"] = [r["goodput_rps"] for r in runs[name]]
+        judged = result.pop("judge", None)
+        if judged is not None:
+            report.setdefault("judge", {"policies": {}})["policies"][name] = judged
+        report["policies"][name] = result
+
+
+def _print_reports(report: dict[str, Any], workload: Workload) -> None:
+    """The replays' table, and the judge's when it ran."""
+    from accelgen.bench.report import print_report
+
     print_report(report)
     if "judge" in report:
         print_report(dict(report, workload=f"{workload.name} (judged from vLLM's benchmark client)", **report["judge"]))
-    if args.calibrated:
-        fitted = workdir / "calibration.json"
-        if fitted.exists():
-            args.calibrated.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(fitted, args.calibrated)
-            if own_workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-            print(f"wrote {args.calibrated} (the AccelGen engine's fitted latency model)")
-            sim_workload = dataclasses.replace(
-                workload, engine=dataclasses.replace(e, latency_model=str(args.calibrated))
-            )
-            sim = _simulate(sim_workload, requests, args.calibrated, list(report["policies"]))
-            sim_report = dict(report, policies=sim)
-            sim_report["workload"] = f"{workload.name} (simulator, {args.calibrated})"
-            print_report(sim_report)
-            report["simulator"] = {"latency_model": str(args.calibrated), "policies": sim}
-            report["agreement"] = _agreement(report["policies"], sim)
-            for name, keys in report["agreement"].items():
-                print(
-                    f"  {name}: "
-                    + ", ".join(f"{k} engine {v['engine']:.3g} / sim {v['sim']:.3g}" for k, v in keys.items())
-                )
-        else:
-            print("no calibration file: the AccelGen engine did not run or never fitted")
+
+
+def _compare_with_simulator(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    workload: Workload,
+    requests: list[SimRequest],
+    workdir: Path,
+    *,
+    own_workdir: bool,
+) -> None:
+    """``--calibrated``: save the engine's fit, run the simulator on it, report how far they agree."""
+    from accelgen.bench.report import print_report
+
+    fitted = workdir / "calibration.json"
+    if not fitted.exists():
+        print("no calibration file: the AccelGen engine did not run or never fitted")
+        return
+    args.calibrated.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fitted, args.calibrated)
+    if own_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"wrote {args.calibrated} (the AccelGen engine's fitted latency model)")
+    engine = dataclasses.replace(workload.engine, latency_model=str(args.calibrated))
+    sim = _simulate(dataclasses.replace(workload, engine=engine), requests, args.calibrated, list(report["policies"]))
+    sim_report = dict(report, policies=sim)
+    sim_report["workload"] = f"{workload.name} (simulator, {args.calibrated})"
+    print_report(sim_report)
+    report["simulator"] = {"latency_model": str(args.calibrated), "policies": sim}
+    report["agreement"] = _agreement(report["policies"], sim)
+    for name, keys in report["agreement"].items():
+        print(f"  {name}: " + ", ".join(f"{k} engine {v['engine']:.3g} / sim {v['sim']:.3g}" for k, v in keys.items()))
+
+
+def _add_goals(report: dict[str, Any], workload: Workload) -> None:
+    """The cell's goals (:mod:`accelgen.bench.goals`) into the report, printed."""
+    from accelgen.bench.goals import cell_goals, tight_tier
+
     report["goals"] = cell_goals(report, tight=tight_tier(workload.tiers))
     _print_goals(report["goals"])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    """The report as indented JSON at ``path`` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
 
 
 def _print_goals(goals: dict[str, Any]) -> None:
