@@ -80,14 +80,46 @@ def build_tiny_model(
         raise ValueError(f"{num_heads} query heads are not a multiple of {kv_heads} KV heads")
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab_size = _write_tokenizer(out_dir, vocab_tokens=vocab_tokens, max_len=max_context_tokens)
-    config: dict[str, Any] = {
+    config = _llama_config(
+        hidden=hidden,
+        layers=layers,
+        head_dim=head_dim,
+        num_heads=num_heads,
+        num_kv_heads=kv_heads,
+        intermediate=intermediate or 2 * hidden,
+        vocab_size=vocab_size,
+        max_context_tokens=max_context_tokens,
+        dtype=dtype,
+    )
+    _write_json(out_dir / "config.json", config)
+    _write_json(
+        out_dir / "generation_config.json",
+        {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]},
+    )
+    return out_dir
+
+
+def _llama_config(
+    *,
+    hidden: int,
+    layers: int,
+    head_dim: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate: int,
+    vocab_size: int,
+    max_context_tokens: int,
+    dtype: str,
+) -> dict[str, Any]:
+    """The model's ``config.json``: a LlamaForCausalLM of these sizes, special tokens as the tokenizer's."""
+    return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": hidden,
-        "intermediate_size": intermediate or 2 * hidden,
+        "intermediate_size": intermediate,
         "num_hidden_layers": layers,
         "num_attention_heads": num_heads,
-        "num_key_value_heads": kv_heads,
+        "num_key_value_heads": num_kv_heads,
         "head_dim": head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": max_context_tokens,
@@ -100,12 +132,6 @@ def build_tiny_model(
         "pad_token_id": SPECIAL_TOKENS.index(PAD_TOKEN),
         "torch_dtype": dtype,
     }
-    _write_json(out_dir / "config.json", config)
-    _write_json(
-        out_dir / "generation_config.json",
-        {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]},
-    )
-    return out_dir
 
 
 def _write_tokenizer(out_dir: Path, *, vocab_tokens: int, max_len: int) -> int:
