@@ -12,6 +12,13 @@ from accelgen.argtypes import non_negative_float, port, positive_float, positive
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``accelgen serve``."""
+    _sidecar_arguments(parser)
+    _engine_arguments(parser)
+    _limit_arguments(parser)
+
+
+def _sidecar_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the sidecar listens, its tiers and its tenants' keys."""
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
     parser.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
@@ -24,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="tenants' API key hashes (YAML); without it no key is required",
     )
+
+
+def _engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which engine: a running one, or one to start (vLLM or sim) and how; the pool label."""
     parser.add_argument("--engine-url", metavar="URL", help="a running vLLM OpenAI server")
     parser.add_argument(
         "--engine",
@@ -54,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="latency model of the sim engine and of admission's speed estimate (e.g. h100-llama-2-7b)",
     )
+
+
+def _limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """How much the sidecar releases and queues, the sim engine's size and pace, timeouts, logging."""
     parser.add_argument(
         "--max-running",
         type=positive_int,
