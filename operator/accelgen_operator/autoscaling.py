@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accelgen.core.tiers import TierSet
-from accelgen_operator.status import PoolStats
+from accelgen_operator.status import PoolStats, measured_attainment
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +78,8 @@ def decide(
         msg = f"{replicas} replicas is outside [{policy.min_replicas}, {policy.max_replicas}]"
         return AutoscaleState(last_scale_s=now_s), ScaleDecision(bounded, "ScaledToBounds", msg)
     stats = pool.tier(policy.tier)
-    attainment = stats.attainment if stats is not None else None
-    if stats is None or attainment is None or stats.completed < policy.min_completed:
+    attainment = measured_attainment(stats)
+    if stats is None or attainment is None or stats.num_completed < policy.min_completed:
         return AutoscaleState(last_scale_s=state.last_scale_s), None
     below = attainment < policy.target_attainment
     idle = pool.waiting == 0 and pool.kv_usage_max < policy.max_kv_usage

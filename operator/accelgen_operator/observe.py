@@ -21,6 +21,7 @@ from accelgen_operator.resources import content_hash, effective_replicas, select
 from accelgen_operator.status import (
     Condition,
     PoolStats,
+    measured_attainment,
     rollout_conditions,
     set_conditions,
     slo_condition,
@@ -104,10 +105,8 @@ def _observed_conditions(
 
 def _tightest_attainment(pool: PoolStats, tightest: str) -> float | None:
     """The tightest tier's pool attainment, rounded; None without completions."""
-    stats = pool.tier(tightest)
-    if stats is None or stats.attainment is None:
-        return None
-    return round(stats.attainment, 4)
+    attainment = measured_attainment(pool.tier(tightest))
+    return None if attainment is None else round(attainment, 4)
 
 
 def observed_status(

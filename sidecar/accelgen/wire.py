@@ -12,6 +12,9 @@ new version; removing or retyping one needs a new version.
 * :class:`EngineStatsFile` — the in-engine scheduler's statistics (the vLLM engine's or
   the simulated engine's), a file rewritten atomically by :class:`EngineStatsRecorder`
   and read by :func:`read_engine_stats` (the sidecar, the benchmarks, tests).
+* :class:`SidecarStats` — the sidecar's ``GET /stats``: per tier a
+  :class:`~accelgen.core.summary.TierSummary` of its last window, and what it last saw
+  of its engine; read by the operator.
 
 Imports ``accelgen.core`` only: the sidecar, the simulator, the in-engine scheduler and
 the operator all read and write these without importing each other.
@@ -32,7 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from accelgen.core.summary import quantile
+from accelgen.core.summary import TierSummary, quantile
 
 _T = TypeVar("_T")
 
@@ -376,3 +379,119 @@ class EngineStatsRecorder:
     def close(self) -> None:
         """The last write."""
         self.maybe_write(force=True)
+
+
+# --- the sidecar's GET /stats ------------------------------------------------------------
+
+STATS_VERSION = 1
+_TIER_COUNTS = {"completed": "num_completed", "slo_met": "num_slo_met", "rejected": "num_rejected"}
+_TIER_COUNTS.update(num_tokens="num_tokens", num_good_tokens="num_good_tokens")
+_TIER_SECONDS = ("ttft_p99_s", "tbt_p99_s")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineView:
+    """What the sidecar last saw of its engine."""
+
+    ready: bool = False
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0  # fraction of the KV cache in use, in [0, 1]
+
+
+def _non_negative(raw: Mapping[str, object], key: str, where: str, *, integer: bool) -> float:
+    value = raw.get(key)
+    if value is None:
+        raise WireError(f"{where}: missing field {key!r}")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise WireError(f"{where}.{key} must be a non-negative number, got {value!r}")
+    if integer and not isinstance(value, int):
+        raise WireError(f"{where}.{key} must be a whole number, got {value!r}")
+    return float(value)
+
+
+def _tier_json(tier: TierSummary) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tier.name}
+    out.update({key: getattr(tier, attr) for key, attr in _TIER_COUNTS.items()})
+    out.update({key: getattr(tier, key) for key in _TIER_SECONDS})
+    # Derived from the counts (core.summary's definitions), for readers that only show them.
+    out.update(
+        attainment=tier.attainment,
+        goodput_rps=tier.goodput_rps,
+        goodput_tokens_per_s=tier.goodput_tokens_per_s,
+        throughput_rps=tier.throughput_rps,
+        throughput_tokens_per_s=tier.throughput_tokens_per_s,
+    )
+    return out
+
+
+def _tier_from_json(raw: object, where: str, window_s: float) -> TierSummary:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise WireError(f"{where} must be an object with a string name")
+    counts = {attr: int(_non_negative(raw, key, where, integer=True)) for key, attr in _TIER_COUNTS.items()}
+    seconds = {key: _non_negative(raw, key, where, integer=False) for key in _TIER_SECONDS}
+    if counts["num_slo_met"] > counts["num_completed"]:
+        raise WireError(f"{where}: slo_met exceeds completed")
+    if counts["num_good_tokens"] > counts["num_tokens"]:
+        raise WireError(f"{where}: num_good_tokens exceeds num_tokens")
+    # The sidecar judges the requests that completed in its window.
+    return TierSummary(
+        name=raw["name"],
+        window_s=window_s,
+        num_requests=counts["num_completed"],
+        num_completed=counts["num_completed"],
+        num_slo_met=counts["num_slo_met"],
+        num_rejected=counts["num_rejected"],
+        num_tokens=counts["num_tokens"],
+        num_good_tokens=counts["num_good_tokens"],
+        ttft_p99_s=seconds["ttft_p99_s"],
+        tbt_p99_s=seconds["tbt_p99_s"],
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SidecarStats:
+    """One sidecar's ``GET /stats``: its last window per tier, and its engine."""
+
+    pool: str | None
+    window_s: int
+    tiers: tuple[TierSummary, ...]
+    engine: EngineView
+    version: int = STATS_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "pool": self.pool,
+            "window_s": self.window_s,
+            "tiers": [_tier_json(t) for t in self.tiers],
+            "engine": dataclasses.asdict(self.engine),
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> SidecarStats:
+        """A ``/stats`` answer; WireError names the first field that is not the format."""
+        what = "/stats"
+        head = decode(_StatsHead, doc, what=what, version=STATS_VERSION)
+        assert isinstance(doc, dict)  # decode checked it
+        if head.window_s <= 0:
+            raise WireError(f"{what}.window_s must be positive, got {head.window_s}")
+        tiers_raw = doc.get("tiers")
+        if not isinstance(tiers_raw, list):
+            raise WireError(f"{what}.tiers must be a list")
+        tiers = tuple(_tier_from_json(t, f"{what}.tiers[{i}]", head.window_s) for i, t in enumerate(tiers_raw))
+        engine = head.engine
+        for key in ("running", "waiting", "kv_usage"):
+            _non_negative(dataclasses.asdict(engine), key, f"{what}.engine", integer=key != "kv_usage")
+        # NOTE: an engine's usage may round past 1; it is a fraction all the same.
+        engine = dataclasses.replace(engine, kv_usage=min(1.0, engine.kv_usage))
+        return cls(pool=head.pool, window_s=head.window_s, tiers=tiers, engine=engine)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StatsHead:
+    """The fields of ``/stats`` the generic decoder checks (tiers are checked apart)."""
+
+    pool: str | None
+    window_s: int
+    engine: EngineView

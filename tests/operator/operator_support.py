@@ -18,6 +18,8 @@ import aiohttp
 import aiohttp.web
 import kmock
 
+from accelgen.core.summary import TierSummary
+from accelgen.wire import EngineView, SidecarStats
 from accelgen_operator import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from accelgen_operator.emulator import ApiServerEmulator
 from accelgen_operator.handlers import OperatorConfig
@@ -67,27 +69,24 @@ def make_pool(name: str = "llama", **overrides: Any) -> dict[str, Any]:
 
 
 def pod_stats(tiers: dict[str, tuple[int, int]], *, waiting: int = 0, kv: float = 0.1) -> dict[str, Any]:
-    """A /stats answer; ``tiers`` maps name → (completed, slo_met)."""
-    return {
-        "pool": "llama",
-        "window_s": 60,
-        "tiers": [
-            {
-                "name": n,
-                "completed": c,
-                "slo_met": m,
-                "attainment": (m / c if c else 1.0),
-                "goodput_rps": m / 60,
-                "goodput_tokens_per_s": m * 100 / 60,
-                "throughput_rps": c / 60,
-                "rejected": 1,
-                "ttft_p99_s": 0.2,
-                "tbt_p99_s": 0.05,
-            }
-            for n, (c, m) in tiers.items()
-        ],
-        "engine": {"ready": True, "running": 1, "waiting": waiting, "kv_usage": kv},
-    }
+    """A /stats answer from the sidecar's writer; ``tiers`` maps name → (completed, slo_met)."""
+    summaries = tuple(
+        TierSummary(
+            name=n,
+            window_s=60,
+            num_requests=c,
+            num_completed=c,
+            num_slo_met=m,
+            num_rejected=1,
+            num_tokens=c * 100,
+            num_good_tokens=m * 100,
+            ttft_p99_s=0.2,
+            tbt_p99_s=0.05,
+        )
+        for n, (c, m) in tiers.items()
+    )
+    engine = EngineView(ready=True, running=1, waiting=waiting, kv_usage=kv)
+    return SidecarStats(pool="llama", window_s=60, tiers=summaries, engine=engine).to_json()
 
 
 class FakeSidecar:

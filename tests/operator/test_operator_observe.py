@@ -7,6 +7,7 @@ from typing import Any
 
 from operator_support import make_spec
 
+from accelgen.core.summary import TierSummary
 from accelgen_operator.observe import (
     RECONCILED,
     autoscale_step,
@@ -16,7 +17,7 @@ from accelgen_operator.observe import (
     observed_status,
     reconciled_status,
 )
-from accelgen_operator.status import Condition, PoolStats, TierStats
+from accelgen_operator.status import Condition, PoolStats
 from accelgen_operator.tierconfig import parse_checked, tiers_config
 
 SPEC = make_spec(replicas=2)
@@ -26,7 +27,7 @@ NOW = "2026-01-01T00:00:00Z"
 
 def pool(completed: int, met: int) -> PoolStats:
     return PoolStats(
-        tiers=(TierStats("interactive", completed=completed, slo_met=met),),
+        tiers=(TierSummary("interactive", 60.0, num_requests=completed, num_completed=completed, num_slo_met=met),),
         pods_reporting=2,
         pods_unreachable=1,
         window_s=60.0,

@@ -22,26 +22,35 @@ from accelgen_operator.tierconfig import parse_checked, tiers_config
 TIERS = parse_checked(tiers_config(make_spec()))
 
 
-def test_parse_follows_the_contract() -> None:
+def test_parse_reads_what_the_sidecars_writer_writes() -> None:
     stats = parse_pod_stats(pod_stats({"interactive": (10, 9)}, waiting=3, kv=0.4))
     assert stats.window_s == 60
     (tier,) = stats.tiers
-    assert (tier.name, tier.completed, tier.slo_met, tier.attainment) == ("interactive", 10, 9, 0.9)
+    assert (tier.name, tier.num_completed, tier.num_slo_met, tier.attainment) == ("interactive", 10, 9, 0.9)
+    assert tier.goodput_tokens_per_s == 900 / 60 and tier.num_rejected == 1
     assert (stats.engine.waiting, stats.engine.kv_usage, stats.engine.ready) == (3, 0.4, True)
+
+
+GOOD = pod_stats({"a": (2, 1)})
+GOOD_TIER = GOOD["tiers"][0]
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ([], "expected a JSON object"),
-        ({"tiers": {}}, "tiers must be a list"),
-        ({"tiers": [{"completed": 1}]}, "string name"),
-        ({"tiers": [{"name": "a", "completed": -1}]}, "completed must be a non-negative number"),
-        ({"tiers": [{"name": "a", "completed": "3"}]}, "completed must be"),
-        ({"tiers": [{"name": "a", "completed": 1.5}]}, "whole number"),
-        ({"tiers": [{"name": "a", "completed": 1, "slo_met": 2}]}, "slo_met exceeds completed"),
-        ({"tiers": [{"name": "a", "ttft_p99_s": float("nan")}]}, "ttft_p99_s"),
-        ({"tiers": [], "engine": []}, "engine must be an object"),
+        ([], "must be a JSON object"),
+        ({k: v for k, v in GOOD.items() if k != "version"}, "missing field 'version'"),
+        ({**GOOD, "version": 2}, "newer than this reader"),
+        ({**GOOD, "tiers": {}}, "tiers must be a list"),
+        ({**GOOD, "tiers": [{"completed": 1}]}, "string name"),
+        ({**GOOD, "tiers": [{**GOOD_TIER, "completed": -1}]}, "completed must be a non-negative number"),
+        ({**GOOD, "tiers": [{**GOOD_TIER, "completed": "3"}]}, "completed must be"),
+        ({**GOOD, "tiers": [{**GOOD_TIER, "completed": 1.5}]}, "whole number"),
+        ({**GOOD, "tiers": [{**GOOD_TIER, "completed": 1, "slo_met": 2}]}, "slo_met exceeds completed"),
+        ({**GOOD, "tiers": [{**GOOD_TIER, "ttft_p99_s": float("nan")}]}, "ttft_p99_s"),
+        ({**GOOD, "tiers": [{k: v for k, v in GOOD_TIER.items() if k != "num_tokens"}]}, "missing field 'num_tokens'"),
+        ({**GOOD, "engine": []}, "engine must be an object"),
+        ({**GOOD, "engine": {**GOOD["engine"], "waiting": -1}}, "waiting must be a non-negative number"),
     ],
 )
 def test_parse_rejects_bad_answers_with_a_reason(raw: object, message: str) -> None:
@@ -55,10 +64,10 @@ def test_aggregate_weights_attainment_by_completed_requests() -> None:
     pool = aggregate([a, b], num_unreachable=1, tier_order=["interactive", "standard", "batch"])
     tier = pool.tier("interactive")
     assert tier is not None
-    assert (tier.completed, tier.slo_met) == (100, 90)
+    assert (tier.num_completed, tier.num_slo_met) == (100, 90)
     assert tier.attainment == pytest.approx(0.9)  # not the 0.5 mean of the pods' 1.0 and 0.0
     assert tier.goodput_rps == pytest.approx(90 / 60)
-    assert tier.rejected == 2
+    assert tier.num_rejected == 2
     assert [t.name for t in pool.tiers] == ["interactive", "batch"]
     assert (pool.pods_reporting, pool.pods_unreachable, pool.waiting, pool.kv_usage_max) == (
         2,

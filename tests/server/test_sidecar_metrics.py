@@ -110,7 +110,7 @@ def test_stats_consistent_with_metrics(pooled: Stack) -> None:
     # (the last poll may have caught the last request still running).
     stats = _idle_stats(pooled)
     text = httpx.get(pooled.url + "/metrics").text
-    assert stats["pool"] == "pool-a" and stats["window_s"] == 60
+    assert stats["version"] == 1 and stats["pool"] == "pool-a" and stats["window_s"] == 60
     assert stats["engine"] == {"ready": True, "running": 0, "waiting": 0, "kv_usage": 0.0}
     engine = {"pool": "pool-a"}
     assert metric_value(text, "accelgen_engine_ready", **engine) == 1.0
@@ -128,6 +128,8 @@ def test_stats_consistent_with_metrics(pooled: Stack) -> None:
         assert row["throughput_rps"] == pytest.approx(completed / 60)
         assert row["goodput_rps"] == pytest.approx(met / 60)
         assert row["goodput_tokens_per_s"] == pytest.approx(good_tokens / 60)
+        assert row["num_good_tokens"] == good_tokens
+        assert row["num_tokens"] == metric_value(text, "accelgen_output_tokens_total", **lab)
         assert row["attainment"] == (met / completed if completed else 1.0)
         if completed:
             # p99 from the window's histogram must bracket the Prometheus histogram's view.

@@ -12,11 +12,13 @@ they are defined here once:
 * a rate = its count / ``window_s`` (0.0 for a window of no length).
 
 :func:`quantile` is linear interpolation between order statistics (numpy's default),
-for every figure computed from raw samples.
+for every figure computed from raw samples; :func:`histogram_quantile` is its bounded-
+memory stand-in over binned samples, an upper bound to within one bin.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +30,19 @@ def quantile(values: Sequence[float], q: float) -> float | None:
     if not len(values):
         return None
     return float(np.quantile(values, q))
+
+
+def histogram_quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> float | None:
+    """The upper edge of the bin holding the ``q`` quantile; None with no sample.
+
+    ``counts[i]`` samples fell in ``[edges[i], edges[i + 1])``, so ``edges`` has one more
+    entry than ``counts``. The upper edge never under-reports.
+    """
+    total = int(counts.sum())
+    if total == 0:
+        return None
+    i = int(np.searchsorted(np.cumsum(counts), math.ceil(q * total)))
+    return float(edges[i + 1])
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from accelgen.server.errors import ApiError, error_body
 from accelgen.server.proxy import StreamFailed, generate
 from accelgen.server.reload import TierReloader
 from accelgen.server.state import Sidecar
+from accelgen.wire import EngineView, SidecarStats
 
 log = logging.getLogger("accelgen.server")
 SIDECAR = web.AppKey("sidecar", Sidecar)
@@ -94,19 +95,13 @@ def build_app(sidecar: Sidecar, *, tiers_path: str | None = None) -> web.Applica
 
     async def stats(_: web.Request) -> web.Response:
         state = sidecar.engine.state
-        return web.json_response(
-            {
-                "pool": sidecar.config.pool,
-                "window_s": sidecar.stats.window_s,
-                "tiers": sidecar.stats.snapshot([t.name for t in sidecar.tiers], time.monotonic()),
-                "engine": {
-                    "ready": state.ready,
-                    "running": state.running,
-                    "waiting": state.waiting,
-                    "kv_usage": state.kv_usage,
-                },
-            }
+        snapshot = SidecarStats(
+            pool=sidecar.config.pool,
+            window_s=sidecar.stats.window_s,
+            tiers=tuple(sidecar.stats.snapshot([t.name for t in sidecar.tiers], time.monotonic())),
+            engine=EngineView(ready=state.ready, running=state.running, waiting=state.waiting, kv_usage=state.kv_usage),
         )
+        return web.json_response(snapshot.to_json())
 
     async def openapi_doc(_: web.Request) -> web.Response:
         return web.json_response(openapi)

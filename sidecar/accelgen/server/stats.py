@@ -2,7 +2,8 @@
 
 Memory is bounded whatever the load: a ring of one-second slots per tier, each with
 counters and log-spaced histograms of TTFT and TBT gaps (p99 read from the merged
-histogram, to within one bin: about 3 %).
+histogram, to within one bin: about 3 %). A window's figures are a
+:class:`~accelgen.core.summary.TierSummary` per tier.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
+
+from accelgen.core.summary import TierSummary, histogram_quantile
 
 _BINS = 400
 _LO_S, _HI_S = 1e-5, 1e3
@@ -45,11 +47,7 @@ class _Slot:
 
 
 def _p99(hist: np.ndarray) -> float:
-    total = int(hist.sum())
-    if total == 0:
-        return 0.0
-    i = int(np.searchsorted(np.cumsum(hist), math.ceil(0.99 * total)))
-    return float(_EDGES[i + 1])  # upper edge: never under-reports
+    return histogram_quantile(hist, _EDGES, 0.99) or 0.0
 
 
 class WindowStats:
@@ -95,28 +93,27 @@ class WindowStats:
     def rejected(self, tier: str, now_s: float) -> None:
         self._slot(tier, now_s).rejected += 1
 
-    def snapshot(self, tiers: Iterable[str], now_s: float) -> list[dict[str, Any]]:
-        """One dict per tier, in the shape of issue 4's ``/stats``."""
+    def snapshot(self, tiers: Iterable[str], now_s: float) -> list[TierSummary]:
+        """One summary per tier of the last ``window_s`` seconds up to ``now_s``."""
         out = []
         oldest = int(now_s) - self.window_s + 1
         for name in tiers:
             slots = [s for s in self._rings.get(name, ()) if s.second >= oldest]
             completed = sum(s.completed for s in slots)
-            met = sum(s.slo_met for s in slots)
             ttft = sum((s.ttft for s in slots), np.zeros(_BINS, dtype=np.int64))
             tbt = sum((s.tbt for s in slots), np.zeros(_BINS, dtype=np.int64))
             out.append(
-                {
-                    "name": name,
-                    "completed": completed,
-                    "slo_met": met,
-                    "attainment": met / completed if completed else 1.0,
-                    "goodput_rps": met / self.window_s,
-                    "goodput_tokens_per_s": sum(s.good_tokens for s in slots) / self.window_s,
-                    "throughput_rps": completed / self.window_s,
-                    "rejected": sum(s.rejected for s in slots),
-                    "ttft_p99_s": _p99(ttft),
-                    "tbt_p99_s": _p99(tbt),
-                }
+                TierSummary(
+                    name=name,
+                    window_s=self.window_s,
+                    num_requests=completed,  # judged when they complete; refusals apart
+                    num_completed=completed,
+                    num_slo_met=sum(s.slo_met for s in slots),
+                    num_rejected=sum(s.rejected for s in slots),
+                    num_tokens=sum(s.tokens for s in slots),
+                    num_good_tokens=sum(s.good_tokens for s in slots),
+                    ttft_p99_s=_p99(ttft),
+                    tbt_p99_s=_p99(tbt),
+                )
             )
         return out

@@ -1,4 +1,4 @@
-"""Per-request and per-tier metrics, computed once, the way ACCELGEN.md defines them.
+"""Per-request and per-tier metrics of a simulated run, computed once.
 
 * TTFT = first token − arrival; a TBT gap = time between consecutive tokens;
 * a token is on time if its gap (the TTFT for the first) is within the target;
@@ -8,6 +8,9 @@
   tokens of online requests; goodput = SLO-meeting requests (and their output tokens)
   per second; throughput = the same over all completed requests. Rates are over the
   run's span, first arrival to last completion.
+
+The counts, attainment, rates and p99s are a :class:`~accelgen.core.summary.TierSummary`
+over that span (every request judged); the rest is the simulator's own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from accelgen.core.slo import TokenTimeline
+from accelgen.core.summary import TierSummary, quantile
 from accelgen.core.tiers import TierSet
 from accelgen.sim.workload import SimRequest
 
@@ -68,45 +72,55 @@ class Recorder:
         starts = [r.arrival_s for r in recs]
         ends = [r.finish_s for r in recs if r.finish_s is not None]
         span = (max(ends) - min(starts)) if ends else 0.0
-        out = _summarize(recs, [g for gaps in self.gaps_s.values() for g in gaps], span)
+        out = _summarize("all", recs, [g for gaps in self.gaps_s.values() for g in gaps], span)
         out["tiers"] = {
-            t.name: _summarize([r for r in recs if r.tier.name == t.name], self.gaps_s[t.name], span)
+            t.name: _summarize(t.name, [r for r in recs if r.tier.name == t.name], self.gaps_s[t.name], span)
             for t in self.tiers
         }
         return out
 
 
-def _pct(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(values, q)) if len(values) else 0.0
+def _q(values: Sequence[float], q: float) -> float:
+    return quantile(values, q) or 0.0
 
 
-def _summarize(recs: Sequence[_Record], gaps: Sequence[float], span_s: float) -> dict[str, Any]:
+def _summarize(name: str, recs: Sequence[_Record], gaps: Sequence[float], span_s: float) -> dict[str, Any]:
     done = [r for r in recs if r.finish_s is not None]
     met = [r for r in done if r.met()]
+    ttfts = [r.first_token_s - r.arrival_s for r in recs if r.first_token_s is not None]
+    tier = TierSummary(
+        name=name,
+        window_s=span_s,
+        num_requests=len(recs),  # a dropped or unfinished request has missed
+        num_completed=len(done),
+        num_slo_met=len(met),
+        num_tokens=sum(r.num_tokens for r in done),
+        num_good_tokens=sum(r.num_tokens for r in met),
+        ttft_p99_s=_q(ttfts, 0.99),
+        tbt_p99_s=_q(gaps, 0.99),
+    )
     online = [r for r in recs if r.tier.deadline_s is None]
     tokens = sum(r.num_tokens for r in online)
     # NOTE: a late first token counts as a late token here (it is not in num_late).
     late = sum(r.num_late + (r.ttft_s is not None and r.ttft_s > (r.tier.ttft_slo_s or math.inf)) for r in online)
-    ttfts = [r.first_token_s - r.arrival_s for r in recs if r.first_token_s is not None]
     # Why completed online requests missed: their first token, or too many late ones.
     missed = [r for r in done if r.tier.deadline_s is None and not r.met()]
     missed_ttft = sum(1 for r in missed if r.ttft_s is None or r.ttft_s > (r.tier.ttft_slo_s or math.inf))
-    rate = (lambda x: x / span_s) if span_s > 0 else (lambda x: 0.0)
     return {
-        "requests": len(recs),
-        "completed": len(done),
-        "slo_met": len(met),
+        "requests": tier.num_requests,
+        "completed": tier.num_completed,
+        "slo_met": tier.num_slo_met,
         "dropped": sum(r.dropped for r in recs),
-        "throughput_rps": rate(len(done)),
-        "throughput_tokens_per_s": rate(sum(r.num_tokens for r in done)),
-        "goodput_rps": rate(len(met)),
-        "goodput_tokens_per_s": rate(sum(r.num_tokens for r in met)),
-        "attainment": len(met) / len(recs) if recs else 1.0,
+        "throughput_rps": tier.throughput_rps,
+        "throughput_tokens_per_s": tier.throughput_tokens_per_s,
+        "goodput_rps": tier.goodput_rps,
+        "goodput_tokens_per_s": tier.goodput_tokens_per_s,
+        "attainment": tier.attainment,
         "token_attainment": (tokens - late) / tokens if tokens else 1.0,
         "late_tokens": late,  # online tokens (first ones included) later than their target
-        "ttft_p50_s": _pct(ttfts, 50),
-        "ttft_p99_s": _pct(ttfts, 99),
-        "tbt_p99_s": _pct(gaps, 99),
+        "ttft_p50_s": _q(ttfts, 0.5),
+        "ttft_p99_s": tier.ttft_p99_s,
+        "tbt_p99_s": tier.tbt_p99_s,
         "latency_mean_s": float(np.mean([r.finish_s - r.arrival_s for r in done])) if done else 0.0,  # type: ignore[operator]
         "preemptions": sum(r.preemptions for r in recs),
         "missed_ttft": missed_ttft,
