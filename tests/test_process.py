@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from accelgen.process import ChildProcess, StartError, free_port, http_ok, stop_all
+from accelgen.process import ChildProcess, StartError, free_port, http_ok, stop_all, wait_ready
 
 GENEROUS_S = 60.0  # a bound on what must not hang, never a speed
 
@@ -149,3 +149,10 @@ def test_leaving_the_with_block_by_an_error_stops_the_child(tmp_path: Path) -> N
         child.wait_ready(ready.exists, timeout_s=GENEROUS_S)
         raise KeyError("the caller failed")
     assert child.poll() == -signal.SIGTERM and not _running(child.pid)
+
+
+def test_a_url_without_a_child_is_awaited_until_its_deadline() -> None:
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+    with pytest.raises(StartError, match=r"/ not ready after 0.3 s") as err:
+        wait_ready(url, timeout_s=0.3, poll_s=0.05)
+    assert err.value.returncode is None and err.value.tail == ""

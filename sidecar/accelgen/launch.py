@@ -231,17 +231,18 @@ def embedded_config(
     stats_file: Path | None,
     extra_args: Sequence[str] = (),
     log_file: Path | None = None,
+    tiny_model_dir: Path = TINY_MODEL_DIR,
 ) -> VllmServerConfig:
     """The engine ``accelgen serve`` starts itself: AccelGen's scheduler, configured by
     the sidecar's own ``ACCELGEN_*`` environment, with random weights.
 
-    ``model_dir`` None: the tiny model (built once in :data:`TINY_MODEL_DIR`), with a
+    ``model_dir`` None: the tiny model (built once in ``tiny_model_dir``), with a
     fixed KV size (it skips the CPU worker's check that most of the machine's memory is
     free, which fails on a shared machine) and eager mode (it starts faster). Otherwise
     vLLM's defaults for the model.
     """
     cfg = VllmServerConfig(
-        model_dir=model_dir or TINY_MODEL_DIR,
+        model_dir=model_dir or tiny_model_dir,
         policy=None,
         port=port,
         served_model_name=None,
@@ -263,7 +264,7 @@ def embedded_config(
         return cfg
     return dataclasses.replace(
         cfg,
-        model_dir=ensure_tiny_model(),
+        model_dir=ensure_tiny_model(tiny_model_dir),
         served_model_name="tiny",
         max_model_len=4096,
         kv_cache_memory_bytes=256 << 20,

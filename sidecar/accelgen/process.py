@@ -170,30 +170,24 @@ class ChildProcess:
         self.stop()
         return StartError(f"{self.name} {what}", returncode=returncode, tail=self.log_tail())
 
+    def _raise_if_exited(self) -> None:
+        if (rc := self._proc.poll()) is not None:
+            raise self._failed(f"exited with {rc} while starting")
+
     def wait_ready(self, ready: Readiness, *, timeout_s: float, poll_s: float = _POLL_S) -> float:
         """Wait until ``ready`` holds; the seconds it took.
 
         Raises:
             StartError: The child exited first, or ``timeout_s`` passed (it is stopped).
         """
-        check = _condition(ready)
-        start = time.monotonic()
-        while True:
-            if (rc := self._proc.poll()) is not None:
-                raise self._failed(f"exited with {rc} while starting")
-            if check():
-                return time.monotonic() - start
-            if time.monotonic() - start > timeout_s:
-                raise self._failed(f"not ready after {timeout_s:g} s")
-            time.sleep(poll_s)
+        return wait_ready(ready, timeout_s=timeout_s, child=self, poll_s=poll_s)
 
     async def wait_ready_async(self, ready: Readiness, *, timeout_s: float, poll_s: float = _POLL_S) -> float:
         """:meth:`wait_ready` inside an event loop: each check runs in a worker thread."""
         check = _condition(ready)
         start = time.monotonic()
         while True:
-            if (rc := self._proc.poll()) is not None:
-                raise self._failed(f"exited with {rc} while starting")
+            self._raise_if_exited()
             if await asyncio.to_thread(check):
                 return time.monotonic() - start
             if time.monotonic() - start > timeout_s:
@@ -245,6 +239,31 @@ class ChildProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def wait_ready(
+    ready: Readiness, *, timeout_s: float, child: ChildProcess | None = None, poll_s: float = _POLL_S
+) -> float:
+    """Wait until ``ready`` holds, watching ``child`` if given; the seconds it took.
+
+    Raises:
+        StartError: ``child`` exited first, or ``timeout_s`` passed (``child`` is stopped).
+    """
+    check = _condition(ready)
+    start = time.monotonic()
+    while True:
+        if child is not None:
+            child._raise_if_exited()
+        if check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            what = f"not ready after {timeout_s:g} s"
+            if child is None:
+                raise StartError(
+                    f"{ready if isinstance(ready, str) else 'the condition'} {what}", returncode=None, tail=""
+                )
+            raise child._failed(what)
+        time.sleep(poll_s)
 
 
 def stop_all(children: Iterable[ChildProcess], *, grace_s: float) -> None:
