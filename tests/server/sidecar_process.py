@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import yaml
 from sidecar_harness import TIERS_CONFIG
 
-from accelgen.server.launch import free_port
+from accelgen.launch import serve_command
+from accelgen.process import ChildProcess, free_port
 
 
 class ServeProcess:
     """``accelgen serve`` (default ``--engine sim``) with the test tiers; ``stop()`` ends it.
 
     Its output (and an embedded vLLM's) goes to ``tmp/serve.log``, never to a pipe that
-    could fill up and stall it.
+    could fill up and stall it. Starting raises :class:`accelgen.process.StartError`, with
+    that log's tail, when it exits or is not ready in time.
     """
 
     def __init__(
@@ -35,34 +33,14 @@ class ServeProcess:
         self.log_path = tmp / "serve.log"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelgen.cli",
-            "serve",
-            *engine,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--tiers",
-            str(tiers),
-            "--log-level",
-            "WARNING",
-            *flags,
-        ]
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + start_timeout_s
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"accelgen serve did not become ready:\n{self.output[-4000:]}")
+        self.proc = ChildProcess(
+            serve_command(*flags, port=self.port, engine=engine, tiers_file=tiers),
+            name="accelgen serve",
+            env={**os.environ, **(env or {})},
+            log_file=self.log_path,
+            stop_grace_s=30.0,
+        )
+        self.proc.wait_ready(self.url + "/readyz", timeout_s=start_timeout_s)
 
     @property
     def output(self) -> str:
@@ -75,10 +53,4 @@ class ServeProcess:
         return 0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.proc.stop()

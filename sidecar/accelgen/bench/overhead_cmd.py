@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from accelgen.argtypes import int_at_least, positive_int
+from accelgen.launch import SCHEDULER_CLS
 
 GOAL_RATIO = 1.5
 POLICIES = ("vllm-stock", "accelgen")
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             enable_prefix_caching=False,
             enforce_eager=True,
             seed=0,
-            scheduler_cls="accelgen.vllm.AccelGenScheduler",
+            scheduler_cls=SCHEDULER_CLS,
         )
         try:
             report = measure(llm, requests=args.requests, rounds=args.rounds)

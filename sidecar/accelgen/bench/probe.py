@@ -131,11 +131,11 @@ def estimated_steps(phases: Sequence[ProbePhase], cap: int) -> int:
 
 
 def measure(cfg: VllmServerConfig, limits: EngineLimits, *, log_file: Path, vocab: int, seed: int = 0) -> ProbeResult:
-    """Start ``cfg``'s server (it must have a ``calibration_file``), probe it, stop it."""
+    """Start ``cfg``'s server (it must have a ``calibration_file`` and a ``max_model_len``), probe it, stop it."""
     from accelgen.launch import VllmServer
 
-    if cfg.calibration_file is None:
-        raise ValueError("the measurement engine needs a calibration_file")
+    if cfg.calibration_file is None or cfg.max_model_len is None:
+        raise ValueError("the measurement engine needs a calibration_file and a max_model_len")
     cfg.calibration_file.unlink(missing_ok=True)  # the fit must be this engine's own
     phases = probe_phases(limits, max_model_len=cfg.max_model_len)
     with VllmServer(dataclasses.replace(cfg, log_file=log_file), start_timeout_s=420.0) as server:

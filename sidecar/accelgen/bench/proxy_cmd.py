@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,10 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "what the proxy hop itself adds to TTFT",
     )
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the report as JSON")
-
-
-def _child(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _cpu_s(pid: int) -> float:
@@ -126,43 +121,28 @@ def _print(report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start what is needed, measure both sides, print (and write) the report."""
-    from accelgen.server.launch import free_port, wait_http_ok
+    from accelgen.launch import serve_command
+    from accelgen.process import ChildProcess, free_port, stop_all, wait_ready
 
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[ChildProcess] = []
     try:
         engine_url = args.engine_url
         if engine_url is None:
             port = free_port()
-            children.append(
-                _child(["accelgen.server.sim_server", "--port", str(port), "--time-scale", str(args.sim_time_scale)])
-            )
+            argv = [sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port)]
+            argv += ["--time-scale", str(args.sim_time_scale)]
+            children.append(ChildProcess(argv, name="sim engine", quiet=True))
             engine_url = f"http://127.0.0.1:{port}"
-        asyncio.run(wait_http_ok(engine_url + "/v1/models", timeout_s=60))
+        wait_ready(engine_url + "/v1/models", timeout_s=60, child=children[0] if children else None)
         port = free_port()
-        sidecar = _child(
-            [
-                "accelgen.cli",
-                "serve",
-                "--engine-url",
-                engine_url,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--max-running",
-                "1024",
-                "--log-level",
-                "WARNING",
-            ]
-        )
+        argv = serve_command("--max-running", "1024", port=port, engine=("--engine-url", engine_url))
+        sidecar = ChildProcess(argv, name="accelgen serve", quiet=True)
         children.append(sidecar)
         sidecar_url = f"http://127.0.0.1:{port}"
-        asyncio.run(wait_http_ok(sidecar_url + "/readyz", timeout_s=60, process=sidecar))
+        sidecar.wait_ready(sidecar_url + "/readyz", timeout_s=60)
         report = asyncio.run(_measure(args, engine_url, sidecar_url, sidecar.pid))
     finally:
-        for child in reversed(children):
-            child.terminate()
-            child.wait(timeout=20)
+        stop_all(reversed(children), grace_s=20.0)
     _print(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import importlib.util
 import os
@@ -19,14 +18,9 @@ from aiohttp import web
 from accelgen.config import load_tiers
 from accelgen.core.latency import LatencyModel
 from accelgen.core.tiers import TierSet, parse_tiers
+from accelgen.launch import VllmServer, embedded_config
 from accelgen.server.app import build_app
-from accelgen.server.launch import (
-    TINY_MODEL_ARGS,
-    VllmProcess,
-    ensure_tiny_model,
-    free_port,
-    start_sim,
-)
+from accelgen.server.launch import start_sim
 from accelgen.server.sim_engine import SimEngineConfig
 from accelgen.server.speed import ScaledLatencyModel, Speed, load_latency_model
 from accelgen.server.state import Sidecar, SidecarConfig
@@ -103,28 +97,28 @@ async def serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        model_dir = Path(args.model) if args.model else ensure_tiny_model()
-        extra = [] if args.model else list(TINY_MODEL_ARGS)
         # The in-engine scheduler's side channel: the sidecar reads its preemptions.
         engine_stats = os.environ.get("ACCELGEN_STATS_FILE") or str(
             Path(tempfile.mkdtemp(prefix="accelgen-")) / "engine-stats.json"
         )
-        vllm = VllmProcess(
-            model_dir,
-            port=free_port(),
-            tiers_path=args.tiers,
-            extra_args=extra + list(args.vllm_arg or []),
-            env={"ACCELGEN_STATS_FILE": engine_stats},
+        cfg = embedded_config(
+            Path(args.model) if args.model else None,
+            tiers_file=Path(args.tiers).resolve() if args.tiers else None,
+            stats_file=Path(engine_stats),
+            extra_args=args.vllm_arg or (),
         )
-        cleanup.append(vllm)
-        print(f"accelgen: starting vLLM on {vllm.url} (this takes a while)...", flush=True)
+        vllm = VllmServer(cfg, stop_grace_s=20.0)
+        print(f"accelgen: starting vLLM on {vllm.base_url} (this takes a while)...", flush=True)
         try:
-            await vllm.wait_ready()
-        except RuntimeError as err:
-            vllm.stop()
+            await vllm.start_async()
+        except BaseException as err:
+            vllm.stop()  # whatever ended the start, no engine outlives it
+            if not isinstance(err, RuntimeError):
+                raise
             print(f"accelgen: error: {err}", file=sys.stderr)
             return 1
-        url = vllm.url
+        cleanup.append(vllm)
+        url = vllm.base_url
     sidecar = Sidecar(load_config(args, url, engine_stats=engine_stats), Speed(latency))
     runner = web.AppRunner(build_app(sidecar, tiers_path=args.tiers), handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -151,9 +145,8 @@ async def serve(args: argparse.Namespace) -> int:
         for item in cleanup:
             if isinstance(item, web.AppRunner):
                 await item.cleanup()
-            elif isinstance(item, VllmProcess):
-                with contextlib.suppress(ProcessLookupError):
-                    item.stop()
+            elif isinstance(item, VllmServer):
+                item.stop()
         for item in cleanup:  # after the engines that write into them
             if isinstance(item, tempfile.TemporaryDirectory):
                 item.cleanup()
