@@ -65,6 +65,50 @@ def load_config(args: argparse.Namespace, engine_url: str, *, engine_stats: str 
     )
 
 
+async def _start_vllm(args: argparse.Namespace) -> VllmServer | int:
+    """The embedded vLLM, started and healthy; or the exit status when it cannot be."""
+    if importlib.util.find_spec("vllm") is None:
+        print(
+            "accelgen: error: vLLM is not installed (`make vllm` installs the CPU build); "
+            "or use --engine sim, or --engine-url URL",
+            file=sys.stderr,
+        )
+        return 2
+    # The in-engine scheduler's side channel: the sidecar reads its preemptions.
+    engine_stats = os.environ.get("ACCELGEN_STATS_FILE") or str(
+        Path(tempfile.mkdtemp(prefix="accelgen-")) / "engine-stats.json"
+    )
+    cfg = embedded_config(
+        Path(args.model) if args.model else None,
+        tiers_file=Path(args.tiers).resolve() if args.tiers else None,
+        stats_file=Path(engine_stats),
+        extra_args=args.vllm_arg or (),
+    )
+    vllm = VllmServer(cfg, stop_grace_s=20.0)
+    print(f"accelgen: starting vLLM on {vllm.base_url} (this takes a while)...", flush=True)
+    try:
+        await vllm.start_async()
+    except BaseException as err:
+        vllm.stop()  # whatever ended the start, no engine outlives it
+        if not isinstance(err, RuntimeError):
+            raise
+        print(f"accelgen: error: {err}", file=sys.stderr)
+        return 1
+    return vllm
+
+
+async def _stop_engine(cleanup: list[object]) -> None:
+    """Stop the engine ``serve`` started (its runner or its process group), then remove its files."""
+    for item in cleanup:
+        if isinstance(item, web.AppRunner):
+            await item.cleanup()
+        elif isinstance(item, VllmServer):
+            item.stop()
+    for item in cleanup:  # after the engines that write into them
+        if isinstance(item, tempfile.TemporaryDirectory):
+            item.cleanup()
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Start engine and sidecar, print where to send requests, run until told to stop."""
     latency = load_latency_model(args.latency_model)
@@ -90,35 +134,11 @@ async def serve(args: argparse.Namespace) -> int:
         url, sim_runner = await start_sim(latency, config, stats_path=Path(engine_stats))
         cleanup.append(sim_runner)
     else:
-        if importlib.util.find_spec("vllm") is None:
-            print(
-                "accelgen: error: vLLM is not installed (`make vllm` installs the CPU build); "
-                "or use --engine sim, or --engine-url URL",
-                file=sys.stderr,
-            )
-            return 2
-        # The in-engine scheduler's side channel: the sidecar reads its preemptions.
-        engine_stats = os.environ.get("ACCELGEN_STATS_FILE") or str(
-            Path(tempfile.mkdtemp(prefix="accelgen-")) / "engine-stats.json"
-        )
-        cfg = embedded_config(
-            Path(args.model) if args.model else None,
-            tiers_file=Path(args.tiers).resolve() if args.tiers else None,
-            stats_file=Path(engine_stats),
-            extra_args=args.vllm_arg or (),
-        )
-        vllm = VllmServer(cfg, stop_grace_s=20.0)
-        print(f"accelgen: starting vLLM on {vllm.base_url} (this takes a while)...", flush=True)
-        try:
-            await vllm.start_async()
-        except BaseException as err:
-            vllm.stop()  # whatever ended the start, no engine outlives it
-            if not isinstance(err, RuntimeError):
-                raise
-            print(f"accelgen: error: {err}", file=sys.stderr)
-            return 1
+        vllm = await _start_vllm(args)
+        if isinstance(vllm, int):
+            return vllm
         cleanup.append(vllm)
-        url = vllm.base_url
+        url, engine_stats = vllm.base_url, str(vllm.cfg.stats_file)
     sidecar = Sidecar(load_config(args, url, engine_stats=engine_stats), Speed(latency))
     runner = web.AppRunner(build_app(sidecar, tiers_path=args.tiers), handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -142,12 +162,5 @@ async def serve(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await runner.cleanup()
-        for item in cleanup:
-            if isinstance(item, web.AppRunner):
-                await item.cleanup()
-            elif isinstance(item, VllmServer):
-                item.stop()
-        for item in cleanup:  # after the engines that write into them
-            if isinstance(item, tempfile.TemporaryDirectory):
-                item.cleanup()
+        await _stop_engine(cleanup)
     return 0
