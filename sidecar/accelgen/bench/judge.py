@@ -347,24 +347,46 @@ def run_judge(
         JudgeError: A client failed (named, with its output's tail), or time ran out.
         No client process outlives this call, however it ends.
     """
+    _check_streams(streams, warmup, tiers)
+    workdir.mkdir(parents=True, exist_ok=True)
+    launch = functools.partial(
+        _launch, workdir=workdir, base_url=base_url, model=model, tokenizer=tokenizer, python=python
+    )
+    deadline = _Deadline(time.monotonic() + timeout_s, timeout_s)
+    measured = _run_clients(launch, streams, warmup, seed=seed, go_file=workdir / "judge.go", deadline=deadline)
+    results = {c.tier: json.loads(c.result_file.read_text(encoding="utf-8")) for c in measured}
+    summary = judge(results, tiers=tiers)
+    summary["client_results"] = {c.tier: str(c.result_file) for c in measured}
+    return summary
+
+
+def _check_streams(streams: Sequence[TierStream], warmup: TierStream | None, tiers: TierSet) -> None:
+    """ValueError unless there is one stream per tier, every tier (the warm-up's too) known."""
     names = [s.tier for s in streams]
     if not streams or len(set(names)) != len(names):
         raise ValueError(f"need one stream per tier, got tiers {names}")
     unknown = [n for n in [*names, *([warmup.tier] if warmup else [])] if n not in tiers]
     if unknown:
         raise ValueError(f"unknown tier(s) {unknown}; the tiers are {[t.name for t in tiers]}")
-    workdir.mkdir(parents=True, exist_ok=True)
-    go_file = workdir / "judge.go"
+
+
+def _run_clients(
+    launch: Callable[..., _Client],
+    streams: Sequence[TierStream],
+    warmup: TierStream | None,
+    *,
+    seed: int,
+    go_file: Path,
+    deadline: _Deadline,
+) -> list[_Client]:
+    """The warm-up to its end, then every stream's client released at once (``go_file``)
+    and run to its end; the measured clients. No client process outlives this call."""
     go_file.unlink(missing_ok=True)
-    deadline = _Deadline(time.monotonic() + timeout_s, timeout_s)
-    launch = functools.partial(
-        _launch, workdir=workdir, base_url=base_url, model=model, tokenizer=tokenizer, python=python
-    )
     clients: list[_Client] = []
     measured: list[_Client] = []
     try:
         if warmup is not None:
-            warm_go = workdir / "judge-warmup.go"
+            warm_go = go_file.with_name("judge-warmup.go")
             warm_go.touch()  # released at once
             name = f"warm-up (tier {warmup.tier!r})"
             clients.append(launch(name, warmup, "judge-warmup", warm_go, seed=seed + len(streams), prefix="warmup-"))
@@ -380,10 +402,7 @@ def run_judge(
         _await_exit(measured, deadline)
     finally:
         stop_all([c.proc for c in clients], grace_s=STOP_GRACE_S)
-    results = {c.tier: json.loads(c.result_file.read_text(encoding="utf-8")) for c in measured}
-    summary = judge(results, tiers=tiers)
-    summary["client_results"] = {c.tier: str(c.result_file) for c in measured}
-    return summary
+    return measured
 
 
 @dataclass(slots=True)
