@@ -21,6 +21,7 @@ from aiohttp import web
 
 from accelgen.core.tiers import TierSet, parse_tiers
 from accelgen.server.app import build_app
+from accelgen.server.engine_state import metric_samples
 from accelgen.server.sim_engine import SimEngine, SimEngineConfig
 from accelgen.server.sim_server import SIM_ENGINE, build_sim_app
 from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
@@ -116,20 +117,10 @@ class Stack:
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text; 0.0 if absent."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head.split("{")[0] != name:
-            continue
-        got = (
-            dict(part.split("=", 1) for part in head[len(name) + 1 : -1].split(",") if "=" in part)
-            if "{" in head
-            else {}
-        )
-        if all(got.get(k) == f'"{v}"' for k, v in labels.items()):
-            return float(value)
+    """The value of the first sample of ``name`` with ``labels`` (and maybe others); 0.0 if absent."""
+    for sample in metric_samples(text, (name,)):
+        if all(sample.labels.get(k) == v for k, v in labels.items()):
+            return sample.value
     return 0.0
 
 

@@ -30,6 +30,7 @@ from accelgen.server.engine_state import (
     LatencyModelReport,
     budget_of,
     latency_model_of,
+    metric_samples,
     preemptions_of,
     read_engine_stats,
 )
@@ -59,13 +60,7 @@ def _metrics(stack: Stack | ServeProcess) -> str:
 
 def _budget_series(text: str) -> dict[str, float]:
     """{stat: value} of every budget sample (whatever its other labels)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(BUDGET + "{"):
-            head, _, value = line.rpartition(" ")
-            stat = head.split('stat="', 1)[1].split('"', 1)[0]
-            out[stat] = float(value)
-    return out
+    return {s.labels["stat"]: s.value for s in metric_samples(text, (BUDGET,))}
 
 
 def _latency_lines(text: str) -> list[str]:

@@ -138,21 +138,15 @@ def _preemptions_from_metrics(base_url: str) -> int | None:
     """vLLM's own preemption counter from its Prometheus endpoint."""
     import urllib.request
 
+    from accelgen.server.engine_state import metric_samples
+
     try:
         with urllib.request.urlopen(base_url + "/metrics", timeout=10) as r:
             text = r.read().decode()
     except OSError:
         return None
-    total = 0.0
-    found = False
-    for line in text.splitlines():
-        if line.startswith("vllm:num_preemptions") and not line.startswith("vllm:num_preemptions_created"):
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-                found = True
-            except ValueError:
-                pass
-    return int(total) if found else None
+    samples = metric_samples(text, ("vllm:num_preemptions_total", "vllm:num_preemptions"))
+    return int(sum(s.value for s in samples)) if samples else None
 
 
 def _run_config(

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from accelgen import wire
 from accelgen.core.latency import REGIONS
@@ -141,47 +145,45 @@ def read_preemptions(path: str) -> int | None:
     return None if snapshot is None else preemptions_of(snapshot)
 
 
-def _sample(line: str) -> tuple[str, float] | None:
-    """``name{labels} value [timestamp]`` → (name, value); None for anything else."""
-    if not line or line[0] == "#":
-        return None
-    brace = line.find("{")
-    space = line.find(" ")
-    if brace != -1 and (space == -1 or brace < space):
-        name, rest = line[:brace], line[line.rfind("}") + 1 :]
-    else:
-        name, rest = line[:space], line[space:]
-    parts = rest.split()
-    if not parts:
-        return None
-    try:
-        return name, float(parts[0])
-    except ValueError:
-        return None
+def _series_name(line: str) -> str:
+    """The metric name a sample line starts with (up to its labels or its value)."""
+    end = len(line)
+    for mark in ("{", " "):
+        at = line.find(mark)
+        if at != -1:
+            end = min(end, at)
+    return line[:end]
+
+
+def metric_samples(text: str, names: Collection[str]) -> list[Sample]:
+    """The samples of the series ``names`` in a Prometheus text page, in page order.
+
+    Parsed by prometheus_client's own parser, one line at a time: only the lines of
+    those series are read (an engine's page has hundreds), and a line that is not a
+    sample is skipped rather than losing the page.
+    """
+    out: list[Sample] = []
+    for line in text.splitlines():
+        if not line or line[0] == "#" or _series_name(line) not in names:
+            continue
+        try:
+            out.extend(s for family in text_string_to_metric_families(line + "\n") for s in family.samples)
+        except ValueError:
+            continue
+    return out
 
 
 def parse_engine_metrics(text: str) -> tuple[int, int, float, str]:
     """(running, waiting, kv_usage, vllm_families_text) from an engine's metrics page."""
     running = waiting = 0.0
     kv = 0.0
-    kept: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("vllm:"):
-            kept.append(line)
-            # Only the three series admission reads are parsed (the page has hundreds).
-            if not line.startswith(_READ):
-                continue
-            sample = _sample(line)
-            if sample is None:
-                continue
-            name, value = sample
-            if name == _RUNNING:
-                running += value
-            elif name == _WAITING:
-                waiting += value
-            elif name in _KV:
-                kv = max(kv, value)
-        elif line.startswith(("# HELP vllm:", "# TYPE vllm:")):
-            kept.append(line)
+    for sample in metric_samples(text, _READ):
+        if sample.name == _RUNNING:
+            running += sample.value
+        elif sample.name == _WAITING:
+            waiting += sample.value
+        else:
+            kv = max(kv, sample.value)
+    kept = [line for line in text.splitlines() if line.startswith(("vllm:", "# HELP vllm:", "# TYPE vllm:"))]
     text_out = "\n".join(kept) + "\n" if kept else ""
     return int(running), int(waiting), kv, text_out
