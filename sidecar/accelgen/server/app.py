@@ -67,55 +67,68 @@ def build_app(sidecar: Sidecar, *, tiers_path: str | None = None) -> web.Applica
     async def chat(request: web.Request) -> web.StreamResponse:
         return await generate(request, sidecar, chat=True)
 
-    async def models(request: web.Request) -> web.Response:
-        sidecar.authenticate(request.headers.get("Authorization"))
-        try:
-            return web.json_response(await sidecar.engine.get_json("/v1/models"))
-        except Exception as err:  # any engine failure is the same answer to the client
-            raise ApiError(
-                503,
-                f"engine unavailable: {type(err).__name__}",
-                code="engine_unavailable",
-                retry_after_s=1.0,
-            ) from None
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        state = sidecar.engine.state
-        if state.ready:
-            return web.json_response({"ready": True})
-        return web.json_response({**error_body(503, state.error or "engine not ready"), "ready": False}, status=503)
-
-    async def metrics(_: web.Request) -> web.Response:
-        sidecar.refresh_gauges()
-        body = generate_latest(sidecar.metrics.registry) + sidecar.engine.state.vllm_text.encode()
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
-
-    async def stats(_: web.Request) -> web.Response:
-        state = sidecar.engine.state
-        snapshot = SidecarStats(
-            pool=sidecar.config.pool,
-            window_s=sidecar.stats.window_s,
-            tiers=tuple(sidecar.stats.snapshot([t.name for t in sidecar.tiers], time.monotonic())),
-            engine=EngineView(ready=state.ready, running=state.running, waiting=state.waiting, kv_usage=state.kv_usage),
-        )
-        return web.json_response(snapshot.to_json())
-
     async def openapi_doc(_: web.Request) -> web.Response:
         return web.json_response(openapi)
 
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/stats", stats)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/stats", _stats)
     app.router.add_get("/openapi.json", openapi_doc)
     app.cleanup_ctx.append(_background(sidecar, tiers_path))
     return app
+
+
+async def _models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: the engine's answer, for a client with a valid key."""
+    sidecar = request.app[SIDECAR]
+    sidecar.authenticate(request.headers.get("Authorization"))
+    try:
+        return web.json_response(await sidecar.engine.get_json("/v1/models"))
+    except Exception as err:  # any engine failure is the same answer to the client
+        raise ApiError(
+            503,
+            f"engine unavailable: {type(err).__name__}",
+            code="engine_unavailable",
+            retry_after_s=1.0,
+        ) from None
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    """``GET /healthz``: the sidecar answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: 200 while the engine is ready, else 503 with why."""
+    state = request.app[SIDECAR].engine.state
+    if state.ready:
+        return web.json_response({"ready": True})
+    return web.json_response({**error_body(503, state.error or "engine not ready"), "ready": False}, status=503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: the sidecar's metrics, then the engine's ``vllm:*`` page as last read."""
+    sidecar = request.app[SIDECAR]
+    sidecar.refresh_gauges()
+    body = generate_latest(sidecar.metrics.registry) + sidecar.engine.state.vllm_text.encode()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    """``GET /stats``: this pod's window per tier and the engine as seen (:class:`SidecarStats`)."""
+    sidecar = request.app[SIDECAR]
+    state = sidecar.engine.state
+    snapshot = SidecarStats(
+        pool=sidecar.config.pool,
+        window_s=sidecar.stats.window_s,
+        tiers=tuple(sidecar.stats.snapshot([t.name for t in sidecar.tiers], time.monotonic())),
+        engine=EngineView(ready=state.ready, running=state.running, waiting=state.waiting, kv_usage=state.kv_usage),
+    )
+    return web.json_response(snapshot.to_json())
 
 
 def _background(sidecar: Sidecar, tiers_path: str | None) -> Callable[[web.Application], AsyncIterator[None]]:
