@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from accelgen.core.summary import quantile
 from accelgen.core.tiers import TierSet
 from accelgen.process import ChildProcess, stop_all
 from accelgen.sim.metrics import Recorder
@@ -297,7 +298,7 @@ def _pooled_client(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     def ms(values: list[float], q: float | None) -> float:
         if not values:
             return 0.0
-        return 1000.0 * float(np.mean(values) if q is None else np.percentile(values, q))
+        return 1000.0 * float(np.mean(values) if q is None else (quantile(values, q / 100) or 0.0))
 
     return {
         "completed": sum(int(res["completed"]) for res in results),

@@ -21,6 +21,7 @@ from accelgen.core.plan import EngineLimits
 from accelgen.core.policies import make_policy, policy_names
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request, blocks_for
+from accelgen.core.summary import quantile
 from accelgen.core.tiers import parse_tiers
 
 TIERS = parse_tiers(
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 data_dir=args.data_dir,
             )
             median = statistics.median(times)
-            p99 = statistics.quantiles(times, n=100)[98]
+            p99 = quantile(times, 0.99) or 0.0
             base_median = base_median or median
             table.add_row(
                 name,

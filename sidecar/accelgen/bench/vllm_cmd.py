@@ -260,15 +260,15 @@ def _engine_figures(stats: dict[str, Any], metric_preemptions: int | None) -> di
 
 def _client_figures(outcome: Outcome) -> dict[str, Any]:
     """The client's side of a result: failures, retries, and how late it sent and woke."""
-    import numpy as np
+    from accelgen.core.summary import quantile
 
     return {
         "failed": len(outcome.failed),
         "unfinished": len(outcome.unfinished),
         "retried": len(outcome.retried),
         "errors": dict(list(outcome.failed.items())[:5]),
-        "send_lag_p99_s": float(np.percentile(outcome.late_sends_s, 99)) if outcome.late_sends_s else 0.0,
-        "client_loop_lag_p99_s": float(np.percentile(outcome.loop_lags_s, 99)) if outcome.loop_lags_s else 0.0,
+        "send_lag_p99_s": quantile(outcome.late_sends_s, 0.99) or 0.0,
+        "client_loop_lag_p99_s": quantile(outcome.loop_lags_s, 0.99) or 0.0,
         "client_loop_lag_max_s": max(outcome.loop_lags_s, default=0.0),
     }
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from accelgen.core.summary import quantile
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -74,10 +76,7 @@ async def run_load(
 
 
 def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return quantile(values, q) or 0.0
 
 
 def summarize(samples: list[Sample], wall_s: float) -> dict[str, float]:
