@@ -89,9 +89,7 @@ def _decode_fields(cls: type[_T], doc: Mapping[str, object], where: str) -> _T:
     for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
         if spec.name == "version":
             continue
-        if spec.name not in doc:
-            if spec.default is not dataclasses.MISSING:
-                continue
+        if spec.name not in doc:  # a default is the writer's, never a reader's guess
             raise WireError(f"{where}: missing field {spec.name!r}")
         values[spec.name] = _decode_value(hints[spec.name], doc[spec.name], f"{where}.{spec.name}")
     return cls(**values)
