@@ -50,6 +50,7 @@ GOOD_TIER = GOOD["tiers"][0]
         ({**GOOD, "tiers": [{**GOOD_TIER, "ttft_p99_s": float("nan")}]}, "ttft_p99_s"),
         ({**GOOD, "tiers": [{k: v for k, v in GOOD_TIER.items() if k != "num_tokens"}]}, "missing field 'num_tokens'"),
         ({**GOOD, "engine": []}, "engine must be an object"),
+        ({**GOOD, "engine": {"ready": True}}, "engine: missing field 'running'"),
         ({**GOOD, "engine": {**GOOD["engine"], "waiting": -1}}, "waiting must be a non-negative number"),
     ],
 )
