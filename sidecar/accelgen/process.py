@@ -258,11 +258,10 @@ def wait_ready(
             return time.monotonic() - start
         if time.monotonic() - start > timeout_s:
             what = f"not ready after {timeout_s:g} s"
-            if child is None:
-                raise StartError(
-                    f"{ready if isinstance(ready, str) else 'the condition'} {what}", returncode=None, tail=""
-                )
-            raise child._failed(what)
+            if child is not None:
+                raise child._failed(what)
+            name = ready if isinstance(ready, str) else "the condition"
+            raise StartError(f"{name} {what}", returncode=None, tail="")
         time.sleep(poll_s)
 
 
