@@ -1,26 +1,25 @@
-"""The simulated engine: one replica, iteration by iteration.
+"""The discrete-event run of the simulated engine: one replica, iteration by iteration.
 
-Each iteration the policy plans (allocating KV), the latency model times the batch
-(optionally with seeded multiplicative noise, so the planner's model is not exact),
-every sequence whose chunk completes emits a token, and requests that reach their true
-output length finish and free their KV. Preempted requests recompute later, as the
-policy decided. Deterministic for a seed.
+Simulated time jumps from one iteration's end to the next (and over idle gaps to the
+next arrival); each iteration is one :class:`~accelgen.sim.step.EngineCore` step: the
+policy plans (allocating KV), the latency model times the batch (optionally with seeded
+noise, so the planner's model is not exact), every sequence whose chunk completes emits
+a token, and requests that reach their true output length finish and free their KV.
+Preempted requests recompute later, as the policy decided. Deterministic for a seed.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from accelgen.core.latency import LatencyModel
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request
 from accelgen.core.tiers import TierSet
 from accelgen.sim.metrics import Recorder
+from accelgen.sim.step import EngineCore, Step
 from accelgen.sim.workload import SimRequest
 
 
@@ -34,6 +33,67 @@ class SimStats:
     plan_times_s: list[float] = field(default_factory=list)
     budgets_tokens: list[int] = field(default_factory=list)
     end_s: float = 0.0
+
+    def planned(self, step: Step) -> None:
+        self.plan_time_s += step.planner_s
+        self.plan_times_s.append(step.planner_s)
+
+    def ran(self, step: Step) -> None:
+        self.iterations += 1
+        self.busy_s += step.duration_s
+        self.budgets_tokens.append(step.plan.budget_tokens)
+
+
+@dataclass(slots=True)
+class _Arrivals:
+    """The workload's requests in arrival order, handed to the engine as time passes."""
+
+    requests: Sequence[SimRequest]
+    tiers: TierSet
+    max_tokens: int
+    clairvoyant: bool
+    next_index: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.next_index >= len(self.requests)
+
+    @property
+    def next_s(self) -> float:
+        return self.requests[self.next_index].arrival_s
+
+    def admit(self, core: EngineCore, now: float) -> None:
+        """Add every request that has arrived by ``now``."""
+        while not self.done and self.next_s <= now:
+            s = self.requests[self.next_index]
+            request = Request(
+                request_id=s.request_id,
+                arrival_s=s.arrival_s,
+                num_prompt_tokens=s.prompt_tokens,
+                max_tokens=max(self.max_tokens, s.output_tokens),
+                tier=self.tiers.get(s.tier),
+                expected_output_tokens=s.output_tokens if self.clairvoyant else None,
+            )
+            core.add(request, output_tokens=s.output_tokens)
+            self.next_index += 1
+
+
+def _planned(recorder: Recorder, stats: SimStats, step: Step) -> None:
+    """Note a plan (run or empty): the planner's time, the requests it dropped."""
+    stats.planned(step)
+    for request in step.plan.dropped:
+        recorder.dropped(request.request_id)
+
+
+def _record(recorder: Recorder, core: EngineCore, step: Step, now: float) -> None:
+    """Complete ``step`` at ``now`` and note what it did."""
+    result = core.complete(step, now=now)
+    for request in result.emitted:
+        recorder.token(request.request_id, now)
+    for request in result.finished:
+        recorder.finished(request.request_id, now)
+    for request in step.plan.preempted:
+        recorder.preempted(request.request_id)
 
 
 def simulate(
@@ -64,70 +124,30 @@ def simulate(
             not completed.
         progress: Called with simulated time now and then.
     """
-    rng = np.random.default_rng(seed)
-    noise: Iterator[float] = iter(())
-    recorder = Recorder(requests, tiers)
-    stats = SimStats()
-    true_output = {}
-    n = len(requests)
-    arrivals = [r.arrival_s for r in requests]
-    i = 0
-    now = arrivals[0] if n else 0.0
-    stop_at = (arrivals[-1] if n else 0.0) + drain_s
-    next_progress = now
-    perf = time.perf_counter
+    core = EngineCore(policy, model, latency_noise=latency_noise, seed=seed)
+    arrivals = _Arrivals(requests, tiers, max_tokens, clairvoyant)
+    recorder, stats = Recorder(requests, tiers), SimStats()
+    now = next_progress = requests[0].arrival_s if requests else 0.0
+    stop_at = (requests[-1].arrival_s if requests else 0.0) + drain_s
     while True:
-        while i < n and arrivals[i] <= now:
-            s = requests[i]
-            req = Request(
-                request_id=s.request_id,
-                arrival_s=s.arrival_s,
-                num_prompt_tokens=s.prompt_tokens,
-                max_tokens=max(max_tokens, s.output_tokens),
-                tier=tiers.get(s.tier),
-                expected_output_tokens=s.output_tokens if clairvoyant else None,
-            )
-            true_output[req.request_id] = s.output_tokens
-            policy.add_request(req)
-            i += 1
+        arrivals.admit(core, now)
         if policy.num_unfinished == 0:
-            if i >= n:
+            if arrivals.done:
                 break
-            now = arrivals[i]
+            now = arrivals.next_s
             continue
         if now > stop_at:
             break
-        t0 = perf()
-        plan = policy.plan(now)
-        dt = perf() - t0
-        stats.plan_time_s += dt
-        stats.plan_times_s.append(dt)
-        for r in plan.dropped:
-            recorder.dropped(r.request_id)
-        if plan.is_empty:
-            if i < n:  # nothing runnable until more work arrives
-                now = max(now, arrivals[i])
-                continue
-            break  # nothing can ever run (cannot happen with a correct policy)
-        duration = model.predict_s(plan.shape)
-        if latency_noise > 0:
-            try:
-                factor = next(noise)
-            except StopIteration:
-                noise = iter(rng.lognormal(0.0, latency_noise, 4096).tolist())
-                factor = next(noise)
-            duration *= factor
-        now += duration
-        stats.iterations += 1
-        stats.busy_s += duration
-        stats.budgets_tokens.append(plan.budget_tokens)
-        for req in policy.update(plan, now=now):
-            recorder.token(req.request_id, now)
-            if req.num_output_tokens >= true_output[req.request_id]:
-                policy.finish(req, now=now)
-                recorder.finished(req.request_id, now)
-        for r in plan.preempted:
-            recorder.preempted(r.request_id)
+        step = core.plan(now)
+        _planned(recorder, stats, step)
+        if step.plan.is_empty:
+            if arrivals.done:
+                break  # nothing can ever run (cannot happen with a correct policy)
+            now = max(now, arrivals.next_s)  # nothing runnable until more work arrives
+            continue
+        now += step.duration_s
+        stats.ran(step)
+        _record(recorder, core, step, now)
         if progress is not None and now >= next_progress:
             progress(now)
             next_progress = now + 5.0

@@ -42,6 +42,67 @@ def build_requests(workload: Workload, data_dir: Path, limits: EngineLimits) -> 
     return generate_requests(workload, traces, max_request_tokens=capacity)
 
 
+def run_policy(
+    workload: Workload,
+    name: str,
+    requests: list[SimRequest],
+    *,
+    model: LatencyModel,
+    limits: EngineLimits,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """One policy of ``workload`` on ``requests``: its metrics and engine counters."""
+    spec = get_spec(name)
+    policy = make_policy(name, tiers=workload.tiers, latency_model=model, limits=limits, config=workload.scheduler)
+    recorder, stats = simulate(
+        policy,
+        requests,
+        tiers=workload.tiers,
+        model=model,
+        max_tokens=workload.max_tokens,
+        clairvoyant=spec.clairvoyant,
+        latency_noise=workload.engine.latency_noise,
+        seed=workload.seed,
+        progress=progress,
+    )
+    result = recorder.summary()
+    plan_times = stats.plan_times_s or [0.0]
+    result.update(
+        preemptions=policy.num_preemptions,
+        iterations=stats.iterations,
+        plan_time_per_iteration_s=stats.plan_time_s / max(stats.iterations, 1),
+        plan_time_p99_s=float(np.percentile(plan_times, 99)),
+        budget_mean_tokens=float(np.mean(stats.budgets_tokens)) if stats.budgets_tokens else 0.0,
+    )
+    return result
+
+
+def upper_bound(
+    workload: Workload, requests: list[SimRequest], model: LatencyModel, limits: EngineLimits
+) -> dict[str, Any]:
+    """The analytic goodput upper bound of ``requests`` (the report's ``upper_bound``)."""
+    bound = goodput_upper_bound(
+        [
+            (
+                r.arrival_s,
+                r.prompt_tokens,
+                r.output_tokens,
+                workload.tiers.get(r.tier).ttft_slo_s,
+                workload.tiers.get(r.tier).tbt_slo_s,
+            )
+            for r in requests
+        ],
+        model,
+        limits,
+    )
+    return {
+        "goodput_rps": bound.goodput_rps,
+        "feasible_requests": bound.feasible_requests,
+        "busy_s": bound.busy_s,
+        "span_s": bound.span_s,
+    }
+
+
 def run_workload(
     workload: Workload,
     *,
@@ -66,47 +127,9 @@ def run_workload(
         "policies": {},
     }
     for name in workload.policies:
-        spec = get_spec(name)
-        policy = make_policy(name, tiers=workload.tiers, latency_model=model, limits=limits, config=workload.scheduler)
-        recorder, stats = simulate(
-            policy,
-            requests,
-            tiers=workload.tiers,
-            model=model,
-            max_tokens=workload.max_tokens,
-            clairvoyant=spec.clairvoyant,
-            latency_noise=workload.engine.latency_noise,
-            seed=workload.seed,
-            progress=progress(name, end) if progress else None,
+        on_progress = progress(name, end) if progress else None
+        report["policies"][name] = run_policy(
+            workload, name, requests, model=model, limits=limits, progress=on_progress
         )
-        result = recorder.summary()
-        plan_times = stats.plan_times_s or [0.0]
-        result.update(
-            preemptions=policy.num_preemptions,
-            iterations=stats.iterations,
-            plan_time_per_iteration_s=stats.plan_time_s / max(stats.iterations, 1),
-            plan_time_p99_s=float(np.percentile(plan_times, 99)),
-            budget_mean_tokens=float(np.mean(stats.budgets_tokens)) if stats.budgets_tokens else 0.0,
-        )
-        report["policies"][name] = result
-    bound = goodput_upper_bound(
-        [
-            (
-                r.arrival_s,
-                r.prompt_tokens,
-                r.output_tokens,
-                workload.tiers.get(r.tier).ttft_slo_s,
-                workload.tiers.get(r.tier).tbt_slo_s,
-            )
-            for r in requests
-        ],
-        model,
-        limits,
-    )
-    report["upper_bound"] = {
-        "goodput_rps": bound.goodput_rps,
-        "feasible_requests": bound.feasible_requests,
-        "busy_s": bound.busy_s,
-        "span_s": bound.span_s,
-    }
+    report["upper_bound"] = upper_bound(workload, requests, model, limits)
     return report
