@@ -415,35 +415,14 @@ def _finish_measure_only(args: argparse.Namespace, report: dict[str, Any], workd
 
 def _simulate(workload: Workload, requests: list[SimRequest], fit_path: Path, names: list[str]) -> dict[str, Any]:
     """The simulator on the same requests, timed by the engine's fitted model."""
-    from accelgen.core.policies import get_spec, make_policy
-    from accelgen.sim.engine import simulate
     from accelgen.sim.profiles import load_latency_model
+    from accelgen.sim.runner import run_policy
     from accelgen.sim.workload import engine_limits
 
     model = load_latency_model(str(fit_path))
     assert workload.engine.num_kv_blocks is not None
     limits = engine_limits(workload, num_kv_blocks=workload.engine.num_kv_blocks)
-    out: dict[str, Any] = {}
-    for name in names:
-        policy = make_policy(name, tiers=workload.tiers, latency_model=model, limits=limits, config=workload.scheduler)
-        recorder, stats = simulate(
-            policy,
-            requests,
-            tiers=workload.tiers,
-            model=model,
-            max_tokens=workload.max_tokens,
-            clairvoyant=get_spec(name).clairvoyant,
-            latency_noise=workload.engine.latency_noise,
-            seed=workload.seed,
-        )
-        result = recorder.summary()
-        result.update(
-            preemptions=policy.num_preemptions,
-            iterations=stats.iterations,
-            plan_time_per_iteration_s=stats.plan_time_s / max(stats.iterations, 1),
-        )
-        out[name] = result
-    return out
+    return {name: run_policy(workload, name, requests, model=model, limits=limits) for name in names}
 
 
 def _agreement(engine: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
