@@ -118,13 +118,23 @@ def test_tiny_model_hidden_not_a_multiple_of_head_dim(tmp_path: Path, capsys: py
 def test_sim_server_rejects_a_bad_time_scale(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from accelgen.server import sim_server
+    from accelgen.sim import http
 
-    monkeypatch.setattr(sys, "argv", ["sim_server", "--time-scale", "-1"])
+    monkeypatch.setattr(sys, "argv", ["accelgen.sim.http", "--time-scale", "-1"])
     with pytest.raises(SystemExit) as exc:
-        sim_server.main()
+        http.main()
     assert exc.value.code == 2
     assert "argument --time-scale: must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_sim_policy_is_a_core_policy_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--engine", "sim"]).sim_policy == "accelgen"
+    assert parser.parse_args(["serve", "--sim-policy", "vllm-fcfs"]).sim_policy == "vllm-fcfs"
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["serve", "--sim-policy", "fifo"])
+    assert exc.value.code == 2
+    assert "argument --sim-policy: unknown policy 'fifo'; one of accelgen," in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -22,12 +22,13 @@ from aiohttp import web
 from accelgen.core.tiers import TierSet, parse_tiers
 from accelgen.server.app import build_app
 from accelgen.server.engine_state import metric_samples
-from accelgen.server.sim_engine import SimEngine, SimEngineConfig
-from accelgen.server.sim_server import SIM_ENGINE, build_sim_app
-from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
+from accelgen.server.speed import Speed
 from accelgen.server.state import Sidecar, SidecarConfig
 from accelgen.server.tenants import KeyStore
 from accelgen.server.tickets import AdmissionConfig
+from accelgen.sim.http import SIM_ENGINE, build_sim_app
+from accelgen.sim.profiles import DEFAULT_SIM_MODEL
+from accelgen.sim.realtime import RealtimeEngine, SimEngineConfig
 
 T = TypeVar("T")
 
@@ -58,7 +59,7 @@ class Stack:
     sim_stats: str | None = None  # where the in-process sim engine writes it
     url: str = ""
     sidecar: Sidecar | None = None
-    engine: SimEngine | None = None
+    engine: RealtimeEngine | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runners: list[web.AppRunner] = field(default_factory=list)
@@ -80,7 +81,7 @@ class Stack:
         engine_url = self.engine_url
         if engine_url is None:
             stats_path = Path(self.sim_stats) if self.sim_stats else None
-            sim_app = build_sim_app(DEFAULT_SIM_MODEL, self.sim, stats_path=stats_path)
+            sim_app = build_sim_app(DEFAULT_SIM_MODEL, self.sim, tiers=self.tiers, stats_path=stats_path)
             engine_url = await self._serve(sim_app)
             self.engine = sim_app[SIM_ENGINE]
         config = SidecarConfig(

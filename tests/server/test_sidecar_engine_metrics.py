@@ -1,10 +1,10 @@
 """The in-engine token budget, latency-model error and the tiers' attainment targets on /metrics.
 
 `accelgen_engine_budget_tokens{stat}` comes from the in-engine stats file (the format
-`accelgen.vllm.stats` writes; the sim engine writes it too, with the tokens of each step
-as its budget). So do the latency model's gauges (`accelgen_engine_step_time_*`,
+`accelgen.vllm.stats` writes; the sim engine writes it too, with its policy's budget of
+each step). So do the latency model's gauges (`accelgen_engine_step_time_*`,
 `accelgen_engine_latency_model_*`), from the file's `calibration` (what
-`accelgen.vllm.calibration.Calibrator.report()` says; the sim engine writes none).
+`accelgen.core.calibration.Calibrator.report()` says).
 `accelgen_tier_attainment_target_ratio{tier}` is each tier's `attainment_target`,
 republished on a tier reload.
 """
@@ -34,6 +34,7 @@ from accelgen.server.engine_state import (
     preemptions_of,
     read_engine_stats,
 )
+from accelgen.sim.realtime import SimEngineConfig
 from accelgen.vllm.stats import EngineStats
 from accelgen.wire import BudgetTokens, EngineStatsFile, WireError
 from accelgen.wire import read_engine_stats as read_stats_file
@@ -83,28 +84,53 @@ def _complete(url: str, prompt_tokens: int, max_tokens: int) -> None:
 
 
 def test_sim_engine_budget_per_step_exact(tmp_path: Path) -> None:
-    # One request alone in the sim engine: a prompt of 100 tokens (token ids: counted
-    # exactly) in one step, then one decode per step; then a 200-token prompt, 1 token.
+    # One request alone in the sim engine under a fixed-budget policy: a prompt of 100
+    # tokens (token ids: counted exactly) in one step, then one decode per step; then a
+    # 200-token prompt, 1 token. Every step's budget is the policy's, the engine's cap.
     stats = str(tmp_path / "engine-stats.json")
-    stack = Stack(pool="p1", sim_stats=stats, engine_stats=stats).start()
+    sim = SimEngineConfig(policy="vllm-fcfs")
+    cap = float(sim.max_num_batched_tokens)
+    stack = Stack(pool="p1", sim=sim, sim_stats=stats, engine_stats=stats).start()
     try:
         # Idle from the start: the file is there, with no step yet (only last = 0).
         assert wait_for(lambda: _budget_series(_metrics(stack)) == {"last": 0.0}, 5), _metrics(stack)
         _complete(stack.url, 100, 5)  # steps: 100, 1, 1, 1, 1
-        want = {"last": 1.0, "median": 1.0, "min": 1.0, "max": 100.0}
+        want = {"last": cap, "median": cap, "min": cap, "max": cap}
         assert wait_for(lambda: _budget_series(_metrics(stack)) == want, 5), _budget_series(_metrics(stack))
         _complete(stack.url, 200, 1)  # one more step: 200
-        want = {"last": 200.0, "median": 1.0, "min": 1.0, "max": 200.0}
-        assert wait_for(lambda: _budget_series(_metrics(stack)) == want, 5), _budget_series(_metrics(stack))
+        assert wait_for(lambda: read_stats_file(Path(stats)).num_steps == 6, 5), read_stats_file(Path(stats))
         text = _metrics(stack)
-        assert f'{BUDGET}{{pool="p1",stat="max"}} 200.0' in text
+        assert f'{BUDGET}{{pool="p1",stat="max"}} {cap}' in text
         assert "# TYPE accelgen_engine_budget_tokens gauge" in text
         # The file is the wire format, read by its one reader.
         snapshot = read_stats_file(Path(stats))
-        assert snapshot.policy == "sim" and snapshot.num_steps == 6
-        assert snapshot.budget_tokens == BudgetTokens(last=200, min=1, max=200, median=1.0)
+        assert snapshot.policy == "vllm-fcfs" and snapshot.num_steps == 6
+        assert snapshot.budget_tokens == BudgetTokens(last=int(cap), min=int(cap), max=int(cap), median=cap)
+        assert snapshot.planner_s.num == 6 and snapshot.num_empty_plans == 0
         assert snapshot.preemptions_by_tier == {}
         assert metric_value(text, "accelgen_engine_preemptions", pool="p1") == 0
+    finally:
+        stack.stop()
+
+
+def test_sim_engine_runs_the_accelgen_planner(tmp_path: Path) -> None:
+    # The default sim engine plans with AccelGen: its budget per step is the planner's
+    # (a decode step schedules one token, the budget says what the step could hold) and
+    # every step's planner time is in the file.
+    stats = str(tmp_path / "engine-stats.json")
+    stack = Stack(sim_stats=stats, engine_stats=stats).start()
+    try:
+        _complete(stack.url, 100, 5)
+        assert wait_for(lambda: read_stats_file(Path(stats)).num_steps == 5, 5), read_stats_file(Path(stats))
+        snapshot = read_stats_file(Path(stats))
+        assert snapshot.policy == "accelgen"
+        budget = snapshot.budget_tokens
+        assert budget.min is not None and budget.max is not None
+        assert 1 < budget.min <= budget.max <= SimEngineConfig().max_num_batched_tokens, budget
+        assert snapshot.planner_s.num == 5 and snapshot.planner_s.median is not None
+        assert 0 < snapshot.planner_s.median < 1.0  # a generous bound: the planner ran, it did not hang
+        assert snapshot.requests_by_tier == {"standard": 1}
+        assert wait_for(lambda: _budget_series(_metrics(stack)).get("last") == budget.last, 5), _metrics(stack)
     finally:
         stack.stop()
 
@@ -218,18 +244,26 @@ def test_serve_engine_sim_exports_budget_and_targets(tmp_path: Path, own_file: b
     # The real CLI, as the dashboard demo runs it: `accelgen serve --engine sim --pool demo`.
     stats = tmp_path / "stats" / "engine-stats.json"
     flags = ("--pool", "demo", *(("--engine-stats", str(stats)) if own_file else ()))
+    cap = SimEngineConfig().max_num_batched_tokens
     server = ServeProcess(tmp_path, *flags)
     try:
-        _complete(server.url, 64, 3)  # steps: 64, 1, 1
-        want = {"last": 1.0, "median": 1.0, "min": 1.0, "max": 64.0}
-        assert wait_for(lambda: _budget_series(_metrics(server)) == want, 5), _metrics(server)
+        _complete(server.url, 64, 3)  # steps: 64, 1, 1, each with the AccelGen planner's budget
+
+        def planned() -> bool:  # every series there, each the planner's (a decode schedules 1)
+            series = _budget_series(_metrics(server))
+            return set(series) == {"last", "median", "min", "max"} and 1 < series["min"] <= series["max"] <= cap
+
+        assert wait_for(planned, 5), _metrics(server)
         text = _metrics(server)
-        assert f'{BUDGET}{{pool="demo",stat="last"}} 1.0' in text
+        budget = _budget_series(text)
+        assert f'{BUDGET}{{pool="demo",stat="last"}} {budget["last"]}' in text
         assert metric_value(text, ATTAINMENT, pool="demo", tier="interactive") == 0.9
     finally:
         server.stop()
     if own_file:  # the given file is the sidecar's to read, not to delete
-        assert read_stats_file(stats).budget_tokens.max == 64
+        snapshot = read_stats_file(stats)
+        assert snapshot.policy == "accelgen" and snapshot.num_steps == 3 and snapshot.planner_s.num == 3
+        assert snapshot.budget_tokens.max == budget["max"]
     assert "Traceback" not in server.output
 
 

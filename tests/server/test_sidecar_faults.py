@@ -15,7 +15,7 @@ from sidecar_harness import TIERS_CONFIG, Stack, disconnecting_clients, metric_v
 
 from accelgen.core.tiers import parse_tiers
 from accelgen.process import ChildProcess, free_port
-from accelgen.server.sim_engine import SimEngineConfig
+from accelgen.sim.realtime import SimEngineConfig
 
 
 class EngineProcess:
@@ -23,7 +23,7 @@ class EngineProcess:
 
     def __init__(self, port: int, *extra: str) -> None:
         self.port = port
-        argv = [sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port), *extra]
+        argv = [sys.executable, "-m", "accelgen.sim.http", "--port", str(port), *extra]
         self.proc = ChildProcess(argv, name="sim engine")
         self.proc.wait_ready(f"http://127.0.0.1:{port}/health", timeout_s=20)
 

@@ -21,7 +21,7 @@ from schemathesis.checks import content_type_conformance, not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from sidecar_harness import Stack
 
-from accelgen.server.sim_engine import SimEngineConfig
+from accelgen.sim.realtime import SimEngineConfig
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         engine_url = args.engine_url
         if engine_url is None:
             port = free_port()
-            argv = [sys.executable, "-m", "accelgen.server.sim_server", "--port", str(port)]
+            argv = [sys.executable, "-m", "accelgen.sim.http", "--port", str(port)]
             argv += ["--time-scale", str(args.sim_time_scale)]
             children.append(ChildProcess(argv, name="sim engine", quiet=True))
             engine_url = f"http://127.0.0.1:{port}"

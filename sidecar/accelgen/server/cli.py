@@ -10,6 +10,15 @@ import argparse
 from accelgen.argtypes import non_negative_float, port, positive_float, positive_int
 
 
+def _policy_name(value: str) -> str:
+    """A registered core policy (imported only when the flag is given)."""
+    from accelgen.core.policies import policy_names
+
+    if value not in policy_names():
+        raise argparse.ArgumentTypeError(f"unknown policy {value!r}; one of {', '.join(policy_names())}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``accelgen serve``."""
     _sidecar_arguments(parser)
@@ -77,6 +86,12 @@ def _limit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-queue", type=positive_int, default=256, help="queued requests per tier")
     parser.add_argument("--sim-max-num-seqs", type=positive_int, default=32)
+    parser.add_argument(
+        "--sim-policy",
+        type=_policy_name,
+        default="accelgen",
+        help="the core policy the sim engine plans with (default accelgen)",
+    )
     parser.add_argument(
         "--sim-time-scale",
         type=non_negative_float,

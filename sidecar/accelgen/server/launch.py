@@ -11,18 +11,20 @@ from pathlib import Path
 from aiohttp import web
 
 from accelgen.core.latency import LatencyModel
-from accelgen.server.sim_engine import SimEngineConfig
-from accelgen.server.sim_server import build_sim_app
+from accelgen.core.tiers import TierSet
+from accelgen.sim.http import build_sim_app
+from accelgen.sim.realtime import SimEngineConfig
 
 
 async def start_sim(
-    model: LatencyModel, config: SimEngineConfig, *, stats_path: Path | None = None
+    model: LatencyModel, config: SimEngineConfig, *, tiers: TierSet, stats_path: Path | None = None
 ) -> tuple[str, web.AppRunner]:
     """The sim engine on an ephemeral loopback port of this process: (url, runner).
 
-    ``stats_path``: where the sim engine writes its in-engine stats file, if anywhere.
+    ``tiers``: the sidecar's, which the engine's policy plans for. ``stats_path``: where
+    the sim engine writes its in-engine stats file, if anywhere.
     """
-    app = build_sim_app(model, config, stats_path=stats_path)
+    app = build_sim_app(model, config, tiers=tiers, stats_path=stats_path)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

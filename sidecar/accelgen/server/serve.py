@@ -21,11 +21,12 @@ from accelgen.core.tiers import TierSet, parse_tiers
 from accelgen.launch import VllmServer, embedded_config
 from accelgen.server.app import build_app
 from accelgen.server.launch import start_sim
-from accelgen.server.sim_engine import SimEngineConfig
-from accelgen.server.speed import ScaledLatencyModel, Speed, load_latency_model
+from accelgen.server.speed import Speed, load_latency_model
 from accelgen.server.state import Sidecar, SidecarConfig
 from accelgen.server.tenants import load_keys
 from accelgen.server.tickets import AdmissionConfig
+from accelgen.sim.profiles import ScaledLatencyModel
+from accelgen.sim.realtime import SimEngineConfig
 
 # The tiers used when no --tiers file is given (same shape as the YAML file).
 DEFAULT_TIERS: dict[str, Any] = {
@@ -115,14 +116,14 @@ async def serve(args: argparse.Namespace) -> int:
     if args.sim_time_scale != 1.0:
         # Admission predicts with the slowed model too, so it sees the engine it fronts.
         latency = cast(LatencyModel, ScaledLatencyModel(latency, args.sim_time_scale))
-    load_config(args, "http://unused")  # fail fast on bad files before starting an engine
+    tiers = load_config(args, "http://unused").tiers  # fail fast on bad files before starting an engine
     cleanup: list[object] = []
     engine_stats: str | None = None
     engine = args.engine or ("url" if args.engine_url else "vllm")
     if args.engine_url:
         url = args.engine_url
     elif engine == "sim":
-        config = SimEngineConfig(max_num_seqs=args.sim_max_num_seqs)
+        config = SimEngineConfig(max_num_seqs=args.sim_max_num_seqs, policy=args.sim_policy)
         # The sim engine writes the same in-engine stats file as accelgen.vllm does
         # (--engine-stats, or a file of its own removed at exit); the sidecar reads it.
         if args.engine_stats:
@@ -131,7 +132,7 @@ async def serve(args: argparse.Namespace) -> int:
             stats_dir = tempfile.TemporaryDirectory(prefix="accelgen-")
             cleanup.append(stats_dir)
             engine_stats = str(Path(stats_dir.name) / "engine-stats.json")
-        url, sim_runner = await start_sim(latency, config, stats_path=Path(engine_stats))
+        url, sim_runner = await start_sim(latency, config, tiers=tiers, stats_path=Path(engine_stats))
         cleanup.append(sim_runner)
     else:
         vllm = await _start_vllm(args)

@@ -1,28 +1,15 @@
 """The engine's predicted speed, from a core latency model, for admission and the sim engine.
 
-``DEFAULT_SIM_MODEL`` is a small profile shaped like a 7B model on one GPU (about 10 ms
-per decode step at 32 requests); named
-profiles (``h100-llama-2-7b``) come from :mod:`accelgen.sim.profiles`.
+The default is the sim engine's (:data:`accelgen.sim.profiles.DEFAULT_SIM_MODEL`); named
+profiles (``h100-llama-2-7b``) come from :mod:`accelgen.sim.profiles` too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
-from accelgen.core.latency import BatchShape, LatencyModel, ProfileLatencyModel
-
-# NOTE: typed as the protocol (a frozen dataclass's `name` does not satisfy its attribute).
-DEFAULT_SIM_MODEL: LatencyModel = cast(
-    LatencyModel,
-    ProfileLatencyModel(
-        name="sidecar-default",
-        mlp_points=((1, 0.0050), (64, 0.0062), (256, 0.0110), (1024, 0.0300), (4096, 0.1100)),
-        prefill_pair_s=2.0e-10,
-        decode_kv_token_s=2.0e-9,
-        overhead_s=0.002,
-    ),
-)
+from accelgen.core.latency import BatchShape, LatencyModel
+from accelgen.sim.profiles import DEFAULT_SIM_MODEL
 
 
 def load_latency_model(name: str | None) -> LatencyModel:
@@ -36,18 +23,6 @@ def load_latency_model(name: str | None) -> LatencyModel:
     from accelgen.sim.profiles import load_latency_model as load_named
 
     return load_named(name)
-
-
-@dataclass(frozen=True, slots=True)
-class ScaledLatencyModel:
-    """Another model's predictions times ``factor`` (a slower engine of the same shape)."""
-
-    inner: LatencyModel
-    factor: float
-    name: str = "scaled"
-
-    def predict_s(self, shape: BatchShape) -> float:
-        return self.inner.predict_s(shape) * self.factor
 
 
 @dataclass(frozen=True, slots=True)

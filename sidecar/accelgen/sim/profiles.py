@@ -16,11 +16,38 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from accelgen.core.errors import ConfigError
-from accelgen.core.latency import FittedLatencyModel, LatencyModel, ProfileLatencyModel
+from accelgen.core.latency import BatchShape, FittedLatencyModel, LatencyModel, ProfileLatencyModel
 
 DATA_ENV = "ACCELGEN_DATA_DIR"
+
+#: The sim engine's default: a small profile shaped like a 7B model on one GPU (about
+#: 10 ms per decode step at 32 requests).
+# NOTE: typed as the protocol (a frozen dataclass's `name` does not satisfy its attribute).
+DEFAULT_SIM_MODEL: LatencyModel = cast(
+    LatencyModel,
+    ProfileLatencyModel(
+        name="sidecar-default",
+        mlp_points=((1, 0.0050), (64, 0.0062), (256, 0.0110), (1024, 0.0300), (4096, 0.1100)),
+        prefill_pair_s=2.0e-10,
+        decode_kv_token_s=2.0e-9,
+        overhead_s=0.002,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScaledLatencyModel:
+    """Another model's predictions times ``factor`` (a slower engine of the same shape)."""
+
+    inner: LatencyModel
+    factor: float
+    name: str = "scaled"
+
+    def predict_s(self, shape: BatchShape) -> float:
+        return self.inner.predict_s(shape) * self.factor
 
 
 @dataclass(frozen=True, slots=True)
