@@ -13,7 +13,7 @@ import pytest
 from accelgen.core.config import PolicyConfig
 from accelgen.core.latency import BatchShape, FittedLatencyModel
 from accelgen.core.plan import IterationPlan
-from factories import make_limits, make_planner, make_request, make_tiers, place_running
+from tests.support.factories import make_limits, make_planner, make_request, make_tiers, place_running
 
 
 def plan_with_one_decode(now: float, *, decode_tier: str = "tight", prompt: int = 3000) -> IterationPlan:

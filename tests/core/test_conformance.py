@@ -10,7 +10,7 @@ from accelgen.core.errors import ConfigError
 from accelgen.core.policies import make_policy, policy_names
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request, blocks_for
-from factories import linear_model, make_limits, make_planner, make_request, make_tiers, place_running
+from tests.support.factories import linear_model, make_limits, make_planner, make_request, make_tiers, place_running
 
 ALL = policy_names()
 

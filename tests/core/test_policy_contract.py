@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accelgen.core.policies import REGISTRY
-from factories import make_planner, make_request, make_tiers, place_running
+from tests.support.factories import make_planner, make_request, make_tiers, place_running
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -12,7 +12,7 @@ from accelgen.core.policies import policy_names
 from accelgen.core.policies.accelgen import AccelGenPolicy
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request
-from factories import make_limits, make_planner, make_request, make_tiers
+from tests.support.factories import make_limits, make_planner, make_request, make_tiers
 
 TIERS = make_tiers()
 

@@ -6,7 +6,7 @@ import pytest
 
 from accelgen.core.policies.accelgen import AccelGenPolicy
 from accelgen.core.slack import latest_start_s
-from factories import make_planner, make_request, make_tiers
+from tests.support.factories import make_planner, make_request, make_tiers
 
 TIERS = make_tiers()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from accelgen.core.slo import TokenTimeline, late_tokens_allowed
-from factories import make_tiers
+from tests.support.factories import make_tiers
 
 TIERS = make_tiers()
 

@@ -11,14 +11,15 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import (
+
+from tests.support import crd_schema
+from tests.support.deploy import (
     CHART,
     CI_VALUES,
     K8S_VERSION,
     NAMESPACE,
     by_kind,
     chart,
-    crd_schema_module,
     load_values,
     objects,
     one,
@@ -247,7 +248,7 @@ def test_notes_sample_pool_is_valid_for_the_crd() -> None:
     pool = yaml.safe_load("\n".join(line[5:] for line in block.splitlines()))
     assert pool["kind"] == "InferencePool"
     assert pool["spec"]["engine"]["image"] == "ghcr.io/accelgen/accelgen-engine:0.1.0"
-    assert crd_schema_module().validate_pool(pool) == []
+    assert crd_schema.validate_pool(pool) == []
     assert "kubectl apply --server-side -f" in notes  # how to upgrade the CRDs
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import helm_python as helm
 import kubernetes_validate
 import yaml
-from deploy_support import CHART, K8S_VERSION, ROOT, chart, objects, one, render
+
+from tests.support.deploy import CHART, K8S_VERSION, ROOT, chart, objects, one, render
 
 CRD = ROOT / "crds" / "accelgen.dev_inferencepools.yaml"
 PEERING = ROOT / "crds" / "kopf-peering.yaml"

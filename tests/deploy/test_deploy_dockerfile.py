@@ -10,9 +10,9 @@ import tomllib
 from dataclasses import dataclass, field
 
 import pytest
-from deploy_support import ROOT, tool
 
 from accelgen_operator.resources import SCHEDULER_CLS
+from tests.support.deploy import ROOT, tool
 
 DOCKERFILE = ROOT / "Dockerfile"
 HADOLINT = tool("hadolint")

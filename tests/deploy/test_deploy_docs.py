@@ -8,7 +8,9 @@ from typing import Any
 import helm_python as helm
 import kubernetes_validate
 import yaml
-from deploy_support import CHART, K8S_VERSION, ROOT, chart, crd_schema_module, objects
+
+from tests.support import crd_schema
+from tests.support.deploy import CHART, K8S_VERSION, ROOT, chart, objects
 
 DOC = ROOT / "docs" / "kubernetes.md"
 
@@ -72,7 +74,7 @@ def test_quick_start_commands_run_as_far_as_possible() -> None:
     for path in applied:
         for doc in yaml.safe_load_all((ROOT / path).read_text()):
             if doc and doc.get("kind") == "InferencePool":
-                assert crd_schema_module().validate_pool(doc) == [], path
+                assert crd_schema.validate_pool(doc) == [], path
                 names.add(doc["metadata"]["name"])
     for argv in commands:
         if argv[:2] == ["kubectl", "get"]:

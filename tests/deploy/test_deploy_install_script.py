@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from deploy_support import ROOT, tool
+
+from tests.support.deploy import ROOT, tool
 
 SCRIPT = ROOT / "scripts" / "install-prometheus.sh"
 

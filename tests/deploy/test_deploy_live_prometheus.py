@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from deploy_support import DASHBOARD, RULES
 
 from accelgen.bench.dashboard_cmd import (
     LocalStack,
@@ -30,6 +29,7 @@ from accelgen.bench.dashboard_cmd import (
     run_load,
     substitute,
 )
+from tests.support.deploy import DASHBOARD, RULES
 
 pytestmark = [
     pytest.mark.slow,

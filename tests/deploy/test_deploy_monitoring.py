@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import CHART, DASHBOARD, RULES, RULES_TEST, load_values, objects, one, render, tool
 
 from accelgen.bench.dashboard_cmd import dashboard_panels, rule_expressions
+from tests.support.deploy import CHART, DASHBOARD, RULES, RULES_TEST, load_values, objects, one, render, tool
 
 PROMTOOL = tool("promtool")
 needs_promtool = pytest.mark.skipif(

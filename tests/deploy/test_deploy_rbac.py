@@ -21,7 +21,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from deploy_support import ROOT, objects, one, render
 
 from accelgen_operator import API_VERSION, KIND
 from accelgen_operator.apply import plural_of
@@ -29,6 +28,7 @@ from accelgen_operator.emulator import OPTIONAL_RESOURCES, emulated_api
 from accelgen_operator.handlers import OperatorConfig
 from accelgen_operator.resources import build_children
 from accelgen_operator.runner import running_operator
+from tests.support.deploy import ROOT, objects, one, render
 
 Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
 OPERATOR_SRC = ROOT / "operator" / "accelgen_operator"

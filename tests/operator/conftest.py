@@ -7,11 +7,11 @@ from typing import Any
 
 import aiohttp
 import pytest_asyncio
-from operator_support import FAST, Cluster, FakeSidecar
 
 from accelgen_operator.emulator import OPTIONAL_RESOURCES, emulated_api
 from accelgen_operator.handlers import OperatorConfig
 from accelgen_operator.runner import running_operator
+from tests.support.operator_cluster import FAST, Cluster, FakeSidecar
 
 
 @pytest_asyncio.fixture

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from operator_support import make_spec
-
 from accelgen_operator.apply import merge_patch, plural_of, spec_hash
 from accelgen_operator.resources import build_deployment, stamp_hash
+from tests.support.operator_cluster import make_spec
 
 
 def test_patch_nulls_dropped_pod_fields_and_keeps_the_rest() -> None:

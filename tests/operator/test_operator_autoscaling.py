@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from operator_support import make_spec, pod_stats
-
 from accelgen_operator.autoscaling import AutoscalePolicy, AutoscaleState, decide
 from accelgen_operator.status import PoolStats, aggregate, parse_pod_stats
 from accelgen_operator.tierconfig import parse_checked, tiers_config
+from tests.support.operator_cluster import make_spec, pod_stats
 
 TIERS = parse_checked(tiers_config(make_spec()))
 POLICY = AutoscalePolicy(

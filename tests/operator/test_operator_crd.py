@@ -8,7 +8,9 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
-from operator_crd_schema import (
+
+from accelgen_operator import GROUP, KIND, PLURAL, VERSION
+from tests.support.crd_schema import (
     CRD_PATH,
     EXAMPLES,
     apply_defaults,
@@ -17,8 +19,6 @@ from operator_crd_schema import (
     pool_schema,
     validate_pool,
 )
-
-from accelgen_operator import GROUP, KIND, PLURAL, VERSION
 
 K8S_VERSION = "1.30"
 GOOD = sorted(EXAMPLES.glob("*.yaml"))

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from operator_support import make_spec
 
 from accelgen_operator.apply import plural_of
 from accelgen_operator.resources import build_children
+from tests.support.operator_cluster import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "operator" / "accelgen_operator"

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_support import FAST, NS, Cluster, condition, make_pod, make_pool, make_spec, pod_stats
 
 from accelgen.core.tiers import parse_tiers
 from accelgen_operator.emulator import emulated_api
 from accelgen_operator.handlers import OperatorConfig
 from accelgen_operator.resources import CONFIG_HASH_ANNOTATION
 from accelgen_operator.runner import running_operator
+from tests.support.operator_cluster import FAST, NS, Cluster, condition, make_pod, make_pool, make_spec, pod_stats
 
 pytestmark = pytest.mark.asyncio
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from operator_support import make_spec
-
 from accelgen.core.summary import TierSummary
 from accelgen_operator.observe import (
     RECONCILED,
@@ -19,6 +17,7 @@ from accelgen_operator.observe import (
 )
 from accelgen_operator.status import Condition, PoolStats
 from accelgen_operator.tierconfig import parse_checked, tiers_config
+from tests.support.operator_cluster import make_spec
 
 SPEC = make_spec(replicas=2)
 TIERS = parse_checked(tiers_config(SPEC))

@@ -7,8 +7,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from operator_crd_schema import EXAMPLES, apply_defaults, example_documents, pool_schema
-from operator_support import make_spec
 
 from accelgen.core.errors import ConfigError
 from accelgen_operator.resources import (
@@ -22,6 +20,8 @@ from accelgen_operator.resources import (
     resolve_images,
     stamp_hash,
 )
+from tests.support.crd_schema import EXAMPLES, apply_defaults, example_documents, pool_schema
+from tests.support.operator_cluster import make_spec
 
 K8S_VERSION = "1.30"
 

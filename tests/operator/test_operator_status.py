@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from operator_support import make_spec, pod_stats
 
 from accelgen_operator.status import (
     Condition,
@@ -18,6 +17,7 @@ from accelgen_operator.status import (
     tightest_tier,
 )
 from accelgen_operator.tierconfig import parse_checked, tiers_config
+from tests.support.operator_cluster import make_spec, pod_stats
 
 TIERS = parse_checked(tiers_config(make_spec()))
 

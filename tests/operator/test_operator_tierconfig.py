@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from operator_support import make_spec
 
 from accelgen.core.errors import ConfigError
 from accelgen.core.tiers import parse_tiers
 from accelgen_operator.resources import build_config_map
 from accelgen_operator.tierconfig import default_tier_name, scheduler_config, tiers_config
+from tests.support.operator_cluster import make_spec
 
 
 def test_configmap_tiers_yaml_parses_with_the_core_parser() -> None:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from sidecar_harness import Stack
+
+from tests.support.sidecar import Stack
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sidecar_harness import TIERS
 
 from accelgen.server.admission import Admission
 from accelgen.server.engine_state import EngineState, parse_engine_metrics, read_preemptions
@@ -16,7 +15,8 @@ from accelgen.server.errors import ApiError
 from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
 from accelgen.server.tickets import AdmissionConfig, Ticket
 from accelgen.wire import write_engine_stats
-from factories import make_engine_stats
+from tests.support.factories import make_engine_stats
+from tests.support.sidecar import TIERS
 
 
 class Clock:

@@ -6,7 +6,8 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from sidecar_harness import Stack, metric_value
+
+from tests.support.sidecar import Stack, metric_value
 
 
 def test_completion_non_streaming(client: openai.OpenAI) -> None:

@@ -8,7 +8,8 @@ import time
 
 import httpx
 import pytest
-from sidecar_harness import Stack
+
+from tests.support.sidecar import Stack
 
 OK_BODY = {"prompt": "Hello", "max_tokens": 2}
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import yaml
-from sidecar_harness import TIERS_CONFIG, wait_for
-from sidecar_process import ServeProcess
 
 from accelgen.launch import serve_command
 from accelgen.process import free_port
+from tests.support.serve_process import ServeProcess
+from tests.support.sidecar import TIERS_CONFIG, wait_for
 
 
 def _serve(*flags: str) -> subprocess.CompletedProcess[str]:

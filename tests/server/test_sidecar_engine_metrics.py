@@ -20,8 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from sidecar_harness import TIERS_CONFIG, Stack, metric_value, wait_for
-from sidecar_process import ServeProcess
 
 from accelgen.config import load_tiers
 from accelgen.core.calibration import Calibrator
@@ -38,7 +36,9 @@ from accelgen.sim.realtime import SimEngineConfig
 from accelgen.vllm.stats import EngineStats
 from accelgen.wire import BudgetTokens, EngineStatsFile, WireError
 from accelgen.wire import read_engine_stats as read_stats_file
-from factories import make_engine_stats
+from tests.support.factories import make_engine_stats
+from tests.support.serve_process import ServeProcess
+from tests.support.sidecar import TIERS_CONFIG, Stack, metric_value, wait_for
 
 BUDGET = "accelgen_engine_budget_tokens"
 ATTAINMENT = "accelgen_tier_attainment_target_ratio"

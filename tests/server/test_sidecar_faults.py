@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from fault_support import kill_mid_stream_then_down, ready
-from sidecar_harness import TIERS_CONFIG, Stack, disconnecting_clients, metric_value, server_errors, wait_for
 
 from accelgen.core.tiers import parse_tiers
 from accelgen.process import ChildProcess, free_port
 from accelgen.sim.realtime import SimEngineConfig
+from tests.support.faults import kill_mid_stream_then_down, ready
+from tests.support.sidecar import TIERS_CONFIG, Stack, disconnecting_clients, metric_value, server_errors, wait_for
 
 
 class EngineProcess:

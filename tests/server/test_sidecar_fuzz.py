@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import content_type_conformance, not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
-from sidecar_harness import Stack
 
 from accelgen.sim.realtime import SimEngineConfig
+from tests.support.sidecar import Stack
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sidecar_harness import SETTLE_S, Stack, metric_value, wait_for
+
+from tests.support.sidecar import SETTLE_S, Stack, metric_value, wait_for
 
 N_INTERACTIVE, N_BATCH, MAX_TOKENS = 7, 4, 6
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-from sidecar_harness import metric_value
-from sidecar_process import ServeProcess
+
+from tests.support.serve_process import ServeProcess
+from tests.support.sidecar import metric_value
 
 # ACCELGEN_OVERLOAD_S=60 runs a full minute; the suite keeps it short.
 DURATION_S = float(os.environ.get("ACCELGEN_OVERLOAD_S", "6"))

@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sidecar_harness import TIERS, Stack
 
 from accelgen.wire import STATS_VERSION
 from accelgen_operator.status import aggregate, parse_pod_stats, slo_condition, tier_status
+from tests.support.sidecar import TIERS, Stack
 
 SENT = {"interactive": 4, "batch": 2}
 MAX_TOKENS = 5

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from sidecar_harness import TIERS, Stack
 
 from accelgen.core.errors import ConfigError
 from accelgen.server.tenants import load_keys
+from tests.support.sidecar import TIERS, Stack
 
 KEY_A, KEY_B, KEY_SLOW = "sk-team-a-0123456789", "sk-team-b-abcdef", "sk-slow-xyz"
 

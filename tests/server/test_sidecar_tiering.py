@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from sidecar_harness import TIERS
 
 from accelgen.server.errors import ApiError
 from accelgen.server.tenants import Tenant, hash_key
 from accelgen.server.tiering import resolve_tier
+from tests.support.sidecar import TIERS
 
 TENANT = Tenant(name="t", key_sha256=hash_key("k"), tiers=frozenset({"interactive", "batch"}), default_tier="batch")
 

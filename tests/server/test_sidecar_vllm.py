@@ -21,17 +21,10 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from sidecar_harness import SETTLE_S, disconnecting_clients, metric_value, wait_for
-from sidecar_process import ServeProcess
 
-
-def _vllm_import_error() -> str | None:
-    try:
-        import vllm  # noqa: F401
-    except Exception as err:  # any failure to import is a reason to skip, named
-        return f"{type(err).__name__}: {err}"
-    return None
-
+from tests.support.serve_process import ServeProcess
+from tests.support.sidecar import SETTLE_S, disconnecting_clients, metric_value, wait_for
+from tests.support.vllm_engine import vllm_import_error
 
 KEY, KEY_BATCH_ONLY = "sk-vllm-e2e-1", "sk-vllm-e2e-batch"
 IGNORE_EOS = {"ignore_eos": True}  # exact token counts from random weights
@@ -47,7 +40,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    error = _vllm_import_error()
+    error = vllm_import_error()
     if error is not None:
         pytest.skip(f"import vllm failed ({error}); install it with `make vllm`")
     work = tmp_path_factory.mktemp("sidecar-vllm")

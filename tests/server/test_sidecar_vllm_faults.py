@@ -18,8 +18,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from fault_support import kill_mid_stream_then_down, ready
-from sidecar_harness import (
+
+from accelgen.core.tiers import parse_tiers
+from accelgen.launch import VllmServer, embedded_config
+from accelgen.process import free_port
+from accelgen.server.metrics import OUTCOMES
+from accelgen.server.tickets import AdmissionConfig
+from tests.support.faults import kill_mid_stream_then_down, ready
+from tests.support.sidecar import (
     SETTLE_S,
     TIERS_CONFIG,
     Stack,
@@ -28,20 +34,7 @@ from sidecar_harness import (
     server_errors,
     wait_for,
 )
-
-from accelgen.core.tiers import parse_tiers
-from accelgen.launch import VllmServer, embedded_config
-from accelgen.process import free_port
-from accelgen.server.metrics import OUTCOMES
-from accelgen.server.tickets import AdmissionConfig
-
-
-def _vllm_import_error() -> str | None:
-    try:
-        import vllm  # noqa: F401
-    except Exception as err:  # any failure to import is a reason to skip, named
-        return f"{type(err).__name__}: {err}"
-    return None
+from tests.support.vllm_engine import vllm_import_error
 
 
 class Engine:
@@ -83,7 +76,7 @@ class Engine:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    error = _vllm_import_error()
+    error = vllm_import_error()
     if error is not None:
         pytest.skip(f"import vllm failed ({error}); install it with `make vllm`")
     running = Engine(tmp_path_factory.mktemp("vllm-faults"))

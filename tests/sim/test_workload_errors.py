@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from accelgen.cli import main
-from sim.conftest import SMALL
+from tests.support.factories import SMALL_WORKLOAD as SMALL
 
 
 def run_cli(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:

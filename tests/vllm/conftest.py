@@ -23,20 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vllm_support import CAP_TOKENS, KV_BLOCKS, KV_MEMORY_BYTES, MAX_MODEL_LEN, TIERS_YAML
 
-
-def _vllm_import_error() -> str | None:
-    try:
-        import vllm  # noqa: F401
-    except Exception as err:  # any failure to import is a reason to skip, named
-        return f"{type(err).__name__}: {err}"
-    return None
+from tests.support.vllm_engine import (
+    CAP_TOKENS,
+    KV_BLOCKS,
+    KV_MEMORY_BYTES,
+    MAX_MODEL_LEN,
+    TIERS_YAML,
+    vllm_import_error,
+)
 
 
 @pytest.fixture(scope="session")
 def vllm_available() -> None:
-    error = _vllm_import_error()
+    error = vllm_import_error()
     if error is not None:
         pytest.skip(f"import vllm failed ({error}); install it with `make vllm`")
 
@@ -79,8 +79,9 @@ def engine(vllm_available: None, tiny_model: Path, workdir: Path) -> Iterator[En
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    from accelgen.launch import SCHEDULER_CLS
     from vllm import LLM
+
+    from accelgen.launch import SCHEDULER_CLS
 
     t0 = time.monotonic()
     llm = LLM(
@@ -172,7 +173,7 @@ def server(vllm_available: None, tiny_model: Path, workdir: Path, calibrated_fil
 @pytest.fixture(scope="session")
 def calibrated_file(engine: Engine) -> Path:
     """The in-process engine's persisted fit, after enough varied steps to have one."""
-    from vllm_support import calibration_workload
+    from tests.support.vllm_engine import calibration_workload
 
     if not engine.calibration_file.exists():
         calibration_workload(engine)

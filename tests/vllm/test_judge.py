@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
-from vllm_support import TIERS_YAML
 
 from accelgen.bench.judge import JudgeError, TierStream, client_requests, judge, record, run_judge, streams_for
 from accelgen.core.tiers import SLOTier, TierSet, parse_tiers
 from accelgen.sim.workload import SimRequest
 from accelgen.wire import read_engine_stats
+from tests.support.vllm_engine import TIERS_YAML
 
 TIERS = TierSet(
     (SLOTier("chat", ttft_slo_s=0.5, tbt_slo_s=0.1), SLOTier("bulk", ttft_slo_s=1.0, tbt_slo_s=0.5)), default="chat"

@@ -8,7 +8,8 @@ lists each fact with its place in vLLM's source.
 from __future__ import annotations
 
 import pytest
-from vllm_support import CAP_TOKENS, Recorder, add, policy, run_until_idle, step
+
+from tests.support.vllm_engine import CAP_TOKENS, Recorder, add, policy, run_until_idle, step
 
 pytestmark = pytest.mark.slow
 

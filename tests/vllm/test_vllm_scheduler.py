@@ -7,13 +7,13 @@ import math
 import statistics
 
 import pytest
-from vllm_support import CAP_TOKENS, Recorder, add, policy, run_until_idle, step
 
 from accelgen.core.latency import BatchShape
 from accelgen.core.policies import REGISTRY
 from accelgen.vllm.calibration import load_fit
 from accelgen.vllm.stats import read_step_log
 from accelgen.wire import read_engine_stats
+from tests.support.vllm_engine import CAP_TOKENS, Recorder, add, policy, run_until_idle, step
 
 pytestmark = pytest.mark.slow
 

@@ -134,3 +134,12 @@ def calibration_workload(engine: Any) -> None:
         for _ in range(3):
             step(engine)
     run_until_idle(engine)
+
+
+def vllm_import_error() -> str | None:
+    """Why ``import vllm`` fails here (a reason to skip, named), or None."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as err:  # any failure to import is a reason to skip
+        return f"{type(err).__name__}: {err}"
+    return None

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import httpx
 import openai
 import pytest
-from sidecar_harness import Stack, metric_value, wait_for
+
+from tests.support.sidecar import Stack, metric_value, wait_for
 
 
 def ready(stack: Stack) -> bool:

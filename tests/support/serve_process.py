@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import yaml
-from sidecar_harness import TIERS_CONFIG
 
 from accelgen.launch import serve_command
 from accelgen.process import ChildProcess, free_port
+from tests.support.sidecar import TIERS_CONFIG
 
 
 class ServeProcess:

@@ -7,11 +7,9 @@ validation, lint, packaging) through a C library: no helm binary, no cluster.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import helm_python as helm
@@ -64,19 +62,6 @@ def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     (obj,) = by_kind(objs, kind)
     return obj
-
-
-def crd_schema_module() -> ModuleType:
-    """tests/operator/operator_crd_schema.py: the CRD's structural schema and CEL rules."""
-    name = "operator_crd_schema"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "operator" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def tool(name: str) -> str | None:

@@ -138,3 +138,23 @@ def place_running(policy: Policy, request: Request, *, outputs: int, last_token_
 def make_engine_stats(**changes: object) -> EngineStatsFile:
     """An engine stats file as the real writer makes it (no step yet), with ``changes``."""
     return dataclasses.replace(EngineStatsRecorder(policy="test").snapshot(), **changes)  # type: ignore[arg-type]
+
+
+# A small mixed workload (chat, documents, batch) for the simulator's tests.
+SMALL_WORKLOAD = """\
+name: small
+seed: 3
+duration_s: 20
+arrivals: {process: poisson, rate_rps: 3.0}
+sources:
+  - {trace: azure_conv_2023.csv, weight: 0.65, tier: interactive}
+  - {trace: arxiv_summarization_lengths.csv, weight: 0.35, tiers: {summarize: 0.7, batch: 0.3}}
+tiers:
+  default_tier: interactive
+  tiers:
+    - {name: interactive, ttft_ms: 1000, tbt_ms: 100}
+    - {name: summarize, ttft_ms: 5000, tbt_ms: 250, priority: 1}
+    - {name: batch, deadline_s: 300, priority: 2}
+engine: {latency_model: h100-llama-2-7b, num_kv_blocks: auto, latency_noise: 0.05}
+policies: [accelgen, sarathi, vllm-fcfs, oracle]
+"""
