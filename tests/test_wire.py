@@ -9,7 +9,6 @@ import pytest
 
 from accelgen.core.tiers import parse_tiers
 from accelgen.server.body import engine_body, parse
-from accelgen.vllm.slo import resolve_slo
 from accelgen.wire import (
     ENGINE_STATS_VERSION,
     SLO_VERSION_KEY,
@@ -18,6 +17,7 @@ from accelgen.wire import (
     SloFields,
     WireError,
     read_engine_stats,
+    resolve_tier,
     write_engine_stats,
 )
 
@@ -40,7 +40,7 @@ def test_the_sidecars_slo_fields_resolve_to_its_tier_in_the_engine(name: str) ->
     client = {"prompt": "hi", "vllm_xargs": {"slo_tier": "chat", "tbt_ms": 1, "mine": 7}}
     xargs = engine_body(parse(client, chat=False), tier, send_priority=False)["vllm_xargs"]
     assert xargs["mine"] == 7 and xargs[SLO_VERSION_KEY] == 1
-    resolved = resolve_slo(xargs, TIERS)
+    resolved = resolve_tier(xargs, TIERS)
     assert resolved.problem is None
     got = resolved.tier
     assert (got.name, got.ttft_slo_s, got.tbt_slo_s, got.deadline_s) == (
@@ -49,6 +49,73 @@ def test_the_sidecars_slo_fields_resolve_to_its_tier_in_the_engine(name: str) ->
         tier.tbt_slo_s,
         tier.deadline_s,
     )
+
+
+@pytest.mark.parametrize(
+    ("xargs", "name", "ttft_s", "tbt_s", "deadline_s", "problem"),
+    [
+        (None, "chat", 0.5, 0.05, None, None),
+        ({}, "chat", 0.5, 0.05, None, None),
+        ({"slo_tier": "batch"}, "batch", None, None, 600, None),
+        ({"tier": "batch"}, "batch", None, None, 600, None),
+        ({"slo_tier": "chat", "tbt_ms": 20}, "chat", 0.5, 0.02, None, None),
+        ({"ttft_ms": "800", "tbt_ms": 120}, "chat", 0.8, 0.12, None, None),
+        ({"deadline_s": 30}, "chat", None, None, 30, None),
+        ({"slo_tier": "batch", "ttft_ms": 100, "tbt_ms": 10}, "batch", 0.1, 0.01, None, None),
+        ({"slo_tier": "gold"}, "chat", 0.5, 0.05, None, "unknown tier 'gold'"),
+        ({"slo_tier": "gold", "tbt_ms": 9}, "chat", 0.5, 0.05, None, "unknown tier 'gold'"),
+        ({"slo_tier": 3}, "chat", 0.5, 0.05, None, "slo_tier must be a string, got 3"),
+        ({"slo_tier": "batch", "accelgen_slo_version": 2}, "chat", 0.5, 0.05, None, "accelgen_slo_version 2 is not"),
+        ({"tbt_ms": -5}, "chat", 0.5, 0.05, None, "tbt_ms must be a positive number"),
+        ({"tbt_ms": True}, "chat", 0.5, 0.05, None, "tbt_ms must be a positive"),
+        ({"deadline_s": 9, "tbt_ms": 9}, "chat", 0.5, 0.05, None, "deadline_s excludes"),
+        ({"slo_tier": "batch", "tbt_ms": 10}, "batch", None, None, 600, "offline tier needs both"),
+        ("slo_tier=batch", "chat", 0.5, 0.05, None, "vllm_xargs must be an object, got str"),
+    ],
+)  # fmt: skip
+def test_slo_fields_resolve_to_a_tier(xargs, name, ttft_s, tbt_s, deadline_s, problem) -> None:
+    resolved = resolve_tier(xargs, TIERS)
+    tier = resolved.tier
+    assert (tier.name, tier.ttft_slo_s, tier.tbt_slo_s, tier.deadline_s) == (
+        name, ttft_s, tbt_s, deadline_s,
+    )  # fmt: skip
+    if problem is None:
+        assert resolved.problem is None
+    else:
+        assert resolved.problem is not None and problem in resolved.problem
+
+
+def test_a_resolved_tier_keeps_the_tiers_priority_and_attainment_target() -> None:
+    tiers = parse_tiers(
+        {
+            "default_tier": "chat",
+            "tiers": [
+                {"name": "chat", "ttft_ms": 500, "tbt_ms": 50, "priority": 3, "attainment_target": 0.99},
+                {"name": "batch", "deadline_s": 600, "priority": 5, "attainment_target": 0.5},
+            ],
+        }
+    )
+    for xargs in ({"tbt_ms": 10}, {"deadline_s": 9}, {"slo_tier": "batch", "ttft_ms": 1, "tbt_ms": 1}):
+        tier = resolve_tier(xargs, tiers).tier
+        base = tiers.get(xargs.get("slo_tier"))
+        assert (tier.priority, tier.attainment_target) == (base.priority, base.attainment_target), xargs
+
+
+@pytest.mark.parametrize(
+    ("xargs", "ttft_s", "tbt_s", "deadline_s"),
+    [
+        ({"slo_tier": "gold"}, 0.5, 0.05, None),  # the default tier's targets under its own name
+        ({"slo_tier": "gold", "tbt_ms": 9}, 0.5, 0.009, None),
+        ({"slo_tier": "gold", "ttft_ms": 300, "tbt_ms": 30}, 0.3, 0.03, None),
+        ({"slo_tier": "gold", "deadline_s": 45}, None, None, 45),
+    ],
+)
+def test_an_unknown_tier_is_adopted_when_asked(xargs, ttft_s, tbt_s, deadline_s) -> None:
+    resolved = resolve_tier(xargs, TIERS, adopt_unknown=True)
+    tier = resolved.tier
+    assert resolved.problem is None
+    assert (tier.name, tier.ttft_slo_s, tier.tbt_slo_s, tier.deadline_s) == ("gold", ttft_s, tbt_s, deadline_s)
+    assert "gold" not in TIERS  # the engine's tier set is left as it was
 
 
 def test_slo_fields_round_trip_and_refusals() -> None:

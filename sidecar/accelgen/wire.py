@@ -8,7 +8,8 @@ new version; removing or retyping one needs a new version.
 
 * :class:`SloFields` — a request's SLO metadata in the OpenAI body's ``vllm_xargs``,
   written by the sidecar and read by the in-engine scheduler (clients talking to the
-  engine directly write the same keys, without a version).
+  engine directly write the same keys, without a version); :func:`resolve_tier` makes
+  them a request's tier, in vLLM's scheduler and in the simulated engine alike.
 * :class:`EngineStatsFile` — the in-engine scheduler's statistics (the vLLM engine's or
   the simulated engine's), a file rewritten atomically by :class:`EngineStatsRecorder`
   and read by :func:`read_engine_stats` (the sidecar, the benchmarks, tests).
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from accelgen.core.summary import TierSummary, quantile
+from accelgen.core.tiers import SLOTier, TierSet
 
 _T = TypeVar("_T")
 
@@ -183,6 +185,64 @@ class SloFields:
         if "deadline_s" in targets and len(targets) > 1:
             raise WireError("deadline_s excludes ttft_ms/tbt_ms")
         return cls(tier=tier, **targets)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResolvedTier:
+    """The tier a request is scheduled under, and what was wrong with its SLO fields."""
+
+    tier: SLOTier
+    problem: str | None = None
+
+
+def resolve_tier(xargs: object, tiers: TierSet, *, adopt_unknown: bool = False) -> ResolvedTier:
+    """The tier of a request whose ``vllm_xargs`` is ``xargs``: its SLO fields over a tier.
+
+    Fields that cannot be read fall back to the default tier, with the problem said:
+    inside an engine a request never fails for its metadata (the sidecar checks it at
+    the edge).
+
+    Args:
+        xargs: The request's ``vllm_xargs`` (vLLM's ``sampling_params.extra_args``);
+            None or empty: the default tier.
+        tiers: The engine's tiers.
+        adopt_unknown: Whether a tier name not in ``tiers`` is kept (planned with the
+            default tier's targets under the targets sent beside it) rather than
+            replaced by the default tier and reported.
+
+    Returns:
+        The tier (a per-request copy when targets are sent) and, when the fields were
+        unusable in part or whole, a description of the problem.
+    """
+    default = tiers.default_tier
+    if not xargs:
+        return ResolvedTier(default)
+    if not isinstance(xargs, Mapping):
+        return ResolvedTier(default, f"vllm_xargs must be an object, got {type(xargs).__name__}")
+    try:
+        fields = SloFields.from_xargs(xargs)
+    except WireError as err:
+        return ResolvedTier(default, str(err))
+    if fields.tier is None or fields.tier in tiers:
+        base = tiers.get(fields.tier)
+    elif adopt_unknown:
+        base = dataclasses.replace(default, name=fields.tier)
+    else:
+        return ResolvedTier(default, f"unknown tier {fields.tier!r}")
+    return _with_targets(base, fields)
+
+
+def _with_targets(base: SLOTier, fields: SloFields) -> ResolvedTier:
+    """``base`` with the targets of ``fields``: a deadline makes it offline, TTFT/TBT online."""
+    if fields.deadline_s is not None:
+        return ResolvedTier(dataclasses.replace(base, ttft_slo_s=None, tbt_slo_s=None, deadline_s=fields.deadline_s))
+    if fields.ttft_ms is None and fields.tbt_ms is None:
+        return ResolvedTier(base)
+    if base.is_offline and (fields.ttft_ms is None or fields.tbt_ms is None):
+        return ResolvedTier(base, "an offline tier needs both ttft_ms and tbt_ms to go online")
+    ttft_s = base.ttft_slo_s if fields.ttft_ms is None else fields.ttft_ms / 1000.0
+    tbt_s = base.tbt_slo_s if fields.tbt_ms is None else fields.tbt_ms / 1000.0
+    return ResolvedTier(dataclasses.replace(base, ttft_slo_s=ttft_s, tbt_slo_s=tbt_s, deadline_s=None))
 
 
 # --- the engine stats file -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The engine-free parts of accelgen.vllm: SLO metadata, settings, stats, model."""
+"""The engine-free parts of accelgen.vllm: settings, stats, model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 from accelgen.core.errors import ConfigError
 from accelgen.core.tiers import parse_tiers
 from accelgen.vllm.settings import DEFAULT_TIERS, settings_from_env
-from accelgen.vllm.slo import resolve_slo
 from accelgen.vllm.stats import EngineStats, read_step_log
 from accelgen.wire import read_engine_stats
 
@@ -23,38 +22,6 @@ TIERS = parse_tiers(
         ],
     }
 )
-
-
-@pytest.mark.parametrize(
-    ("xargs", "name", "ttft_s", "tbt_s", "deadline_s", "problem"),
-    [
-        (None, "chat", 0.5, 0.05, None, None),
-        ({}, "chat", 0.5, 0.05, None, None),
-        ({"slo_tier": "batch"}, "batch", None, None, 600, None),
-        ({"tier": "batch"}, "batch", None, None, 600, None),
-        ({"slo_tier": "chat", "tbt_ms": 20}, "chat", 0.5, 0.02, None, None),
-        ({"ttft_ms": "800", "tbt_ms": 120}, "chat", 0.8, 0.12, None, None),
-        ({"deadline_s": 30}, "chat", None, None, 30, None),
-        ({"slo_tier": "batch", "ttft_ms": 100, "tbt_ms": 10}, "batch", 0.1, 0.01, None, None),
-        ({"slo_tier": "gold"}, "chat", 0.5, 0.05, None, "unknown tier 'gold'"),
-        ({"slo_tier": 3}, "chat", 0.5, 0.05, None, "slo_tier must be a string, got 3"),
-        ({"slo_tier": "batch", "accelgen_slo_version": 2}, "chat", 0.5, 0.05, None, "accelgen_slo_version 2 is not"),
-        ({"tbt_ms": -5}, "chat", 0.5, 0.05, None, "tbt_ms must be a positive number"),
-        ({"tbt_ms": True}, "chat", 0.5, 0.05, None, "tbt_ms must be a positive"),
-        ({"deadline_s": 9, "tbt_ms": 9}, "chat", 0.5, 0.05, None, "deadline_s excludes"),
-        ({"slo_tier": "batch", "tbt_ms": 10}, "batch", None, None, 600, "offline tier needs both"),
-    ],
-)  # fmt: skip
-def test_slo_metadata_resolves_to_a_tier(xargs, name, ttft_s, tbt_s, deadline_s, problem) -> None:
-    resolved = resolve_slo(xargs, TIERS)
-    tier = resolved.tier
-    assert (tier.name, tier.ttft_slo_s, tier.tbt_slo_s, tier.deadline_s) == (
-        name, ttft_s, tbt_s, deadline_s,
-    )  # fmt: skip
-    if problem is None:
-        assert resolved.problem is None
-    else:
-        assert resolved.problem is not None and problem in resolved.problem
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:

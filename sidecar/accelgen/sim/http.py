@@ -5,7 +5,7 @@
 :class:`~accelgen.sim.realtime.RealtimeEngine`. Outputs are ``max_tokens`` tokens
 (default 16) of placeholder text per choice, finish reason ``length``. Prompt token ids
 count as given, text as UTF-8 bytes / 4 (no tokenizer). A request's tier comes from its
-``vllm_xargs`` (:class:`accelgen.wire.SloFields`); a tier name the engine was not
+``vllm_xargs`` (:func:`accelgen.wire.resolve_tier`); a tier name the engine was not
 configured with is planned with the targets sent beside it.
 
 With ``stats_path`` it writes the in-engine stats file as AccelGen's vLLM scheduler does.
@@ -22,7 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from accelgen.core.policies import policy_names
 from accelgen.core.request import blocks_for
 from accelgen.core.tiers import SLOTier, TierSet
 from accelgen.sim.realtime import Generation, RealtimeEngine, SimEngineConfig
-from accelgen.wire import SloFields, WireError
+from accelgen.wire import resolve_tier
 
 MODEL_NAME = "accelgen-sim"
 SIM_ENGINE = web.AppKey("sim_engine", RealtimeEngine)
@@ -79,23 +79,20 @@ def _chat_tokens(messages: object) -> int:
     return total
 
 
-def _tier_of(body: dict[str, Any], tiers: TierSet) -> SLOTier:
-    """The request's tier: its SLO fields over the named (or default) tier; bad ones ignored."""
-    xargs = body.get("vllm_xargs")
-    try:
-        fields = SloFields.from_xargs(xargs) if isinstance(xargs, dict) else SloFields()
-    except WireError:
-        fields = SloFields()
-    base = tiers.get(fields.tier) if fields.tier in tiers else tiers.default_tier
-    priority = body["priority"] if isinstance(body.get("priority"), int) else base.priority
-    name, target = fields.tier or base.name, base.attainment_target
-    if fields.deadline_s is not None:
-        return SLOTier(name=name, deadline_s=fields.deadline_s, priority=priority, attainment_target=target)
-    ttft_s = base.ttft_slo_s if fields.ttft_ms is None else fields.ttft_ms / 1000.0
-    tbt_s = base.tbt_slo_s if fields.tbt_ms is None else fields.tbt_ms / 1000.0
-    if ttft_s is None or tbt_s is None:  # an offline tier without both targets stays offline
-        return SLOTier(name=name, deadline_s=base.deadline_s, priority=priority, attainment_target=target)
-    return SLOTier(name=name, ttft_slo_s=ttft_s, tbt_slo_s=tbt_s, priority=priority, attainment_target=target)
+def request_tier(body: dict[str, Any], engine: RealtimeEngine) -> SLOTier:
+    """The request's tier from its ``vllm_xargs``, with the body's ``priority`` as vLLM takes it.
+
+    A tier name the engine was not configured with is kept (the sidecar's tiers reach a
+    standalone engine this way); unusable SLO fields plan under the default tier and are
+    counted in the stats file, as the vLLM scheduler counts them.
+    """
+    resolved = resolve_tier(body.get("vllm_xargs"), engine.tiers, adopt_unknown=True)
+    if resolved.problem is not None:
+        engine.stats.slo_problems[resolved.problem] += 1
+    priority = body.get("priority")
+    if isinstance(priority, int):
+        return replace(resolved.tier, priority=priority)
+    return resolved.tier
 
 
 def _int_or(body: dict[str, Any], *keys: str, default: int) -> int:
@@ -128,7 +125,7 @@ def _generation(engine: RealtimeEngine, body: object, *, chat: bool) -> Generati
             f"n={n} sequences of {prompt_tokens + max_tokens} tokens need "
             f"{blocks} KV blocks; the engine has {cfg.num_kv_blocks}"
         )
-    return Generation(prompt_tokens, max_tokens, _tier_of(body, engine.tiers), n=n)
+    return Generation(prompt_tokens, max_tokens, request_tier(body, engine), n=n)
 
 
 @dataclass(frozen=True, slots=True)

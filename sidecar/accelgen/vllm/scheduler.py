@@ -54,8 +54,8 @@ from accelgen.core.policy import Policy
 from accelgen.core.request import Request, blocks_for
 from accelgen.vllm.calibration import persisted_calibrator
 from accelgen.vllm.settings import settings_from_env
-from accelgen.vllm.slo import resolve_slo
 from accelgen.vllm.stats import EngineStats
+from accelgen.wire import resolve_tier
 
 if TYPE_CHECKING:
     _SchedulerBase = Scheduler
@@ -189,7 +189,7 @@ class _AccelGenMixin(_SchedulerBase):
         if known or request.request_id not in self.requests:
             return
         params = request.sampling_params
-        resolved = resolve_slo(params.extra_args if params else None, self.accelgen_settings.tiers)
+        resolved = resolve_tier(params.extra_args if params else None, self.accelgen_settings.tiers)
         if resolved.problem:
             self.accelgen_stats.slo_problems[resolved.problem] += 1
         mirror = Request(
