@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import stat
 import sys
 from pathlib import Path
@@ -11,7 +10,6 @@ import pytest
 
 from accelgen.cli import build_parser
 from accelgen.launch import (
-    SCHEDULER_CLS,
     VllmServer,
     VllmServerConfig,
     embedded_config,
@@ -20,6 +18,7 @@ from accelgen.launch import (
     vllm_server_env,
 )
 from accelgen.process import StartError, http_ok
+from accelgen.wire import SCHEDULER_CLS
 
 # Stands in for an interpreter with vLLM: answers /health on the --port it is given.
 FAKE_SERVER = """\
@@ -115,11 +114,3 @@ def test_serve_command_is_what_the_cli_parses(tmp_path: Path) -> None:
     )
     url = build_parser().parse_args(serve_command(port=9, engine=("--engine-url", "http://e"), log_level=None)[3:])
     assert (url.engine, url.engine_url, url.log_level) == (None, "http://e", "INFO")
-
-
-def test_the_scheduler_class_names_accelgens_scheduler_and_the_operator_agrees() -> None:
-    from accelgen_operator.resources import SCHEDULER_CLS as OPERATOR_SCHEDULER_CLS
-
-    module, _, name = SCHEDULER_CLS.rpartition(".")
-    assert name in importlib.import_module(module).__all__
-    assert OPERATOR_SCHEDULER_CLS == SCHEDULER_CLS  # the operator depends on the core only: its own copy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from accelgen.core.tiers import parse_tiers
 from accelgen.server.body import engine_body, parse
 from accelgen.wire import (
     ENGINE_STATS_VERSION,
+    SCHEDULER_CLS,
     SLO_VERSION_KEY,
     EngineStatsFile,
     EngineStatsRecorder,
@@ -116,6 +118,12 @@ def test_an_unknown_tier_is_adopted_when_asked(xargs, ttft_s, tbt_s, deadline_s)
     assert resolved.problem is None
     assert (tier.name, tier.ttft_slo_s, tier.tbt_slo_s, tier.deadline_s) == ("gold", ttft_s, tbt_s, deadline_s)
     assert "gold" not in TIERS  # the engine's tier set is left as it was
+
+
+def test_the_scheduler_class_is_accelgens_scheduler() -> None:
+    # vLLM loads it by import_module + getattr; accelgen.vllm exports it without importing vLLM.
+    module, _, name = SCHEDULER_CLS.rpartition(".")
+    assert name == "AccelGenScheduler" and name in importlib.import_module(module).__all__
 
 
 def test_slo_fields_round_trip_and_refusals() -> None:

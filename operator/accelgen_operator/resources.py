@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from accelgen.core.errors import ConfigError
+from accelgen.wire import SCHEDULER_CLS
 from accelgen_operator.tierconfig import scheduler_config, tiers_config
 
 CONFIG_DIR = "/etc/accelgen"
@@ -41,7 +42,6 @@ ENGINE_STATS_PATH = f"{RUN_DIR}/engine-stats.json"
 RUN_VOLUME = "run"
 ENGINE_PORT = 8001
 SIDECAR_PORT = 8000
-SCHEDULER_CLS = "accelgen.vllm.AccelGenScheduler"
 
 POOL_LABEL = "accelgen.dev/pool"
 SPEC_HASH_ANNOTATION = "accelgen.dev/spec-hash"

@@ -9,7 +9,7 @@ embedded engine (:func:`embedded_config`), the benchmarks' engines and the tests
         ... requests to server.base_url ...
     # the server's whole process group is gone here
 
-``scheduler_cls`` is :data:`SCHEDULER_CLS` (AccelGen's scheduler, running ``policy``: a
+``scheduler_cls`` is :data:`accelgen.wire.SCHEDULER_CLS` (AccelGen's scheduler, running ``policy``: a
 core policy name, ``"vllm-stock"`` to pass through to vLLM's own scheduling while
 timing and counting it, or None for what its settings say) or None (vLLM's scheduler
 untouched). The CPU wheel's ``vllm`` console script fails, so the server starts as
@@ -30,11 +30,10 @@ from pathlib import Path
 from types import TracebackType
 
 from accelgen.process import ChildProcess, free_port
+from accelgen.wire import SCHEDULER_CLS
 
 log = logging.getLogger(__name__)
 
-#: What vLLM's ``--scheduler-cls`` loads to run AccelGen (see :mod:`accelgen.vllm`).
-SCHEDULER_CLS = "accelgen.vllm.AccelGenScheduler"
 #: Where ``accelgen serve`` keeps the tiny model it builds when given no ``--model``.
 TINY_MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "accelgen" / "tiny-model"
 

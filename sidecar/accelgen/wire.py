@@ -6,6 +6,8 @@ when a document is of a newer or unknown version, lacks a field or has one of th
 type. Keys a reader does not know are ignored, so a writer may add a field without a
 new version; removing or retyping one needs a new version.
 
+* :data:`SCHEDULER_CLS` — what vLLM's ``--scheduler-cls`` loads to run AccelGen, in
+  the operator's pod spec and every engine this project starts.
 * :class:`SloFields` — a request's SLO metadata in the OpenAI body's ``vllm_xargs``,
   written by the sidecar and read by the in-engine scheduler (clients talking to the
   engine directly write the same keys, without a version); :func:`resolve_tier` makes
@@ -114,6 +116,14 @@ def encode(document: Any) -> dict[str, Any]:
     """A wire dataclass as plain JSON types (its ``version`` included)."""
     out: dict[str, Any] = dataclasses.asdict(document)
     return out
+
+
+# --- the engine's scheduler class --------------------------------------------------------
+
+#: What vLLM's ``--scheduler-cls`` loads to run AccelGen (see :mod:`accelgen.vllm`):
+#: the operator writes it into the engine container's arguments, the launcher into its
+#: command line.
+SCHEDULER_CLS = "accelgen.vllm.AccelGenScheduler"
 
 
 # --- a request's SLO fields in vllm_xargs ---------------------------------------------

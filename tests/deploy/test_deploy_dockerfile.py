@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from accelgen_operator.resources import SCHEDULER_CLS
+from accelgen.wire import SCHEDULER_CLS
 from tests.support.deploy import ROOT, tool
 
 DOCKERFILE = ROOT / "Dockerfile"

@@ -9,9 +9,9 @@ import kubernetes_validate
 import pytest
 
 from accelgen.core.errors import ConfigError
+from accelgen.wire import SCHEDULER_CLS
 from accelgen_operator.resources import (
     CONFIG_HASH_ANNOTATION,
-    SCHEDULER_CLS,
     SPEC_HASH_ANNOTATION,
     DefaultImages,
     build_children,

@@ -81,7 +81,7 @@ def engine(vllm_available: None, tiny_model: Path, workdir: Path) -> Iterator[En
     os.environ.update(env)
     from vllm import LLM
 
-    from accelgen.launch import SCHEDULER_CLS
+    from accelgen.wire import SCHEDULER_CLS
 
     t0 = time.monotonic()
     llm = LLM(

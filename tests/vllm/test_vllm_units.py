@@ -102,7 +102,8 @@ def test_tiny_model_tokenizes_chats_and_fits_the_config(tmp_path: Path) -> None:
 
 
 def test_server_command_and_environment_per_configuration(tmp_path: Path) -> None:
-    from accelgen.launch import SCHEDULER_CLS, VllmServerConfig, vllm_server_command, vllm_server_env
+    from accelgen.launch import VllmServerConfig, vllm_server_command, vllm_server_env
+    from accelgen.wire import SCHEDULER_CLS
 
     accelgen = VllmServerConfig(model_dir=tmp_path, policy="sarathi", tiers_file=tmp_path / "t.yaml", num_gpu_blocks=99)
     cmd = vllm_server_command(accelgen, port=8123, python="py")

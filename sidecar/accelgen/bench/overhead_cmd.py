@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from accelgen.argtypes import int_at_least, positive_int
-from accelgen.launch import SCHEDULER_CLS
+from accelgen.wire import SCHEDULER_CLS
 
 GOAL_RATIO = 1.5
 POLICIES = ("vllm-stock", "accelgen")
