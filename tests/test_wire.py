@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from accelgen.core.tiers import parse_tiers
+from accelgen.core.tiers import SLOTier
 from accelgen.server.body import engine_body, parse
 from accelgen.wire import (
     ENGINE_STATS_VERSION,
@@ -22,24 +22,17 @@ from accelgen.wire import (
     resolve_tier,
     write_engine_stats,
 )
+from tests.support.factories import make_tiers
 
-TIERS = parse_tiers(
-    {
-        "default_tier": "chat",
-        "tiers": [
-            {"name": "chat", "ttft_ms": 500, "tbt_ms": 50},
-            {"name": "tight", "ttft_ms": 250.5, "tbt_ms": 20},
-            {"name": "batch", "deadline_s": 600},
-        ],
-    }
-)
+TIERS = make_tiers(attainment_target=0.99)
+# What the sidecar may send: each tier, and a per-request copy with targets in fractions of a ms.
+SENT = [*TIERS, TIERS.get("tight").with_targets(ttft_slo_s=0.2505, tbt_slo_s=0.0201)]
 
 
-@pytest.mark.parametrize("name", ["chat", "tight", "batch"])
-def test_the_sidecars_slo_fields_resolve_to_its_tier_in_the_engine(name: str) -> None:
-    tier = TIERS.get(name)
+@pytest.mark.parametrize("tier", SENT, ids=["tight", "loose", "batch", "tight-fractional-ms"])
+def test_the_sidecars_slo_fields_resolve_to_its_tier_in_the_engine(tier: SLOTier) -> None:
     # A client's own SLO keys are replaced; keys that are not the SLO's pass through.
-    client = {"prompt": "hi", "vllm_xargs": {"slo_tier": "chat", "tbt_ms": 1, "mine": 7}}
+    client = {"prompt": "hi", "vllm_xargs": {"slo_tier": "loose", "tbt_ms": 1, "mine": 7}}
     xargs = engine_body(parse(client, chat=False), tier, send_priority=False)["vllm_xargs"]
     assert xargs["mine"] == 7 and xargs[SLO_VERSION_KEY] == 1
     resolved = resolve_tier(xargs, TIERS)
@@ -56,23 +49,23 @@ def test_the_sidecars_slo_fields_resolve_to_its_tier_in_the_engine(name: str) ->
 @pytest.mark.parametrize(
     ("xargs", "name", "ttft_s", "tbt_s", "deadline_s", "problem"),
     [
-        (None, "chat", 0.5, 0.05, None, None),
-        ({}, "chat", 0.5, 0.05, None, None),
-        ({"slo_tier": "batch"}, "batch", None, None, 600, None),
-        ({"tier": "batch"}, "batch", None, None, 600, None),
-        ({"slo_tier": "chat", "tbt_ms": 20}, "chat", 0.5, 0.02, None, None),
-        ({"ttft_ms": "800", "tbt_ms": 120}, "chat", 0.8, 0.12, None, None),
-        ({"deadline_s": 30}, "chat", None, None, 30, None),
+        (None, "tight", 0.5, 0.05, None, None),
+        ({}, "tight", 0.5, 0.05, None, None),
+        ({"slo_tier": "batch"}, "batch", None, None, 60, None),
+        ({"tier": "batch"}, "batch", None, None, 60, None),
+        ({"slo_tier": "tight", "tbt_ms": 20}, "tight", 0.5, 0.02, None, None),
+        ({"ttft_ms": "800", "tbt_ms": 120}, "tight", 0.8, 0.12, None, None),
+        ({"deadline_s": 30}, "tight", None, None, 30, None),
         ({"slo_tier": "batch", "ttft_ms": 100, "tbt_ms": 10}, "batch", 0.1, 0.01, None, None),
-        ({"slo_tier": "gold"}, "chat", 0.5, 0.05, None, "unknown tier 'gold'"),
-        ({"slo_tier": "gold", "tbt_ms": 9}, "chat", 0.5, 0.05, None, "unknown tier 'gold'"),
-        ({"slo_tier": 3}, "chat", 0.5, 0.05, None, "slo_tier must be a string, got 3"),
-        ({"slo_tier": "batch", "accelgen_slo_version": 2}, "chat", 0.5, 0.05, None, "accelgen_slo_version 2 is not"),
-        ({"tbt_ms": -5}, "chat", 0.5, 0.05, None, "tbt_ms must be a positive number"),
-        ({"tbt_ms": True}, "chat", 0.5, 0.05, None, "tbt_ms must be a positive"),
-        ({"deadline_s": 9, "tbt_ms": 9}, "chat", 0.5, 0.05, None, "deadline_s excludes"),
-        ({"slo_tier": "batch", "tbt_ms": 10}, "batch", None, None, 600, "offline tier needs both"),
-        ("slo_tier=batch", "chat", 0.5, 0.05, None, "vllm_xargs must be an object, got str"),
+        ({"slo_tier": "gold"}, "tight", 0.5, 0.05, None, "unknown tier 'gold'"),
+        ({"slo_tier": "gold", "tbt_ms": 9}, "tight", 0.5, 0.05, None, "unknown tier 'gold'"),
+        ({"slo_tier": 3}, "tight", 0.5, 0.05, None, "slo_tier must be a string, got 3"),
+        ({"slo_tier": "batch", "accelgen_slo_version": 2}, "tight", 0.5, 0.05, None, "accelgen_slo_version 2 is not"),
+        ({"tbt_ms": -5}, "tight", 0.5, 0.05, None, "tbt_ms must be a positive number"),
+        ({"tbt_ms": True}, "tight", 0.5, 0.05, None, "tbt_ms must be a positive"),
+        ({"deadline_s": 9, "tbt_ms": 9}, "tight", 0.5, 0.05, None, "deadline_s excludes"),
+        ({"slo_tier": "batch", "tbt_ms": 10}, "batch", None, None, 60, "offline tier needs both"),
+        ("slo_tier=batch", "tight", 0.5, 0.05, None, "vllm_xargs must be an object, got str"),
     ],
 )  # fmt: skip
 def test_slo_fields_resolve_to_a_tier(xargs, name, ttft_s, tbt_s, deadline_s, problem) -> None:
@@ -88,19 +81,16 @@ def test_slo_fields_resolve_to_a_tier(xargs, name, ttft_s, tbt_s, deadline_s, pr
 
 
 def test_a_resolved_tier_keeps_the_tiers_priority_and_attainment_target() -> None:
-    tiers = parse_tiers(
-        {
-            "default_tier": "chat",
-            "tiers": [
-                {"name": "chat", "ttft_ms": 500, "tbt_ms": 50, "priority": 3, "attainment_target": 0.99},
-                {"name": "batch", "deadline_s": 600, "priority": 5, "attainment_target": 0.5},
-            ],
-        }
+    sent = (
+        {"slo_tier": "loose", "tbt_ms": 10},
+        {"slo_tier": "loose", "deadline_s": 9},
+        {"tier": "batch", "ttft_ms": 1, "tbt_ms": 1},
     )
-    for xargs in ({"tbt_ms": 10}, {"deadline_s": 9}, {"slo_tier": "batch", "ttft_ms": 1, "tbt_ms": 1}):
-        tier = resolve_tier(xargs, tiers).tier
-        base = tiers.get(xargs.get("slo_tier"))
-        assert (tier.priority, tier.attainment_target) == (base.priority, base.attainment_target), xargs
+    for xargs, name in zip(sent, ("loose", "loose", "batch"), strict=True):
+        tier, base = resolve_tier(xargs, TIERS).tier, TIERS.get(name)
+        assert (tier.name, tier.priority, tier.attainment_target) == (name, base.priority, 0.99), xargs
+    adopted = resolve_tier({"slo_tier": "gold", "tbt_ms": 10}, TIERS, adopt_unknown=True).tier
+    assert (adopted.priority, adopted.attainment_target) == (TIERS.default_tier.priority, 0.99)
 
 
 @pytest.mark.parametrize(

@@ -26,17 +26,18 @@ def linear_model(intercept_s: float = INTERCEPT_S, per_token_s: float = PER_TOKE
     return FittedLatencyModel(coefficients=(intercept_s, per_token_s, 0.0, 0.0, 0.0), name="linear-test")
 
 
-def make_tiers() -> TierSet:
-    """tight: TTFT 0.5 s / TBT 50 ms; loose: 5 s / 500 ms; batch: 60 s deadline."""
+def make_tiers(*, attainment_target: float = 0.9) -> TierSet:
+    """tight (the default): TTFT 0.5 s / TBT 50 ms; loose: 5 s / 500 ms; batch: 60 s deadline.
+
+    Priorities 0, 1, 2 in that order; every tier has ``attainment_target``.
+    """
+    tiers = [
+        {"name": "tight", "ttft_ms": 500, "tbt_ms": 50, "priority": 0},
+        {"name": "loose", "ttft_ms": 5000, "tbt_ms": 500, "priority": 1},
+        {"name": "batch", "deadline_s": 60, "priority": 2},
+    ]
     return parse_tiers(
-        {
-            "default_tier": "tight",
-            "tiers": [
-                {"name": "tight", "ttft_ms": 500, "tbt_ms": 50, "priority": 0},
-                {"name": "loose", "ttft_ms": 5000, "tbt_ms": 500, "priority": 1},
-                {"name": "batch", "deadline_s": 60, "priority": 2},
-            ],
-        }
+        {"default_tier": "tight", "tiers": [{**t, "attainment_target": attainment_target} for t in tiers]}
     )
 
 

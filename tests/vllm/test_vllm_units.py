@@ -8,20 +8,12 @@ from pathlib import Path
 import pytest
 
 from accelgen.core.errors import ConfigError
-from accelgen.core.tiers import parse_tiers
 from accelgen.vllm.settings import DEFAULT_TIERS, settings_from_env
 from accelgen.vllm.stats import EngineStats, read_step_log
 from accelgen.wire import read_engine_stats
+from tests.support.factories import make_tiers
 
-TIERS = parse_tiers(
-    {
-        "default_tier": "chat",
-        "tiers": [
-            {"name": "chat", "ttft_ms": 500, "tbt_ms": 50},
-            {"name": "batch", "deadline_s": 600},
-        ],
-    }
-)
+TIERS = make_tiers()
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:
