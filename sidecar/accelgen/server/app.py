@@ -1,7 +1,11 @@
 """The aiohttp application: routes, the error middleware and the background tasks.
 
 Every error leaves as the OpenAI error JSON shape, whatever raised it (our checks,
-aiohttp's 404/405/413, or a bug: a 500 that is logged with its traceback).
+aiohttp's 404/405/413, or a bug: a 500 that is logged with its traceback). A 405
+carries ``Allow``. What each route requires when keys are configured: the generation
+routes and ``/v1/models`` a key; ``/stats`` a key unless ``open_stats``; ``/healthz``,
+``/readyz``, ``/metrics`` and ``/openapi.json`` none (probes and scrapers inside the
+pod's network; none of them tells a secret).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from accelgen.server.errors import ApiError, error_body
+from accelgen.server.intake import MAX_BODY_BYTES
+from accelgen.server.listen import count_protocol_error, request_finished, request_started
 from accelgen.server.proxy import StreamFailed, generate
 from accelgen.server.reload import TierReloader
 from accelgen.server.state import Sidecar
@@ -25,23 +31,38 @@ from accelgen.wire import EngineView, SidecarStats
 
 log = logging.getLogger("accelgen.server")
 SIDECAR = web.AppKey("sidecar", Sidecar)
-_MAX_BODY_BYTES = 4 * 1024 * 1024
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
 async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    request_started(request)  # the head is in: the header timeout no longer applies
+    try:
+        return await _answer(request, handler)
+    finally:
+        request_finished(request)
+
+
+async def _answer(request: web.Request, handler: _Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as err:
-        return web.json_response(err.body(), status=err.status, headers=err.headers())
+        response = web.json_response(err.body(), status=err.status, headers=err.headers())
+        if err.status == 408:  # a client too slow to send its body: answer, then hang up
+            count_protocol_error(request, "body_timeout")
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
+        return response
     except StreamFailed as failed:
         return failed.response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = exc.reason if exc.status != 404 else f"no route {request.method} {request.path}"
-        return web.json_response(error_body(exc.status, message), status=exc.status)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response(error_body(exc.status, message), status=exc.status, headers=headers)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
@@ -57,7 +78,7 @@ def _openapi() -> dict[str, object]:
 
 def build_app(sidecar: Sidecar, *, tiers_path: str | None = None) -> web.Application:
     """The sidecar's web application; its background tasks start and stop with it."""
-    app = web.Application(middlewares=[_errors], client_max_size=_MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
     app[SIDECAR] = sidecar
     openapi = _openapi()
 
@@ -119,8 +140,13 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    """``GET /stats``: this pod's window per tier and the engine as seen (:class:`SidecarStats`)."""
+    """``GET /stats``: this pod's window per tier and the engine as seen (:class:`SidecarStats`).
+
+    Behind the key when keys are configured, unless the sidecar runs with ``open_stats``.
+    """
     sidecar = request.app[SIDECAR]
+    if not sidecar.config.open_stats:
+        sidecar.authenticate(request.headers.get("Authorization"))
     state = sidecar.engine.state
     snapshot = SidecarStats(
         pool=sidecar.config.pool,

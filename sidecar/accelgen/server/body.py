@@ -1,8 +1,10 @@
 """Checking a client's request body at the edge and building what goes to the engine.
 
-Only what the sidecar itself relies on is checked here (types of ``prompt`` /
-``messages``, ``max_tokens``, ``n``, ``stream``...); every other field passes through
-for the engine to validate, as vLLM's own server would.
+The body is checked once against the request schema ``/openapi.json`` publishes
+(:class:`accelgen.server.intake.RequestSchema`: types, ranges); then the few numbers the
+sidecar itself needs are read off it (prompt size, ``max_tokens``, ``n``, ``stream``).
+Fields the schema does not list pass through for the engine to validate, as vLLM's own
+server would.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Any
 
 from accelgen.core.tiers import SLOTier
 from accelgen.server.errors import ApiError
+from accelgen.server.intake import RequestSchema
 from accelgen.wire import SLO_KEYS, SloFields
 
 _DEFAULT_MAX_TOKENS = 256  # admission's guess when the client sets no limit
+_SCHEMA = RequestSchema.published()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,7 @@ def parse(body: object, *, chat: bool) -> Parsed:
     """Validate a completions (``chat=False``) or chat body; ApiError(400) names the field."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", "body")
+    _SCHEMA.check(body, chat=chat)
     if "model" in body and body["model"] is not None and not isinstance(body["model"], str):
         raise _bad("model must be a string", "model")
     tokens = _message_tokens(body.get("messages")) if chat else _prompt_tokens(body.get("prompt"))

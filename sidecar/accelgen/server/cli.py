@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _sidecar_arguments(parser)
     _engine_arguments(parser)
     _limit_arguments(parser)
+    _connection_arguments(parser)
 
 
 def _sidecar_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +113,39 @@ def _limit_arguments(parser: argparse.ArgumentParser) -> None:
         "localhost refuses at once, so this only bounds a stalled node or a full accept queue)",
     )
     parser.add_argument("--log-level", default="INFO")
+
+
+def _connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a client's connection may cost: its phases' timeouts, how many; /stats without a key."""
+    parser.add_argument(
+        "--header-timeout-s",
+        type=positive_float,
+        default=10.0,
+        help="a request's line and headers must arrive within this (default 10; else 408 and closed)",
+    )
+    parser.add_argument(
+        "--body-timeout-s",
+        type=positive_float,
+        default=30.0,
+        help="a request's body must arrive within this (default 30; else 408 and closed)",
+    )
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=positive_float,
+        default=75.0,
+        help="an idle keep-alive connection is closed after this (default 75)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=4096,
+        help="client connections open at once; more get 503 and are closed (default 4096)",
+    )
+    parser.add_argument(
+        "--open-stats",
+        action="store_true",
+        help="answer GET /stats without a key even when --keys is given (the operator reads it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

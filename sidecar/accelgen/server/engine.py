@@ -33,6 +33,7 @@ from accelgen.server.engine_state import (
     read_engine_stats,
 )
 from accelgen.server.errors import ApiError, normalize_engine_error
+from accelgen.server.intake import engine_bytes
 
 log = logging.getLogger("accelgen.server")
 _JSON = {"Content-Type": "application/json"}
@@ -59,8 +60,10 @@ class EngineClient:
         connect_timeout_s: float = 30.0,
         token_timeout_s: float = 30.0,
         stats_path: str | None = None,
+        unix_socket: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.unix_socket = unix_socket  # the embedded sim engine's socket; base_url names no port then
         self.stats_path = stats_path  # AccelGen's in-engine side channel, if known
         self.connect_timeout_s = connect_timeout_s
         self.token_timeout_s = token_timeout_s
@@ -79,7 +82,11 @@ class EngineClient:
             )
             # limit=0: the admission layer bounds concurrency, not the connector.
             # Idle connections are dropped before uvicorn's own 5 s keep-alive drops them.
-            connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=4.0)
+            connector: aiohttp.BaseConnector = (
+                aiohttp.UnixConnector(self.unix_socket, limit=0, keepalive_timeout=4.0)
+                if self.unix_socket
+                else aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=4.0)
+            )
             # No cookies between the sidecar and its engine: skip the jar's work per request.
             self._session = aiohttp.ClientSession(
                 timeout=timeout, connector=connector, cookie_jar=aiohttp.DummyCookieJar()
@@ -98,7 +105,7 @@ class EngineClient:
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = URL(self.base_url + path)
-        data = json.dumps(body).encode()
+        data = engine_bytes(body)  # 413 if it outgrew the engine's body limit
         try:
             try:
                 resp = await self.session.post(url, data=data, headers=_JSON)

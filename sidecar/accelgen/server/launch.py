@@ -17,17 +17,18 @@ from accelgen.sim.realtime import SimEngineConfig
 
 
 async def start_sim(
-    model: LatencyModel, config: SimEngineConfig, *, tiers: TierSet, stats_path: Path | None = None
-) -> tuple[str, web.AppRunner]:
-    """The sim engine on an ephemeral loopback port of this process: (url, runner).
+    model: LatencyModel, config: SimEngineConfig, *, tiers: TierSet, socket_path: Path, stats_path: Path | None = None
+) -> web.AppRunner:
+    """The sim engine of this process, on the Unix socket ``socket_path``: its runner.
 
-    ``tiers``: the sidecar's, which the engine's policy plans for. ``stats_path``: where
-    the sim engine writes its in-engine stats file, if anywhere.
+    A socket (in a directory only this user may enter) and no TCP port: only the
+    sidecar reaches the engine, which checks no key. ``tiers``: the sidecar's, which the
+    engine's policy plans for. ``stats_path``: where the sim engine writes its in-engine
+    stats file, if anywhere.
     """
     app = build_sim_app(model, config, tiers=tiers, stats_path=stats_path)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return f"http://127.0.0.1:{port}", runner
+    await web.UnixSite(runner, str(socket_path)).start()
+    socket_path.chmod(0o600)
+    return runner

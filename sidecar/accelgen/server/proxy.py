@@ -19,6 +19,7 @@ from aiohttp import web
 from accelgen.server.body import Parsed, engine_body, parse
 from accelgen.server.engine import DONE
 from accelgen.server.errors import ApiError
+from accelgen.server.intake import loads, read_body
 from accelgen.server.stream import Assembler, Timing
 from accelgen.server.tiering import resolve_tier
 
@@ -35,18 +36,8 @@ class _SSEResponse(web.StreamResponse):
 
 
 async def read_json(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(
-            413,
-            f"request body too large (limit {request.app._client_max_size} bytes)",
-            code="body_too_large",
-        ) from None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+    """The body as JSON: read in time, decoded, size- and depth-limited (:mod:`.intake`)."""
+    return loads(await read_body(request))
 
 
 async def generate(request: web.Request, sidecar: Sidecar, *, chat: bool) -> web.StreamResponse:

@@ -21,6 +21,7 @@ from accelgen.core.tiers import TierSet, parse_tiers
 from accelgen.launch import VllmServer, embedded_config
 from accelgen.server.app import build_app
 from accelgen.server.launch import start_sim
+from accelgen.server.listen import ServerLimits, listen
 from accelgen.server.speed import Speed, load_latency_model
 from accelgen.server.state import Sidecar, SidecarConfig
 from accelgen.server.tenants import load_keys
@@ -45,7 +46,9 @@ DEFAULT_TIERS: dict[str, Any] = {
 }
 
 
-def load_config(args: argparse.Namespace, engine_url: str, *, engine_stats: str | None = None) -> SidecarConfig:
+def load_config(
+    args: argparse.Namespace, engine_url: str, *, engine_stats: str | None = None, engine_socket: str | None = None
+) -> SidecarConfig:
     """The sidecar configuration from CLI flags; ConfigError for a bad file."""
     tiers: TierSet = load_tiers(args.tiers) if args.tiers else parse_tiers(DEFAULT_TIERS)
     keys = load_keys(args.keys, tier_names=frozenset(t.name for t in tiers)) if args.keys else None
@@ -63,6 +66,18 @@ def load_config(args: argparse.Namespace, engine_url: str, *, engine_stats: str 
         token_timeout_s=args.token_timeout_s,
         connect_timeout_s=args.connect_timeout_s,
         engine_stats_path=engine_stats or args.engine_stats,
+        engine_socket=engine_socket,
+        open_stats=args.open_stats,
+    )
+
+
+def server_limits(args: argparse.Namespace) -> ServerLimits:
+    """The listener's timeouts and connection bound from the CLI flags."""
+    return ServerLimits(
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        idle_timeout_s=args.idle_timeout_s,
+        max_connections=args.max_connections,
     )
 
 
@@ -110,6 +125,27 @@ async def _stop_engine(cleanup: list[object]) -> None:
             item.cleanup()
 
 
+async def _start_sim_engine(
+    args: argparse.Namespace, latency: LatencyModel, tiers: TierSet, cleanup: list[object]
+) -> tuple[str, str, str]:
+    """The in-process sim engine on a Unix socket: (url, its stats file, its socket).
+
+    The sim engine writes the same in-engine stats file as accelgen.vllm does
+    (--engine-stats, or a file of its own removed at exit); the sidecar reads it. It
+    listens on a socket in a directory of this run's (mode 0700), never on a port.
+    """
+    run_dir = tempfile.TemporaryDirectory(prefix="accelgen-")
+    cleanup.append(run_dir)
+    engine_stats = args.engine_stats or str(Path(run_dir.name) / "engine-stats.json")
+    engine_socket = str(Path(run_dir.name) / "engine.sock")
+    config = SimEngineConfig(max_num_seqs=args.sim_max_num_seqs, policy=args.sim_policy)
+    runner = await start_sim(
+        latency, config, tiers=tiers, socket_path=Path(engine_socket), stats_path=Path(engine_stats)
+    )
+    cleanup.append(runner)
+    return "http://sim-engine", engine_stats, engine_socket  # the host is only a name
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Start engine and sidecar, print where to send requests, run until told to stop."""
     latency = load_latency_model(args.latency_model)
@@ -119,34 +155,27 @@ async def serve(args: argparse.Namespace) -> int:
     tiers = load_config(args, "http://unused").tiers  # fail fast on bad files before starting an engine
     cleanup: list[object] = []
     engine_stats: str | None = None
+    engine_socket: str | None = None
     engine = args.engine or ("url" if args.engine_url else "vllm")
     if args.engine_url:
         url = args.engine_url
     elif engine == "sim":
-        config = SimEngineConfig(max_num_seqs=args.sim_max_num_seqs, policy=args.sim_policy)
-        # The sim engine writes the same in-engine stats file as accelgen.vllm does
-        # (--engine-stats, or a file of its own removed at exit); the sidecar reads it.
-        if args.engine_stats:
-            engine_stats = args.engine_stats
-        else:
-            stats_dir = tempfile.TemporaryDirectory(prefix="accelgen-")
-            cleanup.append(stats_dir)
-            engine_stats = str(Path(stats_dir.name) / "engine-stats.json")
-        url, sim_runner = await start_sim(latency, config, tiers=tiers, stats_path=Path(engine_stats))
-        cleanup.append(sim_runner)
+        url, engine_stats, engine_socket = await _start_sim_engine(args, latency, tiers, cleanup)
     else:
         vllm = await _start_vllm(args)
         if isinstance(vllm, int):
             return vllm
         cleanup.append(vllm)
         url, engine_stats = vllm.base_url, str(vllm.cfg.stats_file)
-    sidecar = Sidecar(load_config(args, url, engine_stats=engine_stats), Speed(latency))
-    runner = web.AppRunner(build_app(sidecar, tiers_path=args.tiers), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, args.host, args.port).start()
+    sidecar = Sidecar(load_config(args, url, engine_stats=engine_stats, engine_socket=engine_socket), Speed(latency))
+    app = build_app(sidecar, tiers_path=args.tiers)
+    runner, _ = await listen(
+        app, args.host, args.port, server_limits(args), registry=sidecar.metrics.registry, pool=args.pool
+    )
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    engine_at = f"the sim engine on {engine_socket}" if engine_socket else url
     print(
-        f"accelgen: sidecar on http://{shown}:{args.port} -> engine {url}\n"
+        f"accelgen: sidecar on http://{shown}:{args.port} -> engine {engine_at}\n"
         f"  curl http://{shown}:{args.port}/v1/completions -H 'Content-Type: application/json' "
         '-d \'{"prompt": "Hello", "max_tokens": 16}\'',
         flush=True,

@@ -35,6 +35,8 @@ class SidecarConfig:
     poll_interval_s: float = 0.25
     stats_window_s: int = 60
     engine_stats_path: str | None = None  # accelgen.vllm's side channel (ACCELGEN_STATS_FILE)
+    engine_socket: str | None = None  # the embedded sim engine's Unix socket (engine_url names no port)
+    open_stats: bool = False  # GET /stats without a key even when keys are configured
 
 
 class Sidecar:
@@ -50,6 +52,7 @@ class Sidecar:
             connect_timeout_s=config.connect_timeout_s,
             token_timeout_s=config.token_timeout_s,
             stats_path=config.engine_stats_path,
+            unix_socket=config.engine_socket,
         )
         self.metrics = SidecarMetrics(config.tiers, pool=config.pool)
         self.stats = WindowStats(config.stats_window_s)

@@ -12,28 +12,43 @@ request then carries the asked targets themselves as its per-request targets.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 from accelgen.core.tiers import SLOTier, TierSet
 from accelgen.server.errors import ApiError
+from accelgen.server.intake import shown
 from accelgen.server.tenants import Tenant
 
 TIER_HEADER = "x-accelgen-tier"
 OBJECTIVE_HEADER = "x-llm-d-inference-objective"
 TTFT_HEADER = "x-llm-d-slo-ttft-ms"
 TPOT_HEADER = "x-llm-d-slo-tpot-ms"
+# The pattern /openapi.json publishes for the target headers: digits and an optional
+# fraction, nothing else (no sign, exponent, spaces, underscores, NaN or Infinity).
+_DECIMAL = re.compile(r"[0-9]{1,8}(\.[0-9]{1,6})?")
+_MIN_TARGET_MS, _MAX_TARGET_MS = 1.0, 86_400_000.0
 
 
 def _target_s(headers: Mapping[str, str], name: str) -> float | None:
     raw = headers.get(name)
     if raw is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(400, f"header {name} must be a number of milliseconds", code="bad_header") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ApiError(400, f"header {name} must be a positive number of milliseconds", code="bad_header")
+    if not _DECIMAL.fullmatch(raw):
+        raise ApiError(
+            400,
+            f"header {name} must be a plain decimal number of milliseconds, got {shown(raw)}",
+            code="bad_header",
+            param=name,
+        )
+    value = float(raw)
+    if not _MIN_TARGET_MS <= value <= _MAX_TARGET_MS:
+        raise ApiError(
+            400,
+            f"header {name} must be between {_MIN_TARGET_MS:g} and {_MAX_TARGET_MS:g} ms, got {raw}",
+            code="bad_header",
+            param=name,
+        )
     return value / 1000.0
 
 
@@ -43,7 +58,7 @@ def _named(tiers: TierSet, name: str, header: str) -> SLOTier:
     except KeyError:
         known = ", ".join(t.name for t in tiers)
         raise ApiError(
-            400, f"unknown tier {name!r} (from {header}); known tiers: {known}", code="unknown_tier"
+            400, f"unknown tier {shown(name)} (from {header}); known tiers: {known}", code="unknown_tier"
         ) from None
 
 

@@ -270,7 +270,8 @@ def build_sim_app(
         tiers: The tiers its policy plans for (the sidecar's).
         stats_path: Where to write the in-engine stats file (none without it).
     """
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    # Above the sidecar's 4 MiB limit plus what it adds to a body: the sidecar enforces it.
+    app = web.Application(client_max_size=8 * 1024 * 1024)
     engine = RealtimeEngine(model, config, tiers=tiers, stats_path=stats_path)
 
     async def completions(request: web.Request) -> web.StreamResponse:
