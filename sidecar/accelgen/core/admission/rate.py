@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from accelgen.server.speed import Speed
+from accelgen.core.admission.speed import Speed
 
 
 class CompletionRate:
