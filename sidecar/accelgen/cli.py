@@ -25,6 +25,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("bench", "matrix"), "accelgen.bench.matrix_cmd", "bench vllm over model sizes x workloads, one verdict each"),
     (("bench", "overhead"), "accelgen.bench.overhead_cmd", "schedule() time inside vLLM, AccelGen vs stock"),
     (("bench", "proxy"), "accelgen.bench.proxy_cmd", "sidecar overhead against the bare engine"),
+    (("bench", "slowloris"), "accelgen.bench.slowloris_cmd", "normal latency while slow clients hold connections"),
     (
         ("bench", "dashboard"),
         "accelgen.bench.dashboard_cmd",
