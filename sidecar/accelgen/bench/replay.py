@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from accelgen.bench.probe import completion_body
+from accelgen.core.summary import quantile
 from accelgen.core.tiers import TierSet
 from accelgen.sim.metrics import Recorder
 from accelgen.sim.workload import SimRequest
@@ -46,6 +47,18 @@ class Outcome:
     loop_lags_s: list[float] = field(default_factory=list)  # how late the client's 10-ms ticks woke
     wall_s: float = 0.0
     start_wall_s: float = 0.0  # time.time() at the replay's t = 0 (to match the step log)
+
+    def client_figures(self) -> dict[str, Any]:
+        """The client's side of a report entry: failures, retries, and how late it sent and woke."""
+        return {
+            "failed": len(self.failed),
+            "unfinished": len(self.unfinished),
+            "retried": len(self.retried),
+            "errors": dict(list(self.failed.items())[:5]),
+            "send_lag_p99_s": quantile(self.late_sends_s, 0.99) or 0.0,
+            "client_loop_lag_p99_s": quantile(self.loop_lags_s, 0.99) or 0.0,
+            "client_loop_lag_max_s": max(self.loop_lags_s, default=0.0),
+        }
 
 
 def _body(req: SimRequest, name: str, tiers: TierSet, rng: random.Random, vocab: int) -> dict[str, Any]:

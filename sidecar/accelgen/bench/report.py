@@ -1,4 +1,4 @@
-"""Rendering benchmark reports: the terminal table and the rate-sweep plot."""
+"""Rendering benchmark reports: the terminal table, the goals, and the rate-sweep plot."""
 
 from __future__ import annotations
 
@@ -65,6 +65,18 @@ def print_report(report: Mapping[str, Any], console: Console | None = None) -> N
     ratios = compare(report)
     if ratios:
         console.print("  ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
+
+
+def print_goals(goals: Mapping[str, Any]) -> None:
+    """One line per goal of :func:`accelgen.bench.goals.cell_goals`: its value, what it must be, met or not."""
+    print(f"goals (tight tier {goals['tight_tier']!r}, best stock {goals.get('best_stock', '-')}):")
+    for key, goal in goals.items():
+        if isinstance(goal, dict) and "met" in goal:
+            value = goal["value"]
+            shown = "-" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
+            state = {True: "met", False: "MISSED", None: "not measured"}[goal["met"]]
+            print(f"  {key}: {shown} ({goal['goal']}): {state}")
+    print(f"  all goals: {'met' if goals['met'] else 'not met'}")
 
 
 def compare(report: Mapping[str, Any]) -> dict[str, float]:
