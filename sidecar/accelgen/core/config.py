@@ -45,6 +45,11 @@ class PolicyConfig:
         reference_decodes: [ours] Concurrent decodes assumed when a fixed budget is
             sized for a TBT target (Sarathi-Serve's chunk size).
         reference_context_tokens: [ours] Their mean context for that sizing.
+        output_lengths: [ours] How AccelGen predicts a request's output length (for
+            KV reservation and offline slack): ``mean``, the tier's running mean;
+            ``learned``, online quantiles per tier and prompt-length bucket, given
+            the tokens produced so far (:mod:`accelgen.core.output_lengths`).
+        output_quantile: [ours] The quantile ``learned`` predicts, in (0, 1].
     """
 
     gamma_s: float = 0.75
@@ -59,9 +64,17 @@ class PolicyConfig:
     deprioritize_lost: bool = True
     reference_decodes: int = 32
     reference_context_tokens: int = 1024
+    output_lengths: str = "mean"
+    output_quantile: float = 0.5
 
     def replace(self, **changes: Any) -> PolicyConfig:
         return dataclasses.replace(self, **changes)
+
+
+#: The values a string field may take.
+_CHOICES = {"output_lengths": ("mean", "learned")}
+#: Number fields that are fractions in (0, 1].
+_UNIT_INTERVAL = {"output_quantile"}
 
 
 def parse_policy_config(raw: Mapping[str, Any] | None) -> PolicyConfig:
@@ -76,7 +89,10 @@ def parse_policy_config(raw: Mapping[str, Any] | None) -> PolicyConfig:
         if key not in fields:
             raise ConfigError(f"unknown key; expected one of {sorted(fields)}", field=str(key))
         default = getattr(PolicyConfig(), key)
-        if isinstance(default, bool):
+        if isinstance(default, str):
+            if value not in _CHOICES[key]:
+                raise ConfigError(f"must be one of {', '.join(_CHOICES[key])}, got {value!r}", field=key)
+        elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"must be true or false, got {value!r}", field=key)
         elif isinstance(default, int):
@@ -88,5 +104,7 @@ def parse_policy_config(raw: Mapping[str, Any] | None) -> PolicyConfig:
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"must be a non-negative number, got {value!r}", field=key)
             value = float(value)
+            if key in _UNIT_INTERVAL and not 0 < value <= 1:
+                raise ConfigError(f"must be in (0, 1], got {value!r}", field=key)
         values[key] = value
     return PolicyConfig(**values)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 
 from accelgen.core.latency import BatchShape, max_prefill_tokens_within
+from accelgen.core.output_lengths import OutputLengths
 from accelgen.core.plan import ScheduledChunk, shape_of
 from accelgen.core.policy import Policy, SortKey
 from accelgen.core.request import Request, blocks_for
@@ -47,6 +48,9 @@ class AccelGenPolicy(Policy):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._outputs_by_tier: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self._learned = (
+            OutputLengths(quantile=self.config.output_quantile) if self.config.output_lengths == "learned" else None
+        )
         self._on_latency_model()
 
     def _on_latency_model(self) -> None:
@@ -75,9 +79,18 @@ class AccelGenPolicy(Policy):
     # ------------------------------------------------------------------- slack
 
     def expected_output_tokens(self, request: Request) -> int:
-        """The oracle's truth, else the tier's running mean, else ``max_tokens``."""
+        """The oracle's truth, else the prediction ``config.output_lengths`` names: the
+        learned quantile given the tokens produced so far, or the tier's running mean
+        (either falls back to ``max_tokens`` with no history)."""
         if request.expected_output_tokens is not None:
             return request.expected_output_tokens
+        if self._learned is not None:
+            return self._learned.predict(
+                request.tier.name,
+                request.num_prompt_tokens,
+                produced=request.num_output_tokens,
+                max_tokens=request.max_tokens,
+            )
         total, count = self._outputs_by_tier[request.tier.name]
         return round(total / count) if count else request.max_tokens
 
@@ -113,6 +126,8 @@ class AccelGenPolicy(Policy):
         stats = self._outputs_by_tier[request.tier.name]
         stats[0] += request.num_output_tokens
         stats[1] += 1
+        if self._learned is not None:
+            self._learned.observe(request.tier.name, request.num_prompt_tokens, request.num_output_tokens)
         super().finish(request, now=now)
 
     # ---------------------------------------------------------------- planning
