@@ -12,6 +12,7 @@ from accelgen.core.latency import BatchShape
 from accelgen.sim.profiles import named_model
 from accelgen.sim.runner import run_workload
 from accelgen.sim.workload import parse_workload
+from tests.support.reports import POLICY_RESULT_KEYS, TIER_RESULT_KEYS
 
 
 def test_same_seed_same_report(small_workload: Path, data_dir: Path) -> None:
@@ -58,26 +59,11 @@ def test_json_report_shape(small_workload: Path, data_dir: Path, tmp_path: Path)
     code = main(["bench", "sim", str(small_workload), "--json", str(out), "--quiet", "--data-dir", str(data_dir)])
     assert code == 0
     report = json.loads(out.read_text())
-    keys = {
-        "throughput_rps",
-        "throughput_tokens_per_s",
-        "goodput_rps",
-        "goodput_tokens_per_s",
-        "attainment",
-        "token_attainment",
-        "ttft_p50_s",
-        "ttft_p99_s",
-        "tbt_p99_s",
-        "latency_mean_s",
-        "preemptions",
-        "plan_time_per_iteration_s",
-        "tiers",
-    }
     assert report["workload"] == "small"
     for result in report["policies"].values():
-        assert keys <= set(result)
+        assert set(result) >= POLICY_RESULT_KEYS
         assert set(result["tiers"]) == {"interactive", "summarize", "batch"}
-        assert {"attainment", "goodput_rps"} <= set(result["tiers"]["interactive"])
+        assert all(set(tier) >= TIER_RESULT_KEYS for tier in result["tiers"].values())
 
 
 def test_sweep_plot(small_workload: Path, data_dir: Path, tmp_path: Path) -> None:

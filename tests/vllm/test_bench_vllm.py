@@ -13,7 +13,20 @@ from pathlib import Path
 
 import pytest
 
-WORKLOAD = """\
+from tests.support.reports import POLICY_RESULT_KEYS, TIER_RESULT_KEYS
+
+# Both workloads run on the same small engine.
+ENGINE = """\
+engine:
+  latency_model: h100-llama-2-7b
+  num_kv_blocks: 256
+  block_size_tokens: 128
+  max_num_batched_tokens: 1024
+  max_num_seqs: 16
+"""
+
+WORKLOAD = (
+    """\
 name: bench-vllm-test
 seed: 3
 duration_s: 4
@@ -29,31 +42,12 @@ tiers:
     - {name: interactive, ttft_ms: 5000, tbt_ms: 1000, priority: 0}
     - {name: summarize, ttft_ms: 20000, tbt_ms: 3000, priority: 1}
     - {name: batch, deadline_s: 120, priority: 2}
-engine:
-  latency_model: h100-llama-2-7b
-  num_kv_blocks: 256
-  block_size_tokens: 128
-  max_num_batched_tokens: 1024
-  max_num_seqs: 16
+"""
+    + ENGINE
+    + """\
 policies: [accelgen, vllm-priority]
 """
-
-METRICS = {
-    "requests",
-    "completed",
-    "slo_met",
-    "dropped",
-    "throughput_rps",
-    "throughput_tokens_per_s",
-    "goodput_rps",
-    "goodput_tokens_per_s",
-    "attainment",
-    "token_attainment",
-    "ttft_p50_s",
-    "ttft_p99_s",
-    "tbt_p99_s",
-    "latency_mean_s",
-}
+)
 
 
 def test_bench_vllm_replays_on_two_engines(vllm_available: None, tiny_model: Path, tmp_path: Path) -> None:
@@ -87,10 +81,10 @@ def test_bench_vllm_replays_on_two_engines(vllm_available: None, tiny_model: Pat
     assert n > 0
     assert list(report["policies"]) == ["accelgen", "vllm-priority"]
     for name, result in report["policies"].items():
-        assert set(result) >= METRICS, name
+        assert set(result) >= POLICY_RESULT_KEYS, name
         assert set(result["tiers"]) == {"interactive", "summarize", "batch"}
         for tier in result["tiers"].values():
-            assert set(tier) >= METRICS
+            assert set(tier) >= TIER_RESULT_KEYS
         # Every request is accounted for: completed, failed or cut off at the drain limit.
         assert result["requests"] == n
         assert result["completed"] + result["failed"] + result["unfinished"] == n, result["errors"]
@@ -137,7 +131,8 @@ def test_bench_vllm_replays_on_two_engines(vllm_available: None, tiny_model: Pat
 
 
 # Relative values only (sizing:): what they become depends on the engine the probe measures.
-RELATIVE_WORKLOAD = """\
+RELATIVE_WORKLOAD = (
+    """\
 name: bench-vllm-relative-test
 seed: 3
 duration_s: 4
@@ -152,15 +147,13 @@ tiers:
   tiers:
     - {name: interactive, ttft_ms: 1000, tbt_ms: 100, priority: 0}
     - {name: summarize, ttft_ms: 5000, tbt_ms: 250, priority: 1}
-engine:
-  latency_model: h100-llama-2-7b
-  num_kv_blocks: 256
-  block_size_tokens: 128
-  max_num_batched_tokens: 1024
-  max_num_seqs: 16
+"""
+    + ENGINE
+    + """\
 scheduler: {safety_margin_s: 0.025}
 policies: [accelgen, vllm-fcfs]
 """
+)
 
 
 def test_bench_vllm_measure_only_sizes_a_relative_workload(
