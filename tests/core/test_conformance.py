@@ -7,10 +7,19 @@ import random
 import pytest
 
 from accelgen.core.errors import ConfigError
+from accelgen.core.plan import IterationPlan
 from accelgen.core.policies import make_policy, policy_names
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request, blocks_for
-from tests.support.factories import linear_model, make_limits, make_planner, make_request, make_tiers, place_running
+from tests.support.factories import (
+    linear_model,
+    make_limits,
+    make_planner,
+    make_request,
+    make_tiers,
+    place_running,
+    run_until_done,
+)
 
 ALL = policy_names()
 
@@ -22,33 +31,20 @@ def check_plan_invariants(policy: Policy) -> None:
     assert len(policy.running) <= policy.limits.max_num_seqs
 
 
-def drive(policy: Policy, requests: list[Request], *, outputs: dict[str, int], max_iterations: int = 20_000) -> float:
-    """The real loop with invariant checks after every plan; returns the end time."""
-    now, i = 0.0, 0
-    pending = sorted(requests, key=lambda r: r.arrival_s)
-    for _ in range(max_iterations):
-        while i < len(pending) and pending[i].arrival_s <= now:
-            policy.add_request(pending[i])
-            i += 1
-        if policy.num_unfinished == 0 and i == len(pending):
-            return now
-        plan = policy.plan(now)
-        check_plan_invariants(policy)
-        ids = [c.request.request_id for c in plan.chunks]
-        assert len(ids) == len(set(ids)), "a request scheduled twice in one iteration"
-        assert plan.num_tokens <= policy.limits.max_num_batched_tokens or len(plan.chunks) == 1
-        for c in plan.chunks:
-            assert 0 < c.num_tokens <= c.request.num_new_tokens
-            assert c.request.num_blocks >= blocks_for(c.context_tokens + c.num_tokens, policy.limits.block_size_tokens)
-        if plan.is_empty:
-            assert i < len(pending), f"{policy.name}: nothing runnable and nothing left to arrive"
-            now = pending[i].arrival_s
-            continue
-        now += policy.model.predict_s(plan.shape)
-        for r in policy.update(plan, now=now):
-            if r.num_output_tokens >= outputs[r.request_id]:
-                policy.finish(r, now=now)
-    raise AssertionError(f"{policy.name} did not finish in {max_iterations} iterations")
+def check_plan(policy: Policy, plan: IterationPlan, now: float, before: dict[Request, float | None]) -> None:
+    """The contract of every plan: KV accounting, batch limits, each chunk's size and blocks."""
+    check_plan_invariants(policy)
+    ids = [c.request.request_id for c in plan.chunks]
+    assert len(ids) == len(set(ids)), "a request scheduled twice in one iteration"
+    assert plan.num_tokens <= policy.limits.max_num_batched_tokens or len(plan.chunks) == 1
+    for c in plan.chunks:
+        assert 0 < c.num_tokens <= c.request.num_new_tokens
+        assert c.request.num_blocks >= blocks_for(c.context_tokens + c.num_tokens, policy.limits.block_size_tokens)
+
+
+def drive(policy: Policy, requests: list[Request], *, outputs: dict[str, int]) -> float:
+    """The real loop with the contract checked after every plan; returns the end time."""
+    return run_until_done(policy, requests, output_tokens=outputs, check=check_plan, max_iterations=20_000)
 
 
 def workload(seed: int, n: int = 40) -> tuple[list[Request], dict[str, int]]:

@@ -12,7 +12,7 @@ from accelgen.core.policies import policy_names
 from accelgen.core.policies.accelgen import AccelGenPolicy
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request
-from tests.support.factories import make_limits, make_planner, make_request, make_tiers
+from tests.support.factories import PlanCheck, make_limits, make_planner, make_request, make_tiers, run_until_done
 
 TIERS = make_tiers()
 
@@ -36,27 +36,9 @@ def build(specs: list[tuple[str, int, float, int]]) -> tuple[list[Request], dict
     return reqs, {f"r{i}": o for i, (_, _, _, o) in enumerate(specs)}
 
 
-def run(policy: Policy, reqs: list[Request], outs: dict[str, int], check) -> None:  # type: ignore[no-untyped-def]
-    now, i = 0.0, 0
-    pending = sorted(reqs, key=lambda r: r.arrival_s)
-    for _ in range(50_000):
-        while i < len(pending) and pending[i].arrival_s <= now:
-            policy.add_request(pending[i])
-            i += 1
-        if policy.num_unfinished == 0 and i == len(pending):
-            return
-        running_before = {r: r.last_token_s for r in policy.running}
-        plan = policy.plan(now)
-        check(policy, plan, now, running_before)
-        if plan.is_empty:
-            assert i < len(pending)
-            now = pending[i].arrival_s
-            continue
-        now += policy.model.predict_s(plan.shape)
-        for r in policy.update(plan, now=now):
-            if r.num_output_tokens >= outs[r.request_id]:
-                policy.finish(r, now=now)
-    raise AssertionError("did not finish: a request starved although load is below capacity")
+def run(policy: Policy, reqs: list[Request], outs: dict[str, int], check: PlanCheck) -> None:
+    """The real loop with ``check`` after every plan; it fails if a request starves (never finishes)."""
+    run_until_done(policy, reqs, output_tokens=outs, check=check, max_iterations=50_000)
 
 
 @given(specs=request_specs, name=st.sampled_from(policy_names()), blocks=st.integers(200, 2000))

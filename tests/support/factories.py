@@ -7,11 +7,11 @@ worked out by hand: an iteration costs 10 ms + 0.1 ms per token (attention free)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from accelgen.core.config import PolicyConfig
 from accelgen.core.latency import FittedLatencyModel
-from accelgen.core.plan import EngineLimits
+from accelgen.core.plan import EngineLimits, IterationPlan
 from accelgen.core.policies import make_policy
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request
@@ -91,10 +91,23 @@ def make_planner(
     )
 
 
+#: A check run after every plan: the policy, its plan, the time, and each running
+#: request's last token time from before the plan.
+PlanCheck = Callable[[Policy, IterationPlan, float, dict[Request, float | None]], None]
+
+
 def run_until_done(
-    policy: Policy, requests: list[Request], *, output_tokens: int, max_iterations: int = 100_000
+    policy: Policy,
+    requests: list[Request],
+    *,
+    output_tokens: int | Mapping[str, int],
+    check: PlanCheck | None = None,
+    max_iterations: int = 100_000,
 ) -> float:
-    """Drive the real loop (plan → fake engine step → update) until all finish; returns end time."""
+    """Drive the real loop (plan → fake engine step → update) until all finish; returns end time.
+
+    ``output_tokens`` is every request's true output length, or each one's by request id.
+    """
     now = 0.0
     pending = sorted(requests, key=lambda r: r.arrival_s)
     i = 0
@@ -107,16 +120,20 @@ def run_until_done(
                 return now
             now = pending[i].arrival_s
             continue
+        before = {r: r.last_token_s for r in policy.running}
         plan = policy.plan(now)
+        if check is not None:
+            check(policy, plan, now, before)
         if plan.is_empty:
-            assert i < len(pending), "nothing runnable and nothing to wait for"
+            assert i < len(pending), f"{policy.name}: nothing runnable and nothing to wait for"
             now = pending[i].arrival_s
             continue
         now += policy.model.predict_s(plan.shape)
         for r in policy.update(plan, now=now):
-            if r.num_output_tokens >= output_tokens:
+            wanted = output_tokens if isinstance(output_tokens, int) else output_tokens[r.request_id]
+            if r.num_output_tokens >= wanted:
                 policy.finish(r, now=now)
-    raise AssertionError("requests did not finish")
+    raise AssertionError(f"{policy.name}: requests did not finish in {max_iterations} iterations")
 
 
 def place_running(policy: Policy, request: Request, *, outputs: int, last_token_s: float | None) -> Request:
