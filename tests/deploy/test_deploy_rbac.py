@@ -13,127 +13,38 @@ Two sources, both compared with the rendered rules as (apiGroup, resource, verb)
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from accelgen_operator import API_VERSION, KIND
-from accelgen_operator.apply import plural_of
 from accelgen_operator.emulator import OPTIONAL_RESOURCES, emulated_api
 from accelgen_operator.handlers import OperatorConfig
-from accelgen_operator.resources import build_children
 from accelgen_operator.runner import running_operator
-from tests.support.deploy import ROOT, objects, one, render
-
-Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
-OPERATOR_SRC = ROOT / "operator" / "accelgen_operator"
-# Not the operator: the emulator, the benchmark and the test runner.
-_NOT_OPERATOR = {"emulator.py", "bench.py", "runner.py"}
-_CLIENT_VERBS = {"get", "list", "create", "patch"}
-
-# kopf's own API use (kopf's documentation, "Deployment": RBAC), for this operator's resource.
-KOPF_NEEDS: set[Triple] = {
-    ("accelgen.dev", "inferencepools", "list"),
-    ("accelgen.dev", "inferencepools", "watch"),
-    ("accelgen.dev", "inferencepools", "patch"),  # finalizer, progress annotations, spec.replicas
-    ("accelgen.dev", "inferencepools/status", "patch"),  # status subresource
-    ("", "events", "create"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-    ("", "namespaces", "list"),
-    ("", "namespaces", "watch"),
-}
-KOPF_PEERING: set[Triple] = {
-    ("kopf.dev", plural, verb)
-    for plural in ("clusterkopfpeerings", "kopfpeerings")
-    for verb in ("get", "list", "watch", "patch")
-}
-
-
-def _group(api_version: str) -> str:
-    return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
-
-
-def _literal_calls() -> set[Triple]:
-    """``kube.<verb>("apiVersion", "plural", ...)`` calls with literal arguments."""
-    found: set[Triple] = set()
-    for path in sorted(OPERATOR_SRC.glob("*.py")):
-        if path.name in _NOT_OPERATOR:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-                continue
-            target = node.func.value
-            if not (isinstance(target, ast.Name) and target.id == "kube" and node.func.attr in _CLIENT_VERBS):
-                continue
-            args = node.args[:2]
-            if len(args) == 2 and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
-                api_version, plural = (a.value for a in args)  # type: ignore[attr-defined]
-                found.add((_group(api_version), plural, node.func.attr))
-    return found
-
-
-def _ensure_verbs() -> set[str]:
-    """The client verbs ``apply.ensure`` calls on every child."""
-    tree = ast.parse((OPERATOR_SRC / "apply.py").read_text())
-    (ensure,) = [n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "ensure"]
-    return {
-        n.func.attr
-        for n in ast.walk(ensure)
-        if isinstance(n, ast.Call)
-        and isinstance(n.func, ast.Attribute)
-        and isinstance(n.func.value, ast.Name)
-        and n.func.value.id == "kube"
-        and n.func.attr in _CLIENT_VERBS
-    }
-
-
-def _full_spec() -> dict[str, Any]:
-    return {
-        "model": "m",
-        "replicas": 1,
-        "engine": {"image": "engine:1", "gpus": 1},
-        "sidecar": {"image": "sidecar:1"},
-        "tiers": [
-            {"name": "interactive", "ttftMs": 500, "tbtMs": 100, "priority": 0, "attainmentTarget": 0.95},
-            {"name": "batch", "deadlineSeconds": 3600, "priority": 1},
-        ],
-        "auth": {"secretName": "keys"},
-        "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
-        "gateway": {"enabled": True, "endpointPicker": {"name": "epp"}},
-        "metrics": {"serviceMonitor": True},
-    }
-
-
-def code_triples() -> set[Triple]:
-    """Everything the operator's code (and kopf for it) needs, peering included."""
-    children = build_children("p", "ns", _full_spec(), has_service_monitor_crd=True, has_gateway_crd=True)
-    kinds = {(_group(c["apiVersion"]), plural_of(c)) for c in children}
-    ensure = {(g, p, verb) for g, p in kinds for verb in _ensure_verbs()}
-    return _literal_calls() | ensure | KOPF_NEEDS | KOPF_PEERING
+from tests.support.deploy import objects, one, render
+from tests.support.operator_rbac import (
+    KOPF_PEERING,
+    Triple,
+    code_triples,
+    documented_triples,
+    ensure_verbs,
+    full_spec,
+    literal_calls,
+    rule_triples,
+)
 
 
 def chart_triples(values: dict[str, Any] | None = None) -> set[Triple]:
-    role = one(objects(render(values)), "ClusterRole")
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
+    return rule_triples(one(objects(render(values)), "ClusterRole")["rules"])
 
 
 def test_extraction_finds_the_operators_calls() -> None:
     """The extraction is not vacuous: it sees the calls the operator is known to make."""
-    literal = _literal_calls()
+    literal = literal_calls()
     assert {("", "secrets", "get"), ("apps", "deployments", "get"), ("", "pods", "list")} <= literal
-    assert _ensure_verbs() == {"get", "create", "patch"}
+    assert ensure_verbs() == {"get", "create", "patch"}
     assert ("monitoring.coreos.com", "servicemonitors", "create") in code_triples()
     assert ("inference.networking.k8s.io", "inferencepools", "patch") in code_triples()
 
@@ -189,7 +100,7 @@ async def _run_operator() -> list[tuple[str, str]]:
                 "data": {"keys.yaml": "dGVuYW50czogW10K"},
             }
             pool = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "p", "namespace": "serving"}}
-            pool["spec"] = _full_spec()
+            pool["spec"] = full_spec()
             for path, body in (
                 ("/api/v1/namespaces/serving/secrets", secret),
                 ("/apis/accelgen.dev/v1alpha1/namespaces/serving/inferencepools", pool),
@@ -249,18 +160,6 @@ def test_mapping_of_requests_to_rbac() -> None:
     assert _to_triple("GET", "/apis/monitoring.coreos.com/v1") is None
 
 
-@pytest.mark.parametrize("path", [Path("docs/operator.md")])
-def test_docs_permissions_section_is_a_superset(path: Path) -> None:
-    """docs/operator.md's Permissions list may be broader (it predates this check), never narrower."""
-    import yaml
-
-    text = (ROOT / path).read_text()
-    block = text.split("### Permissions", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
-    documented = {
-        (g, r, v)
-        for rule in yaml.safe_load(block)["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
-        for v in rule["verbs"]
-    }
-    assert chart_triples() - documented == set()
+def test_docs_permissions_grant_all_the_chart_does() -> None:
+    """A user reading docs/operator.md is told of every rule the chart installs."""
+    assert chart_triples() - documented_triples() == set()

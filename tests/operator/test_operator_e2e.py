@@ -162,16 +162,20 @@ async def test_stats_drive_status_tiers_and_slo_attained(cluster: Cluster, sidec
     assert a.hits > 1, "the timer keeps reading"
 
 
-async def test_low_attainment_scales_up_within_bounds(cluster: Cluster, sidecars: Any) -> None:
-    scaling = {
-        "minReplicas": 1,
-        "maxReplicas": 3,
+def _fast_scaling(*, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    """An autoscaling block that may step every window: one period, no cooldown, 10 requests judged."""
+    return {
+        "minReplicas": min_replicas,
+        "maxReplicas": max_replicas,
         "tier": "interactive",
         "evaluationPeriods": 1,
         "cooldownSeconds": 0,
         "minCompleted": 10,
     }
-    await cluster.create_pool(make_pool(autoscaling=scaling))
+
+
+async def test_low_attainment_scales_up_within_bounds(cluster: Cluster, sidecars: Any) -> None:
+    await cluster.create_pool(make_pool(autoscaling=_fast_scaling(min_replicas=1, max_replicas=3)))
     await _reconciled(cluster)
     sidecar = await sidecars()
     sidecar.answer = pod_stats({"interactive": (100, 50)})
@@ -188,15 +192,7 @@ async def test_low_attainment_scales_up_within_bounds(cluster: Cluster, sidecars
 
 
 async def test_idle_pool_well_above_target_scales_down_to_min(cluster: Cluster, sidecars: Any) -> None:
-    scaling = {
-        "minReplicas": 2,
-        "maxReplicas": 4,
-        "tier": "interactive",
-        "evaluationPeriods": 1,
-        "cooldownSeconds": 0,
-        "minCompleted": 10,
-    }
-    await cluster.create_pool(make_pool(replicas=4, autoscaling=scaling))
+    await cluster.create_pool(make_pool(replicas=4, autoscaling=_fast_scaling(min_replicas=2, max_replicas=4)))
     await _reconciled(cluster)
     sidecar = await sidecars()
     sidecar.answer = pod_stats({"interactive": (100, 100)}, waiting=0, kv=0.1)
