@@ -188,28 +188,15 @@ class SidecarMetrics:
 
     def _add_latency_histograms(self, names: tuple[str, ...], tiers: TierSet) -> None:
         """Per-tier TTFT, TBT-gap and queue-time histograms, with every tier's targets as edges."""
-        r = self.registry
-        self.ttft = Histogram(
-            "accelgen_ttft_seconds",
-            "Time to first token (from arrival)",
-            names,
-            buckets=_edges(_BASE_EDGES_S, [t.ttft_slo_s for t in tiers]),
-            registry=r,
+
+        def histogram(name: str, doc: str, targets: list[float | None]) -> Histogram:
+            return Histogram(name, doc, names, buckets=_edges(_BASE_EDGES_S, targets), registry=self.registry)
+
+        self.ttft = histogram(
+            "accelgen_ttft_seconds", "Time to first token (from arrival)", [t.ttft_slo_s for t in tiers]
         )
-        self.tbt = Histogram(
-            "accelgen_tbt_seconds",
-            "Gaps between consecutive tokens",
-            names,
-            buckets=_edges(_BASE_EDGES_S, [t.tbt_slo_s for t in tiers]),
-            registry=r,
-        )
-        self.queue_time = Histogram(
-            "accelgen_queue_time_seconds",
-            "Time queued in the sidecar",
-            names,
-            buckets=_BASE_EDGES_S,
-            registry=r,
-        )
+        self.tbt = histogram("accelgen_tbt_seconds", "Gaps between consecutive tokens", [t.tbt_slo_s for t in tiers])
+        self.queue_time = histogram("accelgen_queue_time_seconds", "Time queued in the sidecar", [])
 
     def _add_tier_gauges(self, names: tuple[str, ...]) -> None:
         """Per-tier gauges: queue depth, latency targets and attainment target."""
