@@ -41,8 +41,9 @@ MAX_DEPTH = 128
 RAW_BODIES = web.AppKey("raw_bodies", bool)
 BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_TO_PARENS = bytes.maketrans(b"[{]}", b"(())")
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -64,17 +65,21 @@ def _constant(text: str) -> float:
 def _too_deep(raw: bytes, limit: int) -> bool:
     """Is any array or object nested deeper than ``limit`` (brackets inside strings aside)?
 
-    Each pass removes the innermost pairs, in C: at most ``limit`` passes over the
-    brackets alone, whatever the body. Unbalanced brackets are left for the JSON parser.
+    On the brackets alone, as parentheses: each pass removes every innermost pair, so a
+    structure of depth d is gone after exactly d passes; at most ``limit`` passes, each
+    in C. Unbalanced brackets are left for the JSON parser to refuse.
     """
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return False
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    parens = _STRING.sub(b"", raw).translate(_TO_PARENS, _NOT_BRACKETS)
+    run = b"(" * (limit + 1)
     for _ in range(limit):
-        shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
-        if not shorter or len(shorter) == len(brackets):
+        if run in parens:
+            return True
+        shorter = parens.replace(b"()", b"")
+        if not shorter or len(shorter) == len(parens):
             return False
-        brackets = shorter
+        parens = shorter
     return True
 
 
