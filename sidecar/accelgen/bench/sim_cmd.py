@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder with traces/ and profiles/ (default: $ACCELGEN_DATA_DIR or ../shared/data)",
     )
+    parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="the full system: the sidecar's admission in front of every policy (refused and shed count as misses)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -50,6 +55,13 @@ def _progress_factory(enabled: bool) -> Callable[[str, float], Callable[[float],
         return update
 
     return factory
+
+
+def print_refusals(report: dict[str, Any]) -> None:
+    """Per policy and tier, what the sidecar's admission refused (429) and shed (503)."""
+    for name, result in report["policies"].items():
+        parts = [f"{tier}: {t['rejected']} rejected, {t['shed']} shed" for tier, t in result["tiers"].items()]
+        print(f"admission, {name}: " + "; ".join(parts))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,10 +96,12 @@ def run(args: argparse.Namespace) -> int:
     for rate in rates:
         w = workload.with_rate(rate) if rate is not None and rate != workload.rate_rps else workload
         try:
-            report = run_workload(w, data_dir=data_dir, progress=progress)
+            report = run_workload(w, data_dir=data_dir, admission=args.admission, progress=progress)
         except ConfigError as err:
             raise err.within(source=err.source or source) from None
         print_report(report)
+        if args.admission:
+            print_refusals(report)
         reports.append(report)
     if args.json:
         out: dict[str, Any] = dict(reports[0])

@@ -33,6 +33,7 @@ class _Record(TokenTimeline):
     finish_s: float | None = None
     dropped: bool = False
     preemptions: int = 0
+    refused: str | None = None  # "rejected" at arrival or "shed" from the queue (full system)
 
     def met(self) -> bool:
         return self.finish_s is not None and self.meets_slo(self.finish_s)
@@ -44,6 +45,7 @@ class Recorder:
 
     requests: Sequence[SimRequest]
     tiers: TierSet
+    admission: bool = False  # the full system: count what admission refused and shed
     records: dict[str, _Record] = field(init=False)
     gaps_s: dict[str, list[float]] = field(init=False)
 
@@ -66,6 +68,10 @@ class Recorder:
     def preempted(self, request_id: str) -> None:
         self.records[request_id].preemptions += 1
 
+    def refused(self, request_id: str, how: str) -> None:
+        """Admission refused the request at arrival (``"rejected"``) or shed it (``"shed"``)."""
+        self.records[request_id].refused = how
+
     def summary(self) -> dict[str, Any]:
         """The metrics of ``accelgen bench sim --json``, overall and under ``tiers``."""
         recs = list(self.records.values())
@@ -77,6 +83,11 @@ class Recorder:
             t.name: _summarize(t.name, [r for r in recs if r.tier.name == t.name], self.gaps_s[t.name], span)
             for t in self.tiers
         }
+        if self.admission:  # a refused request never ran: a miss, counted here as well
+            for key, part in ((None, out), *out["tiers"].items()):
+                chosen = [r for r in recs if key is None or r.tier.name == key]
+                part["rejected"] = sum(r.refused == "rejected" for r in chosen)
+                part["shed"] = sum(r.refused == "shed" for r in chosen)
         return out
 
 

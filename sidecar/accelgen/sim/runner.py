@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from accelgen.core.admission import AdmissionConfig
 from accelgen.core.errors import ConfigError
 from accelgen.core.latency import LatencyModel
 from accelgen.core.plan import EngineLimits
@@ -15,6 +17,7 @@ from accelgen.core.policies import get_spec, make_policy
 from accelgen.core.policies.oracle import goodput_upper_bound
 from accelgen.sim.engine import simulate
 from accelgen.sim.profiles import load_latency_model, named_model
+from accelgen.sim.system import admission_config, simulate_system
 from accelgen.sim.workload import SimRequest, Workload, engine_limits, generate_requests, load_source_traces
 
 ProgressFactory = Callable[[str, float], Callable[[float], None]]
@@ -49,22 +52,29 @@ def run_policy(
     *,
     model: LatencyModel,
     limits: EngineLimits,
+    admission: AdmissionConfig | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """One policy of ``workload`` on ``requests``: its metrics and engine counters."""
+    """One policy of ``workload`` on ``requests``: its metrics and engine counters.
+
+    With ``admission``, the sidecar's admission runs in front of the engine
+    (:mod:`accelgen.sim.system`): the full system.
+    """
     spec = get_spec(name)
     policy = make_policy(name, tiers=workload.tiers, latency_model=model, limits=limits, config=workload.scheduler)
-    recorder, stats = simulate(
-        policy,
-        requests,
-        tiers=workload.tiers,
-        model=model,
-        max_tokens=workload.max_tokens,
-        clairvoyant=spec.clairvoyant,
-        latency_noise=workload.engine.latency_noise,
-        seed=workload.seed,
-        progress=progress,
-    )
+    common: dict[str, Any] = {
+        "tiers": workload.tiers,
+        "model": model,
+        "max_tokens": workload.max_tokens,
+        "clairvoyant": spec.clairvoyant,
+        "latency_noise": workload.engine.latency_noise,
+        "seed": workload.seed,
+        "progress": progress,
+    }
+    if admission is None:
+        recorder, stats = simulate(policy, requests, **common)
+    else:
+        recorder, stats = simulate_system(policy, requests, admission=admission, **common)
     result = recorder.summary()
     plan_times = stats.plan_times_s or [0.0]
     result.update(
@@ -107,9 +117,14 @@ def run_workload(
     workload: Workload,
     *,
     data_dir: Path,
+    admission: bool = False,
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
-    """Every policy of ``workload`` on the same requests; the ``--json`` report shape."""
+    """Every policy of ``workload`` on the same requests; the ``--json`` report shape.
+
+    With ``admission``, each policy runs behind the sidecar's admission (its defaults,
+    :func:`accelgen.sim.system.admission_config`).
+    """
     model, limits = resolve_engine(workload, data_dir)
     requests = build_requests(workload, data_dir, limits)
     if not requests:
@@ -126,10 +141,13 @@ def run_workload(
         },
         "policies": {},
     }
+    front = admission_config(limits, len(workload.tiers)) if admission else None
+    if front is not None:
+        report["admission"] = dataclasses.asdict(front)
     for name in workload.policies:
         on_progress = progress(name, end) if progress else None
         report["policies"][name] = run_policy(
-            workload, name, requests, model=model, limits=limits, progress=on_progress
+            workload, name, requests, model=model, limits=limits, admission=front, progress=on_progress
         )
     report["upper_bound"] = upper_bound(workload, requests, model, limits)
     return report
