@@ -20,6 +20,11 @@ from accelgen.core.errors import ConfigError
 # (command path, module, help)
 _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("bench", "sim"), "accelgen.bench.sim_cmd", "compare scheduling policies in the simulator"),
+    (
+        ("bench", "capacity"),
+        "accelgen.bench.capacity_cmd",
+        "each policy's capacity (highest rate meeting every tier's target) and overload goodput",
+    ),
     (("bench", "planner"), "accelgen.bench.planner_cmd", "time one plan() of each policy"),
     (("bench", "vllm"), "accelgen.bench.vllm_cmd", "compare policies on real vLLM engines"),
     (("bench", "matrix"), "accelgen.bench.matrix_cmd", "bench vllm over model sizes x workloads, one verdict each"),

@@ -1,0 +1,135 @@
+"""Capacity: the highest Poisson rate at which every tier meets its own attainment target.
+
+Below saturation every policy's goodput equals the arrival rate, so the comparison
+that matters is where each policy stops keeping up. Capacity is found by bisection on
+the rate, assuming attainment falls as the rate grows::
+
+    lo (every tier meets its target) ────── mid ────── hi (some tier misses)
+    mid meets: lo = mid; misses: hi = mid; until hi − lo ≤ precision × (hi + lo)
+
+The answer, (lo + hi) / 2, is then within ±precision of every rate in [lo, hi]. A
+range whose top still meets every target, or whose bottom already misses one, has no
+capacity inside it: that is reported as such ("above" / "below"), never as a number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelgen.core.admission import AdmissionConfig
+from accelgen.core.latency import LatencyModel
+from accelgen.core.plan import EngineLimits
+from accelgen.sim.runner import resolve_engine, run_policy
+from accelgen.sim.system import admission_config
+from accelgen.sim.traces import Trace
+from accelgen.sim.workload import SimRequest, Workload, generate_requests, load_source_traces
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """The outcome of one bisection.
+
+    ``status`` is ``"found"`` (``capacity_rps`` within ±precision), ``"above"`` (even
+    the highest rate tried met every target: capacity > ``hi_rps``) or ``"below"``
+    (the lowest rate tried missed: capacity < ``lo_rps``).
+    """
+
+    status: str
+    lo_rps: float
+    hi_rps: float
+    capacity_rps: float | None
+    tried_rps: tuple[float, ...]
+
+    def describe(self) -> str:
+        if self.status == "above":
+            return f"capacity > highest rate tried ({self.hi_rps:g} req/s)"
+        if self.status == "below":
+            return f"capacity < lowest rate tried ({self.lo_rps:g} req/s)"
+        return f"{self.capacity_rps:.3f} req/s"
+
+
+def bisect_capacity(meets: Callable[[float], bool], lo_rps: float, hi_rps: float, *, precision: float) -> Capacity:
+    """The highest rate in [``lo_rps``, ``hi_rps``] at which ``meets(rate)``, to ±``precision``.
+
+    Args:
+        meets: Whether every tier meets its target at a rate (assumed to hold below
+            some threshold and fail above it).
+        lo_rps: The lowest rate to try (> 0).
+        hi_rps: The highest (> lo_rps).
+        precision: Relative half-width of the answer (0.02: ±2 %).
+    """
+    tried = [hi_rps]
+    if meets(hi_rps):
+        return Capacity("above", lo_rps, hi_rps, None, tuple(tried))
+    tried.append(lo_rps)
+    if not meets(lo_rps):
+        return Capacity("below", lo_rps, hi_rps, None, tuple(tried))
+    lo, hi = lo_rps, hi_rps
+    while hi - lo > precision * (hi + lo):
+        mid = (lo + hi) / 2
+        tried.append(mid)
+        if meets(mid):
+            lo = mid
+        else:
+            hi = mid
+    return Capacity("found", lo, hi, (lo + hi) / 2, tuple(tried))
+
+
+def meets_targets(result: dict[str, Any], workload: Workload) -> bool:
+    """Every tier with requests met its own ``attainment_target`` in a run's summary."""
+    tiers = result["tiers"]
+    return all(
+        tiers[t.name]["attainment"] >= t.attainment_target for t in workload.tiers if tiers[t.name]["requests"] > 0
+    )
+
+
+@dataclass(slots=True)
+class RateRunner:
+    """Runs one workload's policies at any Poisson rate and seed, remembering every run.
+
+    Args:
+        workload: The workload (its rate and seed are replaced per run).
+        data_dir: Where its traces and profiles are.
+        admission: Put the sidecar's admission in front of the engine (the full system).
+    """
+
+    workload: Workload
+    data_dir: Path
+    admission: bool = False
+    runs: dict[tuple[str, int, float, bool], dict[str, Any]] = field(default_factory=dict)
+    _engine: tuple[LatencyModel, EngineLimits] | None = None
+    _traces: list[Trace] | None = None
+
+    def engine(self) -> tuple[LatencyModel, EngineLimits]:
+        if self._engine is None:
+            self._engine = resolve_engine(self.workload, self.data_dir)
+        return self._engine
+
+    def requests(self, workload: Workload) -> list[SimRequest]:
+        if self._traces is None:
+            self._traces = load_source_traces(self.workload, self.data_dir)
+        _, limits = self.engine()
+        return generate_requests(
+            workload, self._traces, max_request_tokens=limits.num_kv_blocks * limits.block_size_tokens
+        )
+
+    def run(self, policy: str, *, seed: int, rate_rps: float, admission: bool | None = None) -> dict[str, Any]:
+        """The summary of ``policy`` at ``rate_rps`` with ``seed`` (cached)."""
+        front = self.admission if admission is None else admission
+        key = (policy, seed, round(rate_rps, 9), front)
+        if key not in self.runs:
+            workload = dataclasses.replace(self.workload.with_rate(rate_rps), seed=seed)
+            model, limits = self.engine()
+            config: AdmissionConfig | None = admission_config(limits, len(workload.tiers)) if front else None
+            self.runs[key] = run_policy(
+                workload, policy, self.requests(workload), model=model, limits=limits, admission=config
+            )
+        return self.runs[key]
+
+    def meets(self, policy: str, *, seed: int) -> Callable[[float], bool]:
+        """Whether ``policy`` meets every tier's target at a rate, for :func:`bisect_capacity`."""
+        return lambda rate: meets_targets(self.run(policy, seed=seed, rate_rps=rate), self.workload)
