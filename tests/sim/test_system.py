@@ -12,6 +12,7 @@ from accelgen.server.admission import Admission
 from accelgen.sim.runner import build_requests, resolve_engine, run_workload
 from accelgen.sim.system import SimAdmission, admission_config, simulate_system
 from accelgen.sim.workload import parse_workload
+from tests.support.factories import make_limits
 
 
 def test_the_sidecar_and_the_simulator_run_the_same_admission_code() -> None:
@@ -49,7 +50,8 @@ def test_refused_and_shed_requests_are_misses_counted_per_tier(small_workload: P
         tiers=workload.tiers,
         model=model,
         max_tokens=workload.max_tokens,
-        admission=admission_config(limits, len(workload.tiers)),
+        # Few slots: the engine is offered far more than admission lets in.
+        admission=dataclasses.replace(admission_config(limits, len(workload.tiers)), max_in_flight=16),
     )
     refused = [r for r in recorder.records.values() if r.refused is not None]
     assert refused, "an overloaded system must refuse or shed"
@@ -63,3 +65,43 @@ def test_refused_and_shed_requests_are_misses_counted_per_tier(small_workload: P
         mine = [r for r in refused if r.tier.name == name]
         assert tier["rejected"] == sum(r.refused == "rejected" for r in mine)
         assert tier["shed"] == sum(r.refused == "shed" for r in mine)
+
+
+def test_engine_pressure_holds_a_ticket_only_when_nothing_looser_is_in_the_engine() -> None:
+    """A slack-ordering engine runs a tight request before the looser work it holds (and
+    preempts that work for it), so its KV or queue pressure must not keep it out."""
+    from accelgen.core.admission import Speed
+    from accelgen.sim.profiles import DEFAULT_SIM_MODEL
+    from accelgen.sim.system import EngineSnapshot, SimTicket
+    from accelgen.sim.workload import SimRequest
+    from tests.support.sidecar import TIERS
+
+    now = [0.0]
+    released: list[SimTicket] = []
+    snapshot = EngineSnapshot()
+    adm = SimAdmission(
+        admission_config(make_limits(), len(TIERS)),
+        Speed(DEFAULT_SIM_MODEL),
+        snapshot,
+        on_shed=lambda t: None,
+        on_release=released.append,
+        clock=lambda: now[0],
+    )
+
+    def offer(tier: str) -> SimTicket:
+        adm.request = SimRequest(f"r{len(released)}-{tier}", now[0], 10, 10, tier)
+        ticket = adm.make_ticket(TIERS.get(tier), 10, 10)
+        assert adm.admit(ticket) is None
+        adm.pump()
+        return ticket
+
+    batch = offer("batch")  # an idle engine: released
+    snapshot.kv_usage = 0.99  # now the engine's KV is nearly full
+    second_batch = offer("batch")
+    interactive = offer("interactive")
+    assert released == [batch, interactive] and second_batch.waiting
+    adm.leave(batch)  # nothing looser than the held batch ticket left in the engine
+    assert second_batch.waiting
+    snapshot.kv_usage = 0.5
+    adm.pump()
+    assert released[-1] is second_batch

@@ -42,11 +42,15 @@ TICK_S = 0.02
 
 
 def admission_config(limits: EngineLimits, num_tiers: int) -> AdmissionConfig:
-    """The sidecar's defaults (``serve``'s), releasing as many requests as the engine batches."""
+    """The sidecar's defaults (``serve``'s), releasing up to twice what the engine batches.
+
+    NOTE: twice, so that an engine that orders by slack always holds a queue of its own
+    to choose from and to preempt for (with just what it batches, it has none).
+    """
     return AdmissionConfig(
         max_queue_per_tier=256,
         max_queue_total=256 * max(1, num_tiers),
-        max_in_flight=limits.max_num_seqs,
+        max_in_flight=2 * limits.max_num_seqs,
     )
 
 

@@ -82,6 +82,8 @@ class AdmissionQueue(Generic[T]):
         self.on_shed = on_shed
         self.clock = clock
         self.in_flight = 0
+        # Released tickets by tier looseness, for the pressure holds (see _has_room).
+        self._loosest_out: dict[tuple[bool, float, int], int] = {}
         self.depth: dict[str, int] = {}
         self._heap: list[tuple[float, int, T]] = []
         self._seq = itertools.count()
@@ -147,6 +149,9 @@ class AdmissionQueue(Generic[T]):
     def leave(self, ticket: T) -> None:
         """A released request has finished with the engine (any outcome)."""
         self.in_flight -= 1
+        rank = looseness(ticket.tier)
+        if self._loosest_out.get(rank, 0) > 0:
+            self._loosest_out[rank] -= 1
         self.rate.finished(self.clock())
         self.pump()
 
@@ -165,11 +170,13 @@ class AdmissionQueue(Generic[T]):
                 heapq.heappop(self._heap)
                 self._shed(head, "its deadline passed while queued")
                 continue
-            if not self._has_room(now_s):
+            if not self._has_room(now_s, head):
                 break
             heapq.heappop(self._heap)
             self._dequeue(head)
             self.in_flight += 1
+            rank = looseness(head.tier)
+            self._loosest_out[rank] = self._loosest_out.get(rank, 0) + 1
             self._last_release_s = now_s
             self._settle(head, "released", "")
 
@@ -240,10 +247,16 @@ class AdmissionQueue(Generic[T]):
         self.on_shed(ticket)
         self._settle(ticket, "shed", why)
 
-    def _has_room(self, now_s: float) -> bool:
+    def _has_room(self, now_s: float, ticket: T) -> bool:
         cfg, eng = self.config, self.engine
         if self.in_flight >= cfg.max_in_flight:
             return False
+        rank = looseness(ticket.tier)
+        if any(n > 0 and r > rank for r, n in self._loosest_out.items()):
+            # NOTE: the engine holds looser work than this ticket: a slack-ordering engine
+            # runs the ticket first and defers or preempts that work, so the engine's
+            # pressure (its KV, its queue) is no reason to keep the ticket here.
+            return True
         if (eng.kv_usage >= cfg.kv_high_watermark or eng.preempting) and self.in_flight > 0:
             return False  # KV is short: more requests would only be preempted or wait
         settled = eng.updated_s - self._last_release_s >= cfg.settle_s
