@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from accelgen.core.latency import REGIONS, BatchShape, FittedLatencyModel, LatencyModel, QuantileLatencyModel, region_of
+from accelgen.core.slo import PLANNING_QUANTILE
 
 #: [ours] A rough prior for the tests' tiny model (hidden 256, 2 layers) on a small CPU:
 #: prefill of 1,024 tokens ~34 ms, a decode step of 128 requests ~15 ms. Other models get
@@ -121,6 +122,8 @@ class Calibrator:
         skip_first: Steps ignored at start (warm-up: allocator, first-touch, caches).
         slowdown_quantile: The quantile of each region's steps the planner plans for
             (module docstring); None: plan with the fit itself, never scale or offset.
+            Default: 1 − the SLO rule's share of late tokens (a step may overrun as
+            often as a token may be late).
         slowdown_window: Recent steps per region the quantile is taken over.
         slowdown_min_s: Only steps the fit predicts at this or longer count; None: all.
         max_slowdown: The largest scale applied.
@@ -138,7 +141,7 @@ class Calibrator:
         refit_every: int = 32,
         window: int = 4096,
         skip_first: int = 3,
-        slowdown_quantile: float | None = 0.95,
+        slowdown_quantile: float | None = PLANNING_QUANTILE,
         slowdown_window: int = 64,
         slowdown_min_s: float | None = None,
         max_slowdown: float = 3.0,

@@ -14,10 +14,17 @@ from dataclasses import dataclass
 
 from accelgen.core.tiers import SLOTier
 
+#: The share of a request's tokens that may be late (README, "Metrics").
+LATE_TOKEN_FRACTION = 0.01
+
+#: The quantile of step times the planner plans for: a step may overrun no more often
+#: than a token may be late, or requests' late tokens exceed their allowance.
+PLANNING_QUANTILE = 1.0 - LATE_TOKEN_FRACTION
+
 
 def late_tokens_allowed(num_output_tokens: int) -> int:
     """Late tokens a request may have and still meet its SLO: max(1, ⌈1 % of output⌉)."""
-    return max(1, math.ceil(0.01 * num_output_tokens))
+    return max(1, math.ceil(LATE_TOKEN_FRACTION * num_output_tokens))
 
 
 @dataclass(slots=True)

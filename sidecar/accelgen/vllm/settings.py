@@ -24,7 +24,7 @@ The scheduler YAML::
     step_log: null
     min_fit_samples: 32           # samples before the fitted model replaces the prior
     refit_every: 32
-    slowdown_quantile: 0.95       # plan each region of shapes at this quantile of measured/fitted
+    slowdown_quantile: 0.99       # plan each region of shapes at this quantile of measured/fitted
                                   # (>= 1; see accelgen.core.calibration); null: never scale
 """
 
@@ -38,6 +38,7 @@ from typing import Any
 from accelgen.config import load_tiers, read_yaml
 from accelgen.core.config import PolicyConfig, parse_policy_config
 from accelgen.core.errors import ConfigError
+from accelgen.core.slo import PLANNING_QUANTILE
 from accelgen.core.tiers import SLOTier, TierSet
 
 DEFAULT_TIERS = TierSet(tiers=(SLOTier(name="default", ttft_slo_s=2.0, tbt_slo_s=0.2),), default="default")
@@ -65,7 +66,7 @@ class SchedulerSettings:
     step_log: Path | None = None
     min_fit_samples: int = 32
     refit_every: int = 32
-    slowdown_quantile: float | None = 0.95
+    slowdown_quantile: float | None = PLANNING_QUANTILE
 
 
 def _path(value: Any, field: str) -> Path | None:
@@ -110,7 +111,7 @@ def parse_scheduler_config(raw: object, *, tiers: TierSet = DEFAULT_TIERS) -> Sc
         step_log=_path(raw.get("step_log"), "step_log"),
         min_fit_samples=_count(raw, "min_fit_samples", 32),
         refit_every=_count(raw, "refit_every", 32),
-        slowdown_quantile=_quantile(raw.get("slowdown_quantile", 0.95), "slowdown_quantile"),
+        slowdown_quantile=_quantile(raw.get("slowdown_quantile", PLANNING_QUANTILE), "slowdown_quantile"),
     )
 
 
