@@ -69,6 +69,44 @@ class OperatorConfig:
         return DefaultImages(engine=self.default_engine_image, sidecar=self.default_sidecar_image)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """The InferencePool a resource handler was called for: kopf's arguments about it."""
+
+    body: kopf.Body
+    spec: kopf.Spec
+    status: kopf.Status
+    name: str
+    namespace: str
+    meta: kopf.Meta
+    patch: kopf.Patch
+    kube: KubeClient
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> _Pool:
+        """From the keyword arguments kopf passes a resource handler."""
+        return cls(
+            body=kwargs["body"],
+            spec=kwargs["spec"],
+            status=kwargs["status"],
+            name=kwargs["name"],
+            namespace=str(kwargs["namespace"]),  # InferencePools are namespaced
+            meta=kwargs["meta"],
+            patch=kwargs["patch"],
+            kube=kwargs["memo"].kube,
+        )
+
+    @property
+    def generation(self) -> int | None:
+        generation: int | None = self.meta.get("generation")
+        return generation
+
+    def write_status(self, desired: Mapping[str, Any]) -> None:
+        """Patch what differs between the pool's status and ``desired``."""
+        for key, value in status_delta(self.status, desired).items():
+            self.patch.status[key] = value
+
+
 def backoff_s(cfg: OperatorConfig, retry: int) -> float:
     """Exponential retry delay: base · 2^retry, capped."""
     return float(min(cfg.retry_max_s, cfg.retry_base_s * 2 ** min(retry, 16)))
@@ -76,11 +114,6 @@ def backoff_s(cfg: OperatorConfig, retry: int) -> float:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write_status(patch: kopf.Patch, status: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
-    for key, value in status_delta(status, desired).items():
-        patch.status[key] = value
 
 
 async def _apply(kube: KubeClient, body: kopf.Body, children: list[dict[str, Any]]) -> ApplyReport:
@@ -103,17 +136,16 @@ async def _optional_crds(kube: KubeClient, spec: Mapping[str, Any]) -> dict[str,
     }
 
 
-async def _children(cfg: OperatorConfig, kube: KubeClient, name: str, namespace: str, spec: kopf.Spec) -> list[Any]:
+async def _children(cfg: OperatorConfig, pool: _Pool) -> list[Any]:
     """The pool's child manifests, with the optional ones whose CRD the cluster serves."""
-    return build_children(name, namespace, spec, images=cfg.images, **await _optional_crds(kube, spec))
+    crds = await _optional_crds(pool.kube, pool.spec)
+    return build_children(pool.name, pool.namespace, pool.spec, images=cfg.images, **crds)
 
 
-def _record_failure(
-    body: kopf.Body, patch: kopf.Patch, status: Mapping[str, Any], cond: Condition, generation: int | None
-) -> None:
+def _record_failure(pool: _Pool, cond: Condition) -> None:
     """A failed reconcile: Degraded in the status and a Warning Event with the reason."""
-    _write_status(patch, status, failure_status(status, cond, now=_now(), generation=generation))
-    kopf.warn(body, reason=cond.reason, message=cond.message)
+    pool.write_status(failure_status(pool.status, cond, now=_now(), generation=pool.generation))
+    kopf.warn(pool.body, reason=cond.reason, message=cond.message)
 
 
 async def _check_secret(kube: KubeClient, namespace: str, spec: Mapping[str, Any]) -> Condition | None:
@@ -161,64 +193,38 @@ def _login(cfg: OperatorConfig, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
-async def _reconcile(
-    cfg: OperatorConfig,
-    *,
-    body: kopf.Body,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    name: str,
-    namespace: str | None,
-    meta: kopf.Meta,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    retry: int,
-    **_: Any,
-) -> None:
+async def _reconcile(cfg: OperatorConfig, pool: _Pool, *, retry: int) -> None:
     """Build the children, check the Secret, apply; status and an Event say how it went."""
-    kube: KubeClient = memo.kube
-    namespace = str(namespace)  # InferencePools are namespaced
-    generation = meta.get("generation")
     try:
-        children = await _children(cfg, kube, name, namespace, spec)
-        problem = await _check_secret(kube, namespace, spec)
+        children = await _children(cfg, pool)
+        problem = await _check_secret(pool.kube, pool.namespace, pool.spec)
         if problem is None:
-            report = await _apply(kube, body, children)
+            report = await _apply(pool.kube, pool.body, children)
     except ConfigError as err:
         # The schema let it through but the core refuses it, or no image is known
         # (neither in the spec nor an operator default): only a new spec helps.
-        _record_failure(body, patch, status, Condition("Degraded", "True", "InvalidSpec", str(err)), generation)
+        _record_failure(pool, Condition("Degraded", "True", "InvalidSpec", str(err)))
         raise kopf.PermanentError(str(err)) from None
     except KubeError as err:
         problem = Condition("Degraded", "True", "ApplyFailed", str(err))
     if problem is not None:
-        _record_failure(body, patch, status, problem, generation)
+        _record_failure(pool, problem)
         raise kopf.TemporaryError(problem.message, delay=backoff_s(cfg, retry))
-    _write_status(patch, status, reconciled_status(name, children, status, now=_now(), generation=generation))
+    pool.write_status(reconciled_status(pool.name, children, pool.status, now=_now(), generation=pool.generation))
     if report.changed:
-        kopf.event(body, type="Normal", reason="Reconciled", message="applied " + ", ".join(report.changed))
+        kopf.event(pool.body, type="Normal", reason="Reconciled", message="applied " + ", ".join(report.changed))
 
 
-async def _read_pool(
-    cfg: OperatorConfig,
-    kube: KubeClient,
-    *,
-    body: kopf.Body,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    name: str,
-    namespace: str,
-    meta: kopf.Meta,
-    logger: kopf.Logger,
-) -> tuple[dict[str, Any], list[Any]] | None:
+async def _read_pool(cfg: OperatorConfig, pool: _Pool, logger: kopf.Logger) -> tuple[dict[str, Any], list[Any]] | None:
     """The pool's Deployment (``{}``: none) and pods, re-creating deleted children; None: retry later."""
+    kube = pool.kube
     try:
-        deployment = await kube.get("apps/v1", "deployments", namespace, name) or {}
-        if not deployment and is_reconciled(status, meta.get("generation")):
+        deployment = await kube.get("apps/v1", "deployments", pool.namespace, pool.name) or {}
+        if not deployment and is_reconciled(pool.status, pool.generation):
             # Deleted by hand since: nothing else would notice (children are not watched).
-            report = await _apply(kube, body, await _children(cfg, kube, name, namespace, spec))
+            report = await _apply(kube, pool.body, await _children(cfg, pool))
             logger.warning(f"re-created missing children: {', '.join(report.changed)}")
-        pods = await kube.list("v1", "pods", namespace, labels=selector_labels(name))
+        pods = await kube.list("v1", "pods", pool.namespace, labels=selector_labels(pool.name))
     except KubeError as err:
         logger.info(f"cannot read the pool's Deployment or pods, will retry: {err}")
         return None
@@ -228,70 +234,40 @@ async def _read_pool(
     return deployment, pods
 
 
-async def _observe(
-    cfg: OperatorConfig,
-    *,
-    body: kopf.Body,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    name: str,
-    namespace: str | None,
-    meta: kopf.Meta,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
+async def _observe(cfg: OperatorConfig, pool: _Pool, *, http: aiohttp.ClientSession, logger: kopf.Logger) -> None:
     """Read the Deployment and the pods' /stats; write the status, scale when asked to."""
     try:
-        tiers = parse_checked(tiers_config(spec))
+        tiers = parse_checked(tiers_config(pool.spec))
     except ConfigError:
         return  # reconcile reports the spec as Degraded; nothing to observe
-    read = await _read_pool(
-        cfg,
-        memo.kube,
-        body=body,
-        spec=spec,
-        status=status,
-        name=name,
-        namespace=str(namespace),
-        meta=meta,
-        logger=logger,
-    )
+    read = await _read_pool(cfg, pool, logger)
     if read is None:
         return
     deployment, pods = read
-    result = await scrape(memo.http, pods, timeout_s=cfg.stats_timeout_s)
+    result = await scrape(http, pods, timeout_s=cfg.stats_timeout_s)
     if result.failures:
         logger.info(f"/stats skipped for {len(result.failures)} pod(s): {result.failures}")
-    pool = aggregate(result.stats, num_unreachable=len(result.failures), tier_order=[t.name for t in tiers])
+    stats = aggregate(result.stats, num_unreachable=len(result.failures), tier_order=[t.name for t in tiers])
     desired = observed_status(
-        spec=spec,
-        status=status,
+        spec=pool.spec,
+        status=pool.status,
         deployment=deployment,
-        pool=pool,
+        pool=stats,
         tiers=tiers,
         now=_now(),
-        generation=meta.get("generation"),
+        generation=pool.generation,
     )
-    if spec.get("autoscaling"):
-        desired["autoscaling"] = _autoscale(body, spec, status, patch, pool, tiers)
-    _write_status(patch, status, desired)
+    if pool.spec.get("autoscaling"):
+        desired["autoscaling"] = _autoscale(pool, stats, tiers)
+    pool.write_status(desired)
 
 
-def _autoscale(
-    body: kopf.Body,
-    spec: Mapping[str, Any],
-    status: Mapping[str, Any],
-    patch: kopf.Patch,
-    pool: PoolStats,
-    tiers: TierSet,
-) -> dict[str, Any]:
+def _autoscale(pool: _Pool, stats: PoolStats, tiers: TierSet) -> dict[str, Any]:
     """Run one autoscaling decision; patch ``spec.replicas`` and post an Event on a step."""
-    out, decision = autoscale_step(spec, status, pool, tiers, now=datetime.datetime.now(datetime.UTC))
+    out, decision = autoscale_step(pool.spec, pool.status, stats, tiers, now=datetime.datetime.now(datetime.UTC))
     if decision is not None:
-        patch.spec["replicas"] = decision.replicas
-        kopf.event(body, type="Normal", reason=decision.reason, message=decision.message)
+        pool.patch.spec["replicas"] = decision.replicas
+        kopf.event(pool.body, type="Normal", reason=decision.reason, message=decision.message)
     return out
 
 
@@ -320,12 +296,12 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, registry=registry)
-    async def reconcile(**kwargs: Any) -> None:
-        await _reconcile(cfg, **kwargs)
+    async def reconcile(*, retry: int, **kwargs: Any) -> None:
+        await _reconcile(cfg, _Pool.of(kwargs), retry=retry)
 
     @kopf.timer(*resource, interval=cfg.stats_interval_s, registry=registry)
-    async def observe(**kwargs: Any) -> None:
-        await _observe(cfg, **kwargs)
+    async def observe(*, logger: kopf.Logger, **kwargs: Any) -> None:
+        await _observe(cfg, _Pool.of(kwargs), http=kwargs["memo"].http, logger=logger)
 
     @kopf.on.delete(*resource, registry=registry)
     async def delete(*, name: str, logger: kopf.Logger, **_: Any) -> None:
