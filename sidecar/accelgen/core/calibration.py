@@ -21,7 +21,9 @@ jitter from other processes adds milliseconds, not a percentage)::
 Both are re-derived every 8 steps. Feedback: a step that overruns the model in use by
 more than ``overrun_tolerance`` raises its region's offset (and the default) to its own
 excess at once, so the very next plan is smaller; the quantile takes over again at the
-next update, so the allowance falls back once overruns stop. The fit handed to
+next update, so the allowance falls back once overruns stop. Stalls (:data:`STALL_FACTOR`) count in
+neither: no smaller plan avoids them, and at a high quantile one stall would hold the
+allowance up for a whole window, starving every prefill behind the decodes. The fit handed to
 ``on_fit`` stays as fitted.
 
 A slower machine and a wrong model look different: on a slower machine (other work on
@@ -65,6 +67,11 @@ _TINY = {"hidden": 256, "layers": 2, "intermediate": 512}
 #: Steps predicted at this or longer count towards ``in_use_ratio_p99`` (the figure the
 #: project's benchmark goal is stated in).
 REPORT_MIN_S = 0.02
+
+#: A step over this many times what its region's steps usually take (relative to the
+#: fit) is a stall — another process had the CPU — not the batch's cost: left out of the
+#: fit, of the tail allowance and of the overrun feedback.
+STALL_FACTOR = 2.0
 
 
 def prior_for(*, hidden: int, layers: int, intermediate: int) -> FittedLatencyModel:
@@ -220,7 +227,8 @@ class Calibrator:
         self._window.overall.append((fitted_s, measured_s))
         self._since_update += 1
         changed = False
-        if measured_s > predicted_s * (1.0 + self.overrun_tolerance):
+        overran = measured_s > predicted_s * (1.0 + self.overrun_tolerance)
+        if overran and not self._stalled(region, fitted_s, measured_s):
             # Feedback: plan the next steps for this overrun now, not at the next update.
             self.num_overruns += 1
             excess = measured_s - self.slowdown * fitted_s
@@ -234,6 +242,13 @@ class Calibrator:
             self._rebuild_model()
         return changed
 
+    @staticmethod
+    def _stalled(region: _Region, fitted_s: float, measured_s: float) -> bool:
+        """Over :data:`STALL_FACTOR` × what the region's steps usually take relative to the fit."""
+        if len(region.steps) < 16:
+            return False
+        return measured_s > STALL_FACTOR * statistics.median(m / f for f, m in region.steps) * fitted_s
+
     def _update(self) -> bool:
         """Re-derive the scale and the offsets from the windows; True when they moved."""
         q = self.slowdown_quantile
@@ -246,7 +261,11 @@ class Calibrator:
         scale = min(max(min(medians), 1.0), self.max_slowdown)
 
         def tail_s(steps: deque[tuple[float, float]]) -> float:
-            return max(0.0, float(np.quantile([m - scale * f for f, m in steps], q)))
+            # A stall (another process had the CPU) is no cost of the batch: no smaller
+            # plan avoids it, and at a high quantile one would hold the allowance up
+            # for a whole window. Left out, as the fit leaves it out.
+            usual = STALL_FACTOR * statistics.median(m / f for f, m in steps)
+            return max(0.0, float(np.quantile([m - scale * f for f, m in steps if m <= usual * f], q)))
 
         moved = abs(scale - self.slowdown) > 0.01 * self.slowdown
         self.slowdown = scale
@@ -308,7 +327,7 @@ class Calibrator:
             regions = [self.region(shape) for shape, _ in samples]
             for region, ratio in zip(regions, ratios, strict=True):
                 by_region.setdefault(region, []).append(ratio)
-            cutoff = {region: 2.0 * statistics.median(values) for region, values in by_region.items()}
+            cutoff = {region: STALL_FACTOR * statistics.median(values) for region, values in by_region.items()}
             kept = [x for x, r, g in zip(samples, ratios, regions, strict=True) if r <= cutoff[g]]
             if len(kept) < max(2, len(samples) // 2):
                 break
