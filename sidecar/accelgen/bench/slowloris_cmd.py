@@ -79,13 +79,16 @@ async def _normal_load(url: str, duration_s: float, concurrency: int, max_tokens
 
 async def _slow_connection(host: str, port: int, *, in_body: bool, give_up_s: float) -> float | None:
     """One slow client; seconds from its timeout's start to the sidecar closing it (None: never)."""
+    # The head clock runs from the connection, the body's from the complete head: both
+    # taken on this side before the sidecar can start them, so a close is never early here.
+    started_s = time.monotonic()
     reader, writer = await asyncio.open_connection(host, port)
     head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
     if in_body:
+        started_s = time.monotonic()
         writer.write(f"{head}Content-Length: 100000\r\n\r\n{{".encode())
     else:
         writer.write(head.encode())
-    started_s = time.monotonic()  # the head clock runs from the connection; the body's from the head
     try:
         while time.monotonic() - started_s < give_up_s:
             try:
