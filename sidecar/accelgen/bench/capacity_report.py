@@ -37,7 +37,8 @@ def overload_table(overload: Mapping[str, Any]) -> Table:
         title=f"{overload['policy']} past its capacity ({overload['capacity_rps']:.3f} req/s); medians over seeds",
         title_justify="left",
     )
-    for header in ("mode", "x capacity", "rate req/s", "goodput req/s", "retention", "attain", "rejected", "shed"):
+    headers = ("mode", "x capacity", "rate req/s", "goodput req/s", "retention", "met", "attain", "rejected", "shed")
+    for header in headers:
         table.add_column(header, justify="left" if header == "mode" else "right")
     for mode, rows in overload["modes"].items():
         for row in rows:
@@ -48,6 +49,7 @@ def overload_table(overload: Mapping[str, Any]) -> Table:
                 f"{row['rate_rps']:.2f}",
                 f"{row['goodput_rps']:.2f}",
                 retention,
+                f"{row['slo_met']:.0f}/{row['requests']:.0f}",
                 f"{row['attainment']:.1%}",
                 f"{row['rejected']:.0f}",
                 f"{row['shed']:.0f}",
