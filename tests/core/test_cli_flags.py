@@ -18,6 +18,7 @@ PLANNER = ["bench", "planner"]
 VLLM = ["bench", "vllm", "w.yaml"]
 OVERHEAD = ["bench", "overhead"]
 PROXY = ["bench", "proxy"]
+SLOWLORIS = ["bench", "slowloris"]
 DASHBOARD = ["bench", "dashboard"]
 TINY = ["model", "tiny", "dir"]
 MATRIX = ["bench", "matrix", "w.yaml", "--out", "dir"]
@@ -34,6 +35,10 @@ BAD_FLAGS = [
     (SERVE, "--token-timeout-s", "-1", "must be > 0, got -1"),
     (SERVE, "--token-timeout-s", "nan", "must be finite, got nan"),
     (SERVE, "--connect-timeout-s", "0", "must be > 0, got 0"),
+    (SERVE, "--header-timeout-s", "0", "must be > 0, got 0"),
+    (SERVE, "--body-timeout-s", "nan", "must be finite, got nan"),
+    (SERVE, "--idle-timeout-s", "-1", "must be > 0, got -1"),
+    (SERVE, "--max-connections", "0", "must be > 0, got 0"),
     (SIM, "--rate", "0", "must be > 0, got 0"),
     (PLANNER, "--running", "0", "must be > 0, got 0"),
     (PLANNER, "--waiting", "-5", "must be > 0, got -5"),
@@ -51,6 +56,8 @@ BAD_FLAGS = [
     (PROXY, "--max-tokens", "0", "must be > 0, got 0"),
     (PROXY, "--prompt-words", "0", "must be > 0, got 0"),
     (PROXY, "--sim-time-scale", "-0.5", "must be >= 0, got -0.5"),
+    (SLOWLORIS, "--slow", "0", "must be > 0, got 0"),
+    (SLOWLORIS, "--timeout-s", "0", "must be > 0, got 0"),
     (DASHBOARD, "--duration", "0", "must be > 0, got 0"),
     (DASHBOARD, "--seed", "-1", "must be >= 0, got -1"),
     (DASHBOARD, "--since", "0m", "must be > 0, got 0m"),
