@@ -47,7 +47,7 @@ def test_published_schema_never_a_server_error(server: ServeProcess, label: str,
     seen: list[int] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case: Any) -> None:
         response = case.call_and_validate(base_url=server.url, timeout=30, checks=[not_a_server_error])
         seen.append(response.status_code)
@@ -127,7 +127,7 @@ def _requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
 
 
 @given(request=_requests())
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_raw_bytes_never_a_server_error(server: ServeProcess, request: tuple[str, bytes, dict[str, str]]) -> None:
     path, raw, headers = request
     encoded = {k: v.strip().encode("latin-1") for k, v in headers.items()}
