@@ -49,7 +49,9 @@ class PolicyConfig:
             KV reservation and offline slack): ``mean``, the tier's running mean;
             ``learned``, online quantiles per tier and prompt-length bucket, given
             the tokens produced so far (:mod:`accelgen.core.output_lengths`).
-        output_quantile: [ours] The quantile ``learned`` predicts, in (0, 1].
+        output_quantile: [ours] The quantile ``learned`` predicts, in (0, 1]: above
+            the median, since KV reserved for an output that runs longer is recomputed
+            after a preemption, and reserved for one that ends sooner is only idle.
     """
 
     gamma_s: float = 0.75
@@ -65,7 +67,7 @@ class PolicyConfig:
     reference_decodes: int = 32
     reference_context_tokens: int = 1024
     output_lengths: str = "mean"
-    output_quantile: float = 0.5
+    output_quantile: float = 0.7
 
     def replace(self, **changes: Any) -> PolicyConfig:
         return dataclasses.replace(self, **changes)

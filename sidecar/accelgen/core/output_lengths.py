@@ -31,31 +31,19 @@ PROMPT_BUCKET_EDGES: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)
 class _Window:
     """The last ``size`` values, in arrival order and sorted."""
 
-    __slots__ = ("_order", "_size", "sorted", "total")
+    __slots__ = ("_order", "_size", "sorted")
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._order: deque[int] = deque()
         self.sorted: list[int] = []
-        self.total = 0
 
     def add(self, value: int) -> None:
         self._order.append(value)
         bisect.insort(self.sorted, value)
-        self.total += value
         if len(self._order) > self._size:
             old = self._order.popleft()
             del self.sorted[bisect.bisect_left(self.sorted, old)]
-            self.total -= old
-
-    def quantile_above(self, produced: int, q: float) -> int | None:
-        """The ``q`` quantile (nearest rank) of the values above ``produced``; None if none are."""
-        values = self.sorted
-        start = bisect.bisect_right(values, produced)
-        above = len(values) - start
-        if above == 0:
-            return None
-        return values[start + max(math.ceil(q * above) - 1, 0)]
 
 
 class OutputLengths:
@@ -114,13 +102,22 @@ class OutputLengths:
 
         Always more than ``produced`` (the request has not finished) and at most
         ``max_tokens``.
+
+        NOTE: on the planner's hot path (every running request when KV is reserved):
+        the window lookups and the quantile are inlined.
         """
-        q = self.quantile
-        for window in (self._buckets.get((tier, self.bucket(prompt_tokens))), self._tiers.get(tier)):
-            if window is not None and len(window.sorted) >= self.min_samples:
-                value = window.quantile_above(produced, q)
-                if value is not None:
-                    return min(value, max_tokens)
+        key = (tier, bisect.bisect_right(self.bucket_edges, prompt_tokens - 1))
+        for window in (self._buckets.get(key), self._tiers.get(tier)):
+            if window is None:
+                continue
+            values = window.sorted
+            if len(values) < self.min_samples:
+                continue
+            start = bisect.bisect_right(values, produced)
+            above = len(values) - start
+            if above:
+                value = values[start + max(math.ceil(self.quantile * above) - 1, 0)]
+                return value if value < max_tokens else max_tokens
         mean = self.tier_mean(tier)
         if mean is not None and round(mean) > produced:
             return min(round(mean), max_tokens)
