@@ -235,7 +235,8 @@ def sidecar_args(name: str, spec: Mapping[str, Any]) -> list[str]:
         "--engine-stats", ENGINE_STATS_PATH,
     ]  # fmt: skip
     if spec.get("auth"):
-        args += ["--keys", KEYS_PATH]
+        # The operator reads /stats without a key: keys guard the generation routes.
+        args += ["--keys", KEYS_PATH, "--open-stats"]
     return [*args, "--pool", name]
 
 

@@ -151,7 +151,7 @@ def test_sidecar_is_the_only_exposed_port_and_is_hardened() -> None:
 def test_auth_secret_projected_at_keys_path_and_passed_to_sidecar() -> None:
     children = _children(make_spec(auth={"secretName": "tenants"}))
     sidecar = _container(children["Deployment"], "sidecar")
-    assert sidecar["args"][-4:] == ["--keys", "/etc/accelgen/keys/keys.yaml", "--pool", "llama"]
+    assert sidecar["args"][-5:] == ["--keys", "/etc/accelgen/keys/keys.yaml", "--open-stats", "--pool", "llama"]
     sources = children["Deployment"]["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
     assert sources[1] == {"secret": {"name": "tenants", "items": [{"key": "keys.yaml", "path": "keys/keys.yaml"}]}}
 
