@@ -19,6 +19,7 @@ VLLM = ["bench", "vllm", "w.yaml"]
 OVERHEAD = ["bench", "overhead"]
 PROXY = ["bench", "proxy"]
 SLOWLORIS = ["bench", "slowloris"]
+CAPACITY = ["bench", "capacity", "w.yaml"]
 DASHBOARD = ["bench", "dashboard"]
 TINY = ["model", "tiny", "dir"]
 MATRIX = ["bench", "matrix", "w.yaml", "--out", "dir"]
@@ -57,6 +58,8 @@ BAD_FLAGS = [
     (PROXY, "--prompt-words", "0", "must be > 0, got 0"),
     (PROXY, "--sim-time-scale", "-0.5", "must be >= 0, got -0.5"),
     (SLOWLORIS, "--slow", "0", "must be > 0, got 0"),
+    (CAPACITY, "--seeds", "0", "must be > 0, got 0"),
+    (CAPACITY, "--target-precision", "0", "must be > 0, got 0"),
     (SLOWLORIS, "--timeout-s", "0", "must be > 0, got 0"),
     (DASHBOARD, "--duration", "0", "must be > 0, got 0"),
     (DASHBOARD, "--seed", "-1", "must be >= 0, got -1"),
