@@ -8,14 +8,15 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from accelgen.sim.http import SIM_ENGINE, STANDALONE_TIERS, build_sim_app, request_tier
+from accelgen.core.tiers import ENGINE_DEFAULT_TIERS
+from accelgen.sim.http import SIM_ENGINE, build_sim_app, request_tier
 from accelgen.sim.profiles import DEFAULT_SIM_MODEL
 from accelgen.sim.realtime import RealtimeEngine, SimEngineConfig
 
 
 @pytest_asyncio.fixture
 async def client() -> AsyncIterator[TestClient]:
-    app = build_sim_app(DEFAULT_SIM_MODEL, SimEngineConfig(), tiers=STANDALONE_TIERS)
+    app = build_sim_app(DEFAULT_SIM_MODEL, SimEngineConfig(), tiers=ENGINE_DEFAULT_TIERS)
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -59,5 +60,5 @@ async def test_the_bodys_priority_overrides_the_tiers(client: TestClient) -> Non
     engine = _engine(client)
     assert request_tier({"priority": 7}, engine).priority == 7
     assert request_tier({"priority": 7, "vllm_xargs": {"deadline_s": 20}}, engine).priority == 7
-    assert request_tier({"priority": "high"}, engine).priority == STANDALONE_TIERS.default_tier.priority
-    assert request_tier({}, engine) == STANDALONE_TIERS.default_tier
+    assert request_tier({"priority": "high"}, engine).priority == ENGINE_DEFAULT_TIERS.default_tier.priority
+    assert request_tier({}, engine) == ENGINE_DEFAULT_TIERS.default_tier

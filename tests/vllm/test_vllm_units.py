@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from accelgen.core.errors import ConfigError
-from accelgen.vllm.settings import DEFAULT_TIERS, settings_from_env
+from accelgen.core.tiers import ENGINE_DEFAULT_TIERS
+from accelgen.vllm.settings import settings_from_env
 from accelgen.vllm.stats import EngineStats, read_step_log
 from accelgen.wire import read_engine_stats
 from tests.support.factories import make_tiers
@@ -17,7 +18,7 @@ TIERS = make_tiers()
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:
-    assert settings_from_env({}).tiers == DEFAULT_TIERS
+    assert settings_from_env({}).tiers == ENGINE_DEFAULT_TIERS
     assert settings_from_env({}).policy == "accelgen"
     tiers = tmp_path / "tiers.yaml"
     tiers.write_text(json.dumps(TIERS.to_config()))

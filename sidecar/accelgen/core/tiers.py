@@ -195,3 +195,9 @@ def parse_tiers(raw: object) -> TierSet:
     if not isinstance(default, str) or default not in seen:
         raise ConfigError(f"{default!r} is not one of the tiers {sorted(seen)}", field="default_tier")
     return TierSet(tiers=tuple(tiers), default=default)
+
+
+#: The tiers of an engine started without a tier file (the AccelGen scheduler in vLLM,
+#: the standalone simulated engine): one tier; a sidecar's tiers reach the engine as
+#: targets in each request's ``vllm_xargs``.
+ENGINE_DEFAULT_TIERS = TierSet(tiers=(SLOTier(name="default", ttft_slo_s=2.0, tbt_slo_s=0.2),), default="default")

@@ -32,15 +32,12 @@ from accelgen.argtypes import non_negative_float, port, positive_int
 from accelgen.core.latency import LatencyModel
 from accelgen.core.policies import policy_names
 from accelgen.core.request import blocks_for
-from accelgen.core.tiers import SLOTier, TierSet
+from accelgen.core.tiers import ENGINE_DEFAULT_TIERS, SLOTier, TierSet
 from accelgen.sim.realtime import Generation, RealtimeEngine, SimEngineConfig
 from accelgen.wire import resolve_tier
 
 MODEL_NAME = "accelgen-sim"
 SIM_ENGINE = web.AppKey("sim_engine", RealtimeEngine)
-#: The tiers of a standalone engine started without a tier file (the sidecar's tiers
-#: reach it as targets in each request's vllm_xargs).
-STANDALONE_TIERS = TierSet(tiers=(SLOTier(name="default", ttft_slo_s=2.0, tbt_slo_s=0.2),), default="default")
 _WORDS = ("the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog", ".")
 
 
@@ -260,7 +257,11 @@ def _models(config: SimEngineConfig) -> dict[str, Any]:
 
 
 def build_sim_app(
-    model: LatencyModel, config: SimEngineConfig, *, tiers: TierSet = STANDALONE_TIERS, stats_path: Path | None = None
+    model: LatencyModel,
+    config: SimEngineConfig,
+    *,
+    tiers: TierSet = ENGINE_DEFAULT_TIERS,
+    stats_path: Path | None = None,
 ) -> web.Application:
     """An aiohttp app serving a :class:`RealtimeEngine` like a vLLM OpenAI server.
 
@@ -324,7 +325,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     config = SimEngineConfig(max_num_seqs=args.max_num_seqs, time_scale=args.time_scale, policy=args.policy)
-    tiers = load_tiers(args.tiers) if args.tiers else STANDALONE_TIERS
+    tiers = load_tiers(args.tiers) if args.tiers else ENGINE_DEFAULT_TIERS
     model = load_latency_model(args.latency_model) if args.latency_model else DEFAULT_SIM_MODEL
     app = build_sim_app(model, config, tiers=tiers, stats_path=args.stats_file)
     web.run_app(app, host=args.host, port=args.port, print=None, handler_cancellation=True)

@@ -39,9 +39,7 @@ from accelgen.config import load_tiers, read_yaml
 from accelgen.core.config import PolicyConfig, parse_policy_config
 from accelgen.core.errors import ConfigError
 from accelgen.core.slo import PLANNING_QUANTILE
-from accelgen.core.tiers import SLOTier, TierSet
-
-DEFAULT_TIERS = TierSet(tiers=(SLOTier(name="default", ttft_slo_s=2.0, tbt_slo_s=0.2),), default="default")
+from accelgen.core.tiers import ENGINE_DEFAULT_TIERS, TierSet
 
 _ADAPTER_KEYS = {
     "policy",
@@ -58,7 +56,7 @@ _ADAPTER_KEYS = {
 class SchedulerSettings:
     """Everything :class:`accelgen.vllm.AccelGenScheduler` needs besides vLLM's config."""
 
-    tiers: TierSet = DEFAULT_TIERS
+    tiers: TierSet = ENGINE_DEFAULT_TIERS
     policy: str = "accelgen"
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
     calibration_file: Path | None = None
@@ -92,7 +90,7 @@ def _quantile(value: Any, field: str) -> float | None:
     return float(value)
 
 
-def parse_scheduler_config(raw: object, *, tiers: TierSet = DEFAULT_TIERS) -> SchedulerSettings:
+def parse_scheduler_config(raw: object, *, tiers: TierSet = ENGINE_DEFAULT_TIERS) -> SchedulerSettings:
     """Settings from the scheduler YAML's mapping; ConfigError names the bad field."""
     if raw is None:
         raw = {}
@@ -118,7 +116,7 @@ def parse_scheduler_config(raw: object, *, tiers: TierSet = DEFAULT_TIERS) -> Sc
 def settings_from_env(environ: Mapping[str, str]) -> SchedulerSettings:
     """Settings from ``ACCELGEN_*`` variables (see the module docstring)."""
     tiers_path = environ.get("ACCELGEN_TIERS")
-    tiers = load_tiers(tiers_path) if tiers_path else DEFAULT_TIERS
+    tiers = load_tiers(tiers_path) if tiers_path else ENGINE_DEFAULT_TIERS
     config_path = environ.get("ACCELGEN_SCHEDULER_CONFIG")
     if config_path:
         try:
