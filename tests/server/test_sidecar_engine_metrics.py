@@ -34,7 +34,7 @@ from accelgen.server.engine_state import (
 )
 from accelgen.sim.realtime import SimEngineConfig
 from accelgen.vllm.stats import EngineStats
-from accelgen.wire import BudgetTokens, EngineStatsFile, WireError
+from accelgen.wire import BudgetTokens, Durations, EngineStatsFile, WireError
 from accelgen.wire import read_engine_stats as read_stats_file
 from tests.support.factories import make_engine_stats
 from tests.support.serve_process import ServeProcess
@@ -143,10 +143,13 @@ def test_budget_follows_the_stats_file(tmp_path: Path) -> None:
     try:
         # No file yet: no budget series at all (not a made-up 0).
         assert BUDGET + "{" not in _metrics(stack)
+        assert "accelgen_engine_planner_seconds{" not in _metrics(stack)
         _write_atomically(
             path,
             make_engine_stats(
-                budget_tokens=BudgetTokens(last=512, median=256.5, min=8, max=2048), preemptions_by_tier={"b": 2}
+                budget_tokens=BudgetTokens(last=512, median=256.5, min=8, max=2048),
+                planner_s=Durations(median=0.0004, p99=0.002, mean=0.0005, num=10),
+                preemptions_by_tier={"b": 2},
             ),
         )
         want = {"last": 512.0, "median": 256.5, "min": 8.0, "max": 2048.0}
@@ -154,6 +157,7 @@ def test_budget_follows_the_stats_file(tmp_path: Path) -> None:
         text = _metrics(stack)
         assert f'{BUDGET}{{stat="median"}} 256.5' in text  # no pool label without --pool
         assert metric_value(text, "accelgen_engine_preemptions") == 2
+        assert 'accelgen_engine_planner_seconds{stat="p99"} 0.002' in text
 
         # The engine rewrites it: the gauge follows.
         _write_atomically(path, make_engine_stats(budget_tokens=BudgetTokens(last=96, median=128, min=4, max=4096)))

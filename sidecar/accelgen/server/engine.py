@@ -29,6 +29,7 @@ from accelgen.server.engine_state import (
     budget_of,
     latency_model_of,
     parse_engine_metrics,
+    planner_of,
     preemptions_of,
     read_engine_stats,
 )
@@ -235,6 +236,7 @@ class EngineClient:
                 state.preempting = total > state.preemptions
                 state.preemptions = total
             state.budget_tokens = budget_of(snapshot)
+            state.planner_s = planner_of(snapshot)
             state.latency_model = latency_model_of(snapshot)
         if healthy and self.default_model is None:
             await self._learn_model()

@@ -71,6 +71,7 @@ class EngineState:
     preemptions: int = 0  # cumulative, from AccelGen's in-engine side channel
     preempting: bool = False  # the count grew since the previous poll: KV is short
     budget_tokens: dict[str, float] = field(default_factory=dict)  # from the side channel
+    planner_s: dict[str, float] = field(default_factory=dict)  # likewise: seconds per plan
     latency_model: LatencyModelReport = field(default_factory=LatencyModelReport)  # likewise
     error: str = "engine not checked yet"
 
@@ -102,6 +103,13 @@ def budget_of(snapshot: EngineStatsFile) -> dict[str, float]:
     """The snapshot's ``budget_tokens`` stats that are finite numbers (none before a step)."""
     budget = snapshot.budget_tokens
     raw = {"last": budget.last, "min": budget.min, "max": budget.max, "median": budget.median}
+    return {stat: float(value) for stat, value in raw.items() if value is not None and math.isfinite(value)}
+
+
+def planner_of(snapshot: EngineStatsFile) -> dict[str, float]:
+    """The snapshot's planner seconds per step (median, p99, mean; none before a step)."""
+    times = snapshot.planner_s
+    raw = {"median": times.median, "p99": times.p99, "mean": times.mean}
     return {stat: float(value) for stat, value in raw.items() if value is not None and math.isfinite(value)}
 
 

@@ -36,6 +36,8 @@ from accelgen.server.engine_state import DIAGNOSES, LatencyModelReport
 OUTCOMES = ("admitted", "rejected", "shed", "failed", "cancelled")
 # The in-engine stats file's ``budget_tokens`` keys (accelgen.vllm.stats), as label ``stat``.
 BUDGET_STATS = ("last", "median", "min", "max")
+# ... and its ``planner_s`` keys.
+PLANNER_STATS = ("median", "p99", "mean")
 _BASE_EDGES_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -235,6 +237,13 @@ class SidecarMetrics:
             [*enames, "stat"],
             registry=r,
         )
+        self.engine_planner = Gauge(
+            "accelgen_engine_planner_seconds",
+            "Seconds the in-engine planner takes per step: median, p99 and mean over the "
+            "engine's recent steps (from its stats file)",
+            [*enames, "stat"],
+            registry=r,
+        )
         self.latency_model = LatencyModelCollector(pool=self.pool)
         r.register(self.latency_model)
 
@@ -283,13 +292,18 @@ class SidecarMetrics:
                 self.target.labels(**lab, target=target).set(value)
         self.attainment_target.labels(**lab).set(tier.attainment_target)
 
-    def set_budget(self, budget: dict[str, float]) -> None:
-        """Publish the engine's budget stats; a stat the engine did not report has no series."""
-        self.engine_budget.clear()
-        for stat in BUDGET_STATS:
-            if stat in budget:
-                pool = {"pool": self.pool} if self.pool else {}
-                self.engine_budget.labels(**pool, stat=stat).set(budget[stat])
+    def set_budget(self, budget: dict[str, float], planner_s: dict[str, float]) -> None:
+        """Publish the engine's budget and planner-time stats; a stat the engine did not
+        report has no series."""
+        pool = {"pool": self.pool} if self.pool else {}
+        for gauge, stats, values in (
+            (self.engine_budget, BUDGET_STATS, budget),
+            (self.engine_planner, PLANNER_STATS, planner_s),
+        ):
+            gauge.clear()
+            for stat in stats:
+                if stat in values:
+                    gauge.labels(**pool, stat=stat).set(values[stat])
 
     def set_latency_model(self, report: LatencyModelReport) -> None:
         """Publish the engine's latency-model report (at the next scrape)."""

@@ -114,5 +114,5 @@ class Sidecar:
         )
         for gauge, value in values:
             (gauge.labels(pool=m.pool) if m.pool else gauge).set(value)
-        m.set_budget(state.budget_tokens)
+        m.set_budget(state.budget_tokens, state.planner_s)
         m.set_latency_model(state.latency_model)
