@@ -98,9 +98,12 @@ def test_every_query_has_data(tmp_path: Path) -> None:
         assert all(s["metric"]["pool"] == "demo" for s in goodput)
 
         # The overload (16 req/s against a 4-sequence engine) makes the real alerts pending
-        # (their `for:` is minutes): the tightest tier is rejected, attainment falls below
-        # target; the healthy engine raises nothing.
-        expected = {("AccelGenTightTierRejecting", "interactive"), ("AccelGenAttainmentBelowTarget", "interactive")}
+        # (their `for:` is minutes): attainment falls below target; the healthy engine
+        # raises nothing. The tight tier is released ahead of the looser work the engine
+        # holds (admission holds a request for the engine's pressure only when nothing
+        # looser is in it), so whether it is also rejected depends on the run: if the
+        # rejection alert fires, it is for the tight tier only.
+        expected = {("AccelGenAttainmentBelowTarget", "interactive")}
         pending = _poll(
             lambda: {(a["metric"]["alertname"], a["metric"].get("tier")) for a in instant_query(prom, "ALERTS")},
             lambda got: expected <= got,

@@ -140,7 +140,7 @@ def test_tiers_reach_the_engine_and_counters_are_exact(env: Env) -> None:
 
 
 def test_stats_consistent_with_metrics(env: Env) -> None:
-    stats = httpx.get(env.url + "/stats").json()
+    stats = httpx.get(env.url + "/stats", headers={"Authorization": f"Bearer {KEY}"}).json()  # keys guard /stats
     text = httpx.get(env.url + "/metrics").text
     assert stats["engine"]["ready"] is True
     # NOTE: /stats counts the last window_s seconds, /metrics everything: the same while
