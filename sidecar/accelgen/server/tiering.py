@@ -15,6 +15,7 @@ from accelgen.core.tiers import SLOTier, TierSet
 from accelgen.server.errors import ApiError
 from accelgen.server.tenants import Tenant
 
+
 def _resolve(headers: Mapping[str, str], tiers: TierSet, tenant: Tenant | None) -> SLOTier:
     tier = tier_from_headers(headers, tiers)
     if tier is not None:
