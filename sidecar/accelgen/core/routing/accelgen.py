@@ -1,0 +1,172 @@
+"""``accelgen``: tier-aware placement from each pod's headroom, with pool-level flow control.
+
+AccelGen's own router. Every pod reports, per tier, the prompt tokens it can still start
+in that tier's target (:attr:`PodState.headroom`; estimated from the pod's queue and
+latency model when it is not reported). A request fits a pod where its prompt fits that
+headroom, less what its wait at the router has already spent::
+
+    room = headroom[tier] − rate × (now − arrival)       fits where room ≥ prompt tokens
+
+Placement among the pods it fits:
+
+* a long prompt (≥ ``long_prompt_tokens``) goes to a pod that holds no other long
+  prompt still prefilling, the one with the most room; AccelGen's engine prefills one
+  long prompt at a time, so a second one on the same pod only waits there;
+* a tight request (the tightest TBT of the tiers) goes where its TBT holds (one more
+  decode fits in it) and its first token comes soonest: the most room;
+* looser work goes where it costs the tight requests least: the pod with the most
+  headroom left for the tightest tier once it is placed there (it takes prefill time and
+  KV from them only where they have room to spare).
+
+Flow control: when no pod fits the request now but its first-token deadline can still
+be met (an idle pod would prefill it in time), the decision is ``queue``: the caller
+holds it and asks again as pods change, least slack first (:class:`RouterQueue`), so it
+goes to whichever pod frees first. Only a request that no pod could serve in time any
+more is shed; a request that is not sheddable goes to the pod with the most room.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Generic, TypeVar
+
+from accelgen.core.routing.estimate import pod_rate, predicted_tpot_s, request_urgency_s, tokens_ahead
+from accelgen.core.routing.types import Decision, PodState, RouteRequest, no_ready_pod
+from accelgen.core.tiers import SLOTier, TierSet
+
+LONG_PROMPT_TOKENS = 2048  # PolicyConfig.long_prompt_tokens: the planner's exclusive allocation
+
+
+class AccelGenRouter:
+    """Tier-aware placement and flow control (module docstring).
+
+    Args:
+        seed: Unused (the policy is deterministic).
+        tiers: The pool's tiers (to tell tight from loose and order queued work).
+        long_prompt_tokens: Prompts at least this long are spread one per pod.
+    """
+
+    name: ClassVar[str] = "accelgen"
+    uses_tiers: ClassVar[bool] = True
+    description: ClassVar[str] = "AccelGen: tier-aware placement by headroom, flow control at the router"
+
+    def __init__(
+        self, *, seed: int = 0, tiers: TierSet | None = None, long_prompt_tokens: int = LONG_PROMPT_TOKENS
+    ) -> None:
+        del seed
+        self.tiers: Mapping[str, SLOTier] | None = {t.name: t for t in tiers} if tiers is not None else None
+        self.long_prompt_tokens = long_prompt_tokens
+        tbts = [t.tbt_slo_s for t in tiers or () if t.tbt_slo_s is not None]
+        self.tight_tbt_s = min(tbts) if tbts else None
+        online = [t for t in tiers or () if t.tbt_slo_s == self.tight_tbt_s and not t.is_offline]
+        self.tight_tier: SLOTier | None = online[0] if online else None
+
+    def room(self, request: RouteRequest, pod: PodState, now: float) -> float:
+        """Prompt tokens of the request's tier ``pod`` can still start in time, now."""
+        rate = pod_rate(pod)
+        waited_s = max(0.0, now - request.arrival_s)
+        reported = pod.headroom.get(request.tier)
+        if reported is not None:
+            return reported - (rate or 0.0) * waited_s
+        target_s = request.ttft_slo_s if request.ttft_slo_s is not None else request.deadline_s
+        ahead = tokens_ahead(pod, request_urgency_s(request), self.tiers)
+        if rate is None or ahead is None or target_s is None:
+            return math.inf if pod.load == 0 else -math.inf  # nothing reported: idle pods only
+        return rate * (target_s - waited_s - (pod.decode_step_s or 0.0)) - ahead
+
+    def pick(self, request: RouteRequest, pods: Sequence[PodState], now: float) -> Decision:
+        none = no_ready_pod(pods)
+        if none is not None:
+            return none
+        ready = [p for p in pods if p.ready]
+        rooms = {p.name: self.room(request, p, now) for p in ready}
+        fits = [p for p in ready if rooms[p.name] >= request.prompt_tokens]
+        if not fits:
+            return self._no_fit(request, ready, rooms, now)
+        if request.prompt_tokens >= self.long_prompt_tokens:
+            free = [p for p in fits if p.long_prompts == 0]
+            if not free and self._can_wait(request, ready, now, factor=2.0):
+                return Decision(None, queue=True, reason="every pod that fits is prefilling a long prompt")
+            pod = max(free or fits, key=lambda p: (-p.long_prompts, rooms[p.name]))
+            return Decision(pod.name, reason="long prompt: a pod with no other long prompt" if free else "long prompt")
+        if self._is_tight(request):
+            tbt_ok = [p for p in fits if (predicted_tpot_s(p) or 0.0) <= (request.tbt_slo_s or math.inf)]
+            pod = max(tbt_ok or fits, key=lambda p: rooms[p.name])
+            return Decision(pod.name, reason="tight: its TBT holds, most room")
+        pod = max(fits, key=lambda p: self._tight_room_after(p, request))
+        return Decision(pod.name, reason="looser: most room left for the tightest tier")
+
+    def _is_tight(self, request: RouteRequest) -> bool:
+        if request.tbt_slo_s is None:
+            return False
+        return self.tight_tbt_s is None or request.tbt_slo_s <= self.tight_tbt_s
+
+    def _tight_room_after(self, pod: PodState, request: RouteRequest) -> float:
+        """The tightest tier's headroom on ``pod`` once ``request`` is there."""
+        tight = self.tight_tier
+        if tight is None:
+            return -float(pod.load)
+        room = pod.headroom.get(tight.name)
+        if room is None:
+            room = self.room(RouteRequest(tight.name, 0, ttft_slo_s=tight.ttft_slo_s, arrival_s=0.0), pod, 0.0)
+        if request.ttft_slo_s is not None and tight.ttft_slo_s is not None and request.ttft_slo_s <= tight.ttft_slo_s:
+            room -= request.prompt_tokens  # it goes ahead of the tight tier's work
+        return room - request.prompt_tokens * _decode_share(pod)
+
+    def _can_wait(self, request: RouteRequest, pods: Sequence[PodState], now: float, *, factor: float) -> bool:
+        """An idle pod would still prefill it in time after waiting a little (``factor`` margin)."""
+        deadline = request.first_token_deadline_s
+        if deadline is None:
+            return True
+        rates = [r for r in (pod_rate(p) for p in pods) if r is not None]
+        if not rates:
+            return False
+        best_s = request.prompt_tokens / max(rates)
+        return now + factor * best_s < deadline
+
+    def _no_fit(
+        self, request: RouteRequest, ready: Sequence[PodState], rooms: Mapping[str, float], now: float
+    ) -> Decision:
+        if self._can_wait(request, ready, now, factor=1.0):
+            return Decision(None, queue=True, reason="no pod has room for it now: held at the router")
+        if request.sheddable:
+            return Decision(None, shed=True, reason="no pod can serve it in time")
+        pod = max(ready, key=lambda p: rooms[p.name])
+        return Decision(pod.name, reason="no pod can serve it in time; not sheddable: most room")
+
+
+def _decode_share(pod: PodState) -> float:
+    """How much a placed request's decodes take from the pod's prefill, relative (0..1)."""
+    if pod.max_num_seqs <= 0:
+        return 0.0
+    return min(1.0, (pod.running + 1) / pod.max_num_seqs)
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class RouterQueue(Generic[T]):
+    """Requests held at the router, least slack (earliest first-token deadline) first.
+
+    The caller pushes what a router answered ``queue`` for and, whenever pods change,
+    offers them again in order with :meth:`ordered`.
+    """
+
+    _heap: list[tuple[float, int, T]] = field(default_factory=list)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, deadline_s: float | None, item: T) -> None:
+        heapq.heappush(self._heap, (math.inf if deadline_s is None else deadline_s, next(self._seq), item))
+
+    def ordered(self) -> list[T]:
+        """Take every held item out, least slack first (push back what stays held)."""
+        items = [heapq.heappop(self._heap)[2] for _ in range(len(self._heap))]
+        return items
