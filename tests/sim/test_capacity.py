@@ -43,7 +43,7 @@ def test_a_range_without_the_threshold_is_reported_not_measured() -> None:
         (["--seeds", "0"], "--seeds"),
         (["--rates", "5,1"], "--rates"),
         (["--rates", "fast"], "--rates"),
-        (["--engine", "vllm"], "--engine"),
+        (["--engine", "gpu"], "--engine"),
         (["--overload", "0.5"], "--overload"),
         (["--policies", "no-such-policy"], "--policies"),
     ],

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelgen.core.admission import AdmissionConfig
 from accelgen.core.latency import LatencyModel
 from accelgen.core.plan import EngineLimits
+from accelgen.sim.bound import BoundResult, capacity_bound
 from accelgen.sim.runner import resolve_engine, run_policy
 from accelgen.sim.system import admission_config
 from accelgen.sim.traces import Trace
@@ -87,6 +87,48 @@ def meets_targets(result: dict[str, Any], workload: Workload) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """What one bisection runs: a policy, with or without admission in front, and how
+    AccelGen predicts output lengths (``None``: the workload's ``scheduler:`` choice).
+
+    Args:
+        label: Its name in reports (a policy's own name, or an ablation's).
+        policy: The registered policy.
+        admission: The sidecar's admission in front (the full system).
+        output_lengths: ``mean`` or ``learned`` in place of the workload's.
+    """
+
+    label: str
+    policy: str
+    admission: bool
+    output_lengths: str | None = None
+
+
+def ablations(workload: Workload) -> tuple[Variant, ...]:
+    """AccelGen's full system and each thing taken out of it, one at a time.
+
+    The reference is the full system (admission in front); "no admission" is the engine
+    policy alone; the output lengths are the other of ``mean`` and ``learned``.
+    """
+    other = "mean" if workload.scheduler.output_lengths == "learned" else "learned"
+    return (
+        Variant("full system", "accelgen", True),
+        Variant("no chunking", "accelgen-no-chunking", True),
+        Variant("no ordering", "accelgen-no-ordering", True),
+        Variant("no best fit", "accelgen-no-bestfit", True),
+        Variant("no admission (engine only)", "accelgen", False),
+        Variant(f"{other} output lengths", "accelgen", True, other),
+    )
+
+
+def arrival_window_s(workload: Workload, requests: list[SimRequest]) -> float:
+    """The span of the arrival process: the workload's duration, else its last arrival."""
+    if workload.duration_s is not None:
+        return float(workload.duration_s)
+    return max((r.arrival_s for r in requests), default=0.0)
+
+
 @dataclass(slots=True)
 class RateRunner:
     """Runs one workload's policies at any Poisson rate and seed, remembering every run.
@@ -100,7 +142,7 @@ class RateRunner:
     workload: Workload
     data_dir: Path
     admission: bool = False
-    runs: dict[tuple[str, int, float, bool], dict[str, Any]] = field(default_factory=dict)
+    runs: dict[tuple[Variant, int, float], dict[str, Any]] = field(default_factory=dict)
     _engine: tuple[LatencyModel, EngineLimits] | None = None
     _traces: list[Trace] | None = None
 
@@ -117,19 +159,37 @@ class RateRunner:
             workload, self._traces, max_request_tokens=limits.num_kv_blocks * limits.block_size_tokens
         )
 
-    def run(self, policy: str, *, seed: int, rate_rps: float, admission: bool | None = None) -> dict[str, Any]:
-        """The summary of ``policy`` at ``rate_rps`` with ``seed`` (cached)."""
-        front = self.admission if admission is None else admission
-        key = (policy, seed, round(rate_rps, 9), front)
+    def variant(self, policy: str, admission: bool | None = None) -> Variant:
+        """A plain policy in this runner's mode (or the one given)."""
+        return Variant(policy, policy, self.admission if admission is None else admission)
+
+    def run(self, variant: Variant, *, seed: int, rate_rps: float) -> dict[str, Any]:
+        """The summary of ``variant`` at ``rate_rps`` with ``seed`` (cached).
+
+        Beside the span-based goodput of every summary, ``goodput_window_rps`` counts
+        the requests that met their SLO per second of the arrival window.
+        """
+        key = (variant, seed, round(rate_rps, 9))
         if key not in self.runs:
             workload = dataclasses.replace(self.workload.with_rate(rate_rps), seed=seed)
+            if variant.output_lengths is not None:
+                scheduler = dataclasses.replace(workload.scheduler, output_lengths=variant.output_lengths)
+                workload = dataclasses.replace(workload, scheduler=scheduler)
             model, limits = self.engine()
-            config: AdmissionConfig | None = admission_config(limits, len(workload.tiers)) if front else None
-            self.runs[key] = run_policy(
-                workload, policy, self.requests(workload), model=model, limits=limits, admission=config
-            )
+            front = admission_config(limits, len(workload.tiers)) if variant.admission else None
+            requests = self.requests(workload)
+            result = run_policy(workload, variant.policy, requests, model=model, limits=limits, admission=front)
+            window = arrival_window_s(workload, requests)
+            result["arrival_window_s"] = window
+            result["goodput_window_rps"] = result["slo_met"] / window if window > 0 else 0.0
+            self.runs[key] = result
         return self.runs[key]
 
-    def meets(self, policy: str, *, seed: int) -> Callable[[float], bool]:
-        """Whether ``policy`` meets every tier's target at a rate, for :func:`bisect_capacity`."""
-        return lambda rate: meets_targets(self.run(policy, seed=seed, rate_rps=rate), self.workload)
+    def meets(self, variant: Variant, *, seed: int) -> Callable[[float], bool]:
+        """Whether ``variant`` meets every tier's target at a rate, for :func:`bisect_capacity`."""
+        return lambda rate: meets_targets(self.run(variant, seed=seed, rate_rps=rate), self.workload)
+
+    def bound(self) -> BoundResult:
+        """The capacity bound (:mod:`accelgen.sim.bound`) on a sample of the workload's requests."""
+        model, limits = self.engine()
+        return capacity_bound(self.workload, model, limits, requests=self.requests(self.workload))
