@@ -201,3 +201,14 @@ def parse_tiers(raw: object) -> TierSet:
 #: the standalone simulated engine): one tier; a sidecar's tiers reach the engine as
 #: targets in each request's ``vllm_xargs``.
 ENGINE_DEFAULT_TIERS = TierSet(tiers=(SLOTier(name="default", ttft_slo_s=2.0, tbt_slo_s=0.2),), default="default")
+
+#: The tiers of a sidecar started without a tier file, in the tier file's format; the
+#: gateway's endpoint picker reads requests' tiers against the same set by default.
+SIDECAR_DEFAULT_TIERS: dict[str, Any] = {
+    "default_tier": "standard",
+    "tiers": [
+        {"name": "interactive", "ttft_ms": 500, "tbt_ms": 100, "priority": 0, "attainment_target": 0.95},
+        {"name": "standard", "ttft_ms": 2000, "tbt_ms": 250, "priority": 1},
+        {"name": "batch", "deadline_s": 3600, "priority": 2},
+    ],
+}

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from accelgen.config import load_tiers
 from accelgen.core.latency import LatencyModel
-from accelgen.core.tiers import TierSet, parse_tiers
+from accelgen.core.tiers import SIDECAR_DEFAULT_TIERS, TierSet, parse_tiers
 from accelgen.launch import VllmServer, embedded_config
 from accelgen.server.app import build_app
 from accelgen.server.launch import start_sim
@@ -30,20 +30,7 @@ from accelgen.sim.profiles import ScaledLatencyModel
 from accelgen.sim.realtime import SimEngineConfig
 
 # The tiers used when no --tiers file is given (same shape as the YAML file).
-DEFAULT_TIERS: dict[str, Any] = {
-    "default_tier": "standard",
-    "tiers": [
-        {
-            "name": "interactive",
-            "ttft_ms": 500,
-            "tbt_ms": 100,
-            "priority": 0,
-            "attainment_target": 0.95,
-        },
-        {"name": "standard", "ttft_ms": 2000, "tbt_ms": 250, "priority": 1},
-        {"name": "batch", "deadline_s": 3600, "priority": 2},
-    ],
-}
+DEFAULT_TIERS: dict[str, Any] = SIDECAR_DEFAULT_TIERS
 
 
 def load_config(
