@@ -25,6 +25,11 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "accelgen.bench.capacity_cmd",
         "each policy's capacity (highest rate meeting every tier's target) and overload goodput",
     ),
+    (
+        ("bench", "pool"),
+        "accelgen.bench.pool_cmd",
+        "a pool's capacity per routing x engine policy (the cluster simulator), or --decision-time",
+    ),
     (("bench", "planner"), "accelgen.bench.planner_cmd", "time one plan() of each policy"),
     (("bench", "vllm"), "accelgen.bench.vllm_cmd", "compare policies on real vLLM engines"),
     (("bench", "matrix"), "accelgen.bench.matrix_cmd", "bench vllm over model sizes x workloads, one verdict each"),
@@ -38,6 +43,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     ),
     (("model", "tiny"), "accelgen.vllm.tiny_model", "create a tiny random-weight model"),
     (("serve",), "accelgen.server.cli", "serve an engine behind the SLO-aware sidecar"),
+    (("picker",), "accelgen.gateway.picker_cmd", "the gateway's endpoint picker (Envoy ext_proc over gRPC)"),
 )
 
 

@@ -30,7 +30,7 @@ from accelgen.core.latency import LatencyModel
 from accelgen.core.plan import EngineLimits
 from accelgen.core.policy import Policy
 from accelgen.core.request import Request
-from accelgen.core.tiers import TierSet
+from accelgen.core.tiers import SLOTier, TierSet
 from accelgen.sim.engine import SimStats, engine_request, run_engine
 from accelgen.sim.metrics import Recorder
 from accelgen.sim.step import EngineCore
@@ -99,6 +99,10 @@ class SimAdmission(AdmissionQueue[SimTicket]):
         self.on_release = on_release
         self.request: SimRequest | None = None  # the one make_ticket is for
 
+    def queued_tickets(self) -> list[SimTicket]:
+        """The tickets waiting in the queues now (for a pool's router to read)."""
+        return [t for _, _, t in self._heap if t.waiting]
+
     def _new_ticket(self, **fields: Any) -> SimTicket:
         assert self.request is not None
         return SimTicket(**fields, request=self.request)
@@ -136,6 +140,8 @@ class SystemFront:
             clock=lambda: self.now_s,
         )
         self._tickets: dict[str, SimTicket] = {}
+        # Per-request targets (a pool's router passes on what its queue left of them).
+        self.tier_overrides: dict[str, SLOTier] = {}
         self._core: EngineCore | None = None
         self._next = 0  # the next arrival's index
         self._next_poll_s = self.now_s
@@ -206,7 +212,8 @@ class SystemFront:
     def _arrive(self, s: SimRequest) -> None:
         adm = self.admission
         adm.request = s
-        ticket = adm.make_ticket(self.tiers.get(s.tier), s.prompt_tokens, max(self.max_tokens, s.output_tokens))
+        tier = self.tier_overrides.pop(s.request_id, None) or self.tiers.get(s.tier)
+        ticket = adm.make_ticket(tier, s.prompt_tokens, max(self.max_tokens, s.output_tokens))
         if adm.admit(ticket) is not None:
             self.recorder.refused(s.request_id, "rejected")
             return

@@ -1,0 +1,109 @@
+"""A pool's capacity: :mod:`accelgen.sim.capacity`'s definition and bisection, on the cluster.
+
+The pool's capacity for a routing policy and an engine policy is the highest Poisson
+rate into the router at which every tier, over the whole pool, meets its own
+``attainment_target`` (the same test, :func:`~accelgen.sim.capacity.meets_targets`, and
+the same bisection, :func:`~accelgen.sim.capacity.bisect_capacity`, as one replica's).
+One replica's capacity is measured by the same code with ``replicas=1``, so the
+comparison with N × it differs in nothing but the pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from accelgen.core.latency import LatencyModel
+from accelgen.core.plan import EngineLimits
+from accelgen.core.policies import get_spec, make_policy
+from accelgen.core.policy import Policy
+from accelgen.core.routing import make_router
+from accelgen.sim.capacity import meets_targets
+from accelgen.sim.cluster import simulate_cluster
+from accelgen.sim.runner import resolve_engine
+from accelgen.sim.system import admission_config
+from accelgen.sim.traces import Trace
+from accelgen.sim.workload import SimRequest, Workload, generate_requests, load_source_traces
+
+#: (routing policy, engine policy, replicas, seed, rate) of one run.
+RunKey = tuple[str, str, int, int, float]
+
+
+@dataclass(slots=True)
+class PoolRunner:
+    """Runs a workload on a pool at any rate, seed, size and pair of policies (cached).
+
+    Args:
+        workload: The workload (its rate and seed are replaced per run).
+        data_dir: Where its traces and profiles are.
+    """
+
+    workload: Workload
+    data_dir: Path
+    runs: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+    _engine: tuple[LatencyModel, EngineLimits] | None = None
+    _traces: list[Trace] | None = None
+
+    def engine(self) -> tuple[LatencyModel, EngineLimits]:
+        if self._engine is None:
+            self._engine = resolve_engine(self.workload, self.data_dir)
+        return self._engine
+
+    def requests(self, workload: Workload) -> list[SimRequest]:
+        if self._traces is None:
+            self._traces = load_source_traces(self.workload, self.data_dir)
+        _, limits = self.engine()
+        return generate_requests(
+            workload, self._traces, max_request_tokens=limits.num_kv_blocks * limits.block_size_tokens
+        )
+
+    def run(self, routing: str, policy: str, *, replicas: int, seed: int, rate_rps: float) -> dict[str, Any]:
+        """The pool's summary (``accelgen bench sim``'s shape, plus the router's counters)."""
+        key: RunKey = (routing, policy, replicas, seed, round(rate_rps, 9))
+        if key not in self.runs:
+            self.runs[key] = self._run(routing, policy, replicas=replicas, seed=seed, rate_rps=rate_rps)
+        return self.runs[key]
+
+    def _run(self, routing: str, policy: str, *, replicas: int, seed: int, rate_rps: float) -> dict[str, Any]:
+        workload = dataclasses.replace(self.workload.with_rate(rate_rps), seed=seed)
+        model, limits = self.engine()
+
+        def fresh() -> Policy:
+            return make_policy(
+                policy, tiers=workload.tiers, latency_model=model, limits=limits, config=workload.scheduler
+            )
+
+        recorder, stats = simulate_cluster(
+            fresh,
+            self.requests(workload),
+            replicas=replicas,
+            router=make_router(routing, seed=seed, tiers=workload.tiers),
+            tiers=workload.tiers,
+            model=model,
+            max_tokens=workload.max_tokens,
+            admission=admission_config(limits, len(workload.tiers)),
+            clairvoyant=get_spec(policy).clairvoyant,
+            latency_noise=workload.engine.latency_noise,
+            seed=seed,
+            long_prompt_tokens=workload.scheduler.long_prompt_tokens,
+        )
+        result = recorder.summary()
+        times = stats.decision_times_s or [0.0]
+        result["router"] = {
+            "routed": stats.routed,
+            "held": stats.held,
+            "shed": stats.router_shed,
+            "decision_p99_s": float(np.percentile(times, 99)),
+        }
+        return result
+
+    def meets(self, routing: str, policy: str, *, replicas: int, seed: int) -> Callable[[float], bool]:
+        """Whether the pool meets every tier's target at a rate (for ``bisect_capacity``)."""
+        return lambda rate: meets_targets(
+            self.run(routing, policy, replicas=replicas, seed=seed, rate_rps=rate), self.workload
+        )
