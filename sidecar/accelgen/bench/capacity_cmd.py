@@ -360,7 +360,7 @@ def _overload(
 ) -> dict[str, Any]:
     """AccelGen at 1, then each k × its median capacity: goodput (median over seeds), each mode.
 
-    Retention is over the arrival window (:func:`window_retention`); the span-based
+    Retention is of the steady goodput (:func:`retention`); the span-based
     goodput of every run's summary is reported beside it.
     """
     name = "accelgen" if "accelgen" in report["policies"] else next(iter(report["policies"]))
@@ -374,7 +374,7 @@ def _overload(
             _overload_row(k, capacity, [runner.run(variant, seed=s, rate_rps=k * capacity) for s in seeds])
             for k in (1.0, *factors)
         ]
-        window_retention(rows)
+        retention(rows)
         out["modes"][label] = rows
     return out
 
@@ -388,6 +388,7 @@ def _overload_row(factor: float, capacity: float, runs: list[dict[str, Any]]) ->
         "rate_rps": factor * capacity,
         "goodput_rps": median("goodput_rps"),
         "goodput_window_rps": median("goodput_window_rps"),
+        "goodput_steady_rps": median("goodput_steady_rps"),
         "slo_met": median("slo_met"),
         "requests": median("requests"),
         "attainment": median("attainment"),
@@ -396,20 +397,20 @@ def _overload_row(factor: float, capacity: float, runs: list[dict[str, Any]]) ->
     }
 
 
-def window_retention(rows: list[dict[str, Any]]) -> None:
-    """Each row's retention: its goodput over the arrival window ÷ the first row's (at capacity).
+def retention(rows: list[dict[str, Any]]) -> None:
+    """Each row's retention: its steady goodput ÷ the first row's (at capacity).
 
-    Capacity is a property of the arrival process (ACCELGEN.md, Metrics): below
-    saturation goodput equals the arrival rate times attainment, which holds for the
-    requests that met their SLO per second of arrivals. Per second of the run's span it
-    does not: the span also holds the drain after the last arrival, which past capacity
-    runs the work whose deadline was lost (demoted, not dropped) and is longer the more
-    such work there is, so the span measure falls with the drain, not with the goodput.
-    ``span_retention`` (goodput per second of the span) is kept beside it.
+    Capacity and retention are properties of the arrival process (ACCELGEN.md,
+    Metrics: below saturation goodput equals the arrival rate), so goodput is counted
+    per second of arrivals, in the run's steady part (:func:`accelgen.sim.capacity.steady_goodput`).
+    Per second of the run's span it would also charge the drain after the last arrival,
+    which past capacity runs the work whose deadline was lost (demoted, not dropped) and
+    is the longer the more such work there is: that measure falls with the drain, not
+    with the goodput. It is kept beside, as ``span_retention``.
     """
-    first_window, first_span = rows[0]["goodput_window_rps"], rows[0]["goodput_rps"]
+    first_steady, first_span = rows[0]["goodput_steady_rps"], rows[0]["goodput_rps"]
     for row in rows:
-        row["retention"] = row["goodput_window_rps"] / first_window if first_window else None
+        row["retention"] = row["goodput_steady_rps"] / first_steady if first_steady else None
         row["span_retention"] = row["goodput_rps"] / first_span if first_span else None
 
 

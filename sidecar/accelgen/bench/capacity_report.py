@@ -78,7 +78,7 @@ def overload_table(overload: Mapping[str, Any]) -> Table:
     """Goodput at k × capacity, the engine alone and the full system, and its retention."""
     table = Table(
         title=f"{overload['policy']} past its capacity ({overload['capacity_rps']:.3f} req/s); medians over seeds; "
-        "goodput per second of arrivals (retention from it), and per second of the run's span",
+        "goodput per second of arrivals in the run's steady part (retention from it), and per second of its span",
         title_justify="left",
     )
     headers = (
@@ -102,7 +102,7 @@ def overload_table(overload: Mapping[str, Any]) -> Table:
                 mode,
                 f"{row['factor']:g}",
                 f"{row['rate_rps']:.2f}",
-                f"{row['goodput_window_rps']:.2f}",
+                f"{row['goodput_steady_rps']:.2f}",
                 _ratio(row["retention"]),
                 f"{row['goodput_rps']:.2f}",
                 _ratio(row["span_retention"]),

