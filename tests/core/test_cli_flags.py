@@ -20,6 +20,7 @@ OVERHEAD = ["bench", "overhead"]
 PROXY = ["bench", "proxy"]
 SLOWLORIS = ["bench", "slowloris"]
 CAPACITY = ["bench", "capacity", "w.yaml"]
+POOL = ["bench", "pool", "w.yaml"]
 DASHBOARD = ["bench", "dashboard"]
 TINY = ["model", "tiny", "dir"]
 MATRIX = ["bench", "matrix", "w.yaml", "--out", "dir"]
@@ -60,6 +61,10 @@ BAD_FLAGS = [
     (SLOWLORIS, "--slow", "0", "must be > 0, got 0"),
     (CAPACITY, "--seeds", "0", "must be > 0, got 0"),
     (CAPACITY, "--target-precision", "0", "must be > 0, got 0"),
+    (POOL, "--seeds", "0", "must be > 0, got 0"),
+    (POOL, "--target-precision", "0", "must be > 0, got 0"),
+    (POOL, "--duration-s", "-1", "must be > 0, got -1"),
+    (POOL, "--pods", "0", "must be > 0, got 0"),
     (SLOWLORIS, "--timeout-s", "0", "must be > 0, got 0"),
     (DASHBOARD, "--duration", "0", "must be > 0, got 0"),
     (DASHBOARD, "--seed", "-1", "must be >= 0, got -1"),

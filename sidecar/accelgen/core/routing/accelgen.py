@@ -23,6 +23,7 @@ be met (an idle pod would prefill it in time), the decision is ``queue``: the ca
 holds it and asks again as pods change, least slack first (:class:`RouterQueue`), so it
 goes to whichever pod frees first. Only a request that no pod could serve in time any
 more is shed; a request that is not sheddable goes to the pod with the most room.
+Where no pod reports more than vLLM's metrics, it places as ``queue-kv`` does.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TypeVar
 
 from accelgen.core.routing.estimate import pod_rate, predicted_tpot_s, request_urgency_s, tokens_ahead
+from accelgen.core.routing.queue_kv import QueueKvRouter
 from accelgen.core.routing.types import Decision, PodState, RouteRequest, no_ready_pod
 from accelgen.core.tiers import SLOTier, TierSet
 
@@ -45,7 +47,8 @@ class AccelGenRouter:
     """Tier-aware placement and flow control (module docstring).
 
     Args:
-        seed: Unused (the policy is deterministic).
+        seed: Seeds the gateway scoring it falls back to where no pod reports more than
+            vLLM's metrics (otherwise the policy is deterministic).
         tiers: The pool's tiers (to tell tight from loose and order queued work).
         long_prompt_tokens: Prompts at least this long are spread one per pod.
     """
@@ -57,13 +60,13 @@ class AccelGenRouter:
     def __init__(
         self, *, seed: int = 0, tiers: TierSet | None = None, long_prompt_tokens: int = LONG_PROMPT_TOKENS
     ) -> None:
-        del seed
         self.tiers: Mapping[str, SLOTier] | None = {t.name: t for t in tiers} if tiers is not None else None
         self.long_prompt_tokens = long_prompt_tokens
         tbts = [t.tbt_slo_s for t in tiers or () if t.tbt_slo_s is not None]
         self.tight_tbt_s = min(tbts) if tbts else None
         online = [t for t in tiers or () if t.tbt_slo_s == self.tight_tbt_s and not t.is_offline]
         self.tight_tier: SLOTier | None = online[0] if online else None
+        self._blind = QueueKvRouter(seed=seed)
 
     def room(self, request: RouteRequest, pod: PodState, now: float) -> float:
         """Prompt tokens of the request's tier ``pod`` can still start in time, now."""
@@ -83,6 +86,9 @@ class AccelGenRouter:
         if none is not None:
             return none
         ready = [p for p in pods if p.ready]
+        if all(not p.headroom and pod_rate(p) is None for p in ready):
+            blind = self._blind.pick(request, ready, now)  # NOTE: nothing to place by but the queues
+            return Decision(blind.pod, reason=f"no pod reports headroom: {blind.reason}")
         rooms = {p.name: self.room(request, p, now) for p in ready}
         fits = [p for p in ready if rooms[p.name] >= request.prompt_tokens]
         if not fits:
