@@ -48,6 +48,10 @@ def test_a_range_without_the_threshold_is_reported_not_measured() -> None:
         (["--rates", "5,1"], "--rates"),
         (["--rates", "fast"], "--rates"),
         (["--engine", "gpu"], "--engine"),
+        (["--engine", "vllm", "--admission"], "--admission"),
+        (["--engine", "vllm", "--ablations"], "--ablations"),
+        (["--engine", "vllm"], "engine.num_kv_blocks"),  # 'auto': a real engine has a number
+        (["--engine", "vllm", "--rates", "3"], "--rates"),
         (["--overload", "0.5"], "--overload"),
         (["--policies", "no-such-policy"], "--policies"),
     ],
