@@ -21,6 +21,7 @@ PROXY = ["bench", "proxy"]
 SLOWLORIS = ["bench", "slowloris"]
 CAPACITY = ["bench", "capacity", "w.yaml"]
 POOL = ["bench", "pool", "w.yaml"]
+PICKER = ["picker", "--pods", "a:1"]
 DASHBOARD = ["bench", "dashboard"]
 TINY = ["model", "tiny", "dir"]
 MATRIX = ["bench", "matrix", "w.yaml", "--out", "dir"]
@@ -62,6 +63,10 @@ BAD_FLAGS = [
     (CAPACITY, "--seeds", "0", "must be > 0, got 0"),
     (CAPACITY, "--target-precision", "0", "must be > 0, got 0"),
     (POOL, "--seeds", "0", "must be > 0, got 0"),
+    (PICKER, "--refresh-s", "0", "must be > 0, got 0"),
+    (PICKER, "--health-port", "0", "must be a port 1..65535, got 0"),
+    (PICKER, "--startup-timeout-s", "-1", "must be >= 0, got -1"),
+    (SERVE, "--replicas", "0", "must be >= 1, got 0"),
     (POOL, "--target-precision", "0", "must be > 0, got 0"),
     (POOL, "--duration-s", "-1", "must be > 0, got -1"),
     (POOL, "--pods", "0", "must be > 0, got 0"),
@@ -108,7 +113,8 @@ def test_no_flag_takes_a_bare_int_or_float() -> None:
 
 
 def test_every_command_is_covered() -> None:
-    covered = {tuple(arg for arg in command if arg not in ("w.yaml", "dir", "--out")) for command, *_ in BAD_FLAGS}
+    skipped = ("w.yaml", "dir", "--out", "--pods", "a:1")
+    covered = {tuple(arg for arg in command if arg not in skipped) for command, *_ in BAD_FLAGS}
     assert covered == {path for path, _, _ in _COMMANDS}
 
 

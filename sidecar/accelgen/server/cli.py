@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from accelgen.argtypes import non_negative_float, port, positive_float, positive_int
+from accelgen.argtypes import int_at_least, non_negative_float, port, positive_float, positive_int
 
 
 def _policy_name(value: str) -> str:
@@ -19,12 +19,35 @@ def _policy_name(value: str) -> str:
     return value
 
 
+def _routing_name(value: str) -> str:
+    """A registered routing policy (imported only when the flag is given)."""
+    from accelgen.core.routing import router_names
+
+    if value not in router_names():
+        raise argparse.ArgumentTypeError(f"unknown routing policy {value!r}; one of {', '.join(router_names())}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``accelgen serve``."""
     _sidecar_arguments(parser)
     _engine_arguments(parser)
     _limit_arguments(parser)
     _connection_arguments(parser)
+    _pool_arguments(parser)
+
+
+def _pool_arguments(parser: argparse.ArgumentParser) -> None:
+    """A pool on this machine: N replicas behind one port (accelgen.gateway.pool)."""
+    parser.add_argument(
+        "--replicas",
+        type=int_at_least(1),
+        default=1,
+        help="replicas (sidecar + engine each) behind one port; N > 1 runs sim engines unless --engine vllm",
+    )
+    parser.add_argument(
+        "--routing", type=_routing_name, default="accelgen", help="how the pool places requests (default accelgen)"
+    )
 
 
 def _sidecar_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
     from accelgen.server.serve import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.replicas > 1:
+        from accelgen.gateway.pool import serve_pool
+
+        return asyncio.run(serve_pool(args))
     try:
         import uvloop  # faster event loop; optional
     except ImportError:
