@@ -56,10 +56,17 @@ class Replica:
         self.stats = SimStats()
 
     def route(self, request: SimRequest, now: float, tier: SLOTier | None) -> None:
-        """``request`` reaches this replica's sidecar at ``now`` (with ``tier``'s targets)."""
+        """``request`` reaches this replica's sidecar at ``now`` (with ``tier``'s targets).
+
+        The replica has been advanced to ``now``: its sidecar handles the arrival at once,
+        so the next decision sees it there.
+        """
         self.inbox.append(dataclasses.replace(request, arrival_s=now))
         if tier is not None:
             self.front.tier_overrides[request.request_id] = tier
+        if self.step is None:  # idle since now_s: nothing happened in between
+            self.now_s = max(self.now_s, now)
+        self.front.admit(self.core, now)
 
     def advance_to(self, until: float, recorder: Recorder, *, stop_at: float) -> None:
         """Run every step that starts by ``until`` (none after ``stop_at``); handle the front's events."""
