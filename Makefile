@@ -8,7 +8,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Extras installed into the project's virtual environment.
-EXTRAS ?= dev,operator,server
+EXTRAS ?= dev,operator,server,gateway
 
 .PHONY: venv serve bench run test prometheus lint typecheck imports pytest bench-planner clean
 
