@@ -28,6 +28,7 @@ from accelgen.core.errors import ConfigError
 from accelgen.core.tiers import TierSet
 from accelgen_operator import GROUP, PLURAL, VERSION
 from accelgen_operator.apply import ApplyReport, ensure_all
+from accelgen_operator.gateway import GATEWAY_POOL_API, gateway_wanted
 from accelgen_operator.kube import KubeClient, KubeError
 from accelgen_operator.observe import (
     autoscale_step,
@@ -37,7 +38,6 @@ from accelgen_operator.observe import (
     reconciled_status,
 )
 from accelgen_operator.resources import (
-    GATEWAY_POOL_API,
     SERVICE_MONITOR_API,
     DefaultImages,
     build_children,
@@ -125,7 +125,7 @@ async def _apply(kube: KubeClient, body: kopf.Body, children: list[dict[str, Any
 async def _optional_crds(kube: KubeClient, spec: Mapping[str, Any]) -> dict[str, bool]:
     """Which optional children can be made: asked for by the spec and their CRD served."""
     wants_monitor = bool((spec.get("metrics") or {}).get("serviceMonitor", True))
-    wants_gateway = bool((spec.get("gateway") or {}).get("enabled", False))
+    wants_gateway = gateway_wanted(spec)
     monitor_group, monitor_version, monitor_plural = SERVICE_MONITOR_API
     gateway_group, gateway_version, gateway_plural = GATEWAY_POOL_API
     return {
@@ -193,6 +193,24 @@ def _login(cfg: OperatorConfig, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
+def _gateway_problem(spec: Mapping[str, Any], children: list[Any]) -> Condition | None:
+    """Degraded when the pool asks for the gateway but its InferencePool CRD is not served.
+
+    Everything else is applied first: the pool serves through its own Service meanwhile,
+    and the retry creates the gateway's InferencePool once the CRD is installed.
+    """
+    group, version, plural = GATEWAY_POOL_API
+    if not gateway_wanted(spec) or any(c.get("apiVersion") == f"{group}/{version}" for c in children):
+        return None
+    return Condition(
+        "Degraded",
+        "True",
+        "GatewayCRDNotFound",
+        f"spec.gateway asks for a gateway InferencePool, but the cluster serves no {plural}.{group}/{version}: "
+        "install the Gateway API Inference Extension CRDs (the pool still serves through its Service)",
+    )
+
+
 async def _reconcile(cfg: OperatorConfig, pool: _Pool, *, retry: int) -> None:
     """Build the children, check the Secret, apply; status and an Event say how it went."""
     try:
@@ -200,6 +218,7 @@ async def _reconcile(cfg: OperatorConfig, pool: _Pool, *, retry: int) -> None:
         problem = await _check_secret(pool.kube, pool.namespace, pool.spec)
         if problem is None:
             report = await _apply(pool.kube, pool.body, children)
+            problem = _gateway_problem(pool.spec, children)
     except ConfigError as err:
         # The schema let it through but the core refuses it, or no image is known
         # (neither in the spec nor an operator default): only a new spec helps.

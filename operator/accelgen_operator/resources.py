@@ -13,7 +13,9 @@ Children of pool ``p``:
     Service    p          port 8000 ("http", the sidecar) only
     PodDisruptionBudget p maxUnavailable 1
     ServiceMonitor p      optional: when monitoring.coreos.com exists
-    InferencePool p       optional: inference.networking.k8s.io/v1, when asked and present
+    ...and the gateway's: AccelGen's endpoint picker when asked (p-epp, p-pods), the
+    inference.networking.k8s.io/v1 InferencePool p when asked and present
+    (:mod:`accelgen_operator.gateway`)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import yaml
 
 from accelgen.core.errors import ConfigError
 from accelgen.wire import SCHEDULER_CLS
+from accelgen_operator.gateway import gateway_children
 from accelgen_operator.tierconfig import scheduler_config, tiers_config
 
 CONFIG_DIR = "/etc/accelgen"
@@ -49,7 +52,6 @@ CONFIG_HASH_ANNOTATION = "accelgen.dev/config-hash"
 MANAGED_BY = "accelgen-operator"
 
 SERVICE_MONITOR_API = ("monitoring.coreos.com", "v1", "servicemonitors")
-GATEWAY_POOL_API = ("inference.networking.k8s.io", "v1", "inferencepools")
 
 _SIDECAR_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
 _NONROOT_UID = 65532
@@ -414,25 +416,6 @@ def build_service_monitor(name: str, namespace: str, spec: Mapping[str, Any]) ->
     }
 
 
-def build_gateway_pool(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The inference gateway's InferencePool (inference.networking.k8s.io/v1) over these pods."""
-    picker = (spec.get("gateway") or {})["endpointPicker"]
-    return {
-        "apiVersion": "inference.networking.k8s.io/v1",
-        "kind": "InferencePool",
-        "metadata": _meta(name, namespace),
-        "spec": {
-            "selector": {"matchLabels": selector_labels(name)},
-            "targetPorts": [{"number": SIDECAR_PORT}],
-            "endpointPickerRef": {
-                "name": picker["name"],
-                "port": {"number": int(picker.get("port", 9002))},
-                "failureMode": picker.get("failureMode", "FailClose"),
-            },
-        },
-    }
-
-
 def build_children(
     name: str,
     namespace: str,
@@ -444,7 +427,8 @@ def build_children(
 ) -> list[dict[str, Any]]:
     """Every child of a pool, in apply order (config first, so pods find it).
 
-    Optional children appear only when their CRD exists and the spec asks for them.
+    Optional children appear only when their CRD exists and the spec asks for them; the
+    endpoint picker (its image the sidecar's) whenever the spec asks for AccelGen's.
     ``images`` fill in the engine and sidecar images the spec omits.
 
     Raises:
@@ -459,8 +443,18 @@ def build_children(
     ]
     if has_service_monitor_crd and (spec.get("metrics") or {}).get("serviceMonitor", True):
         children.append(build_service_monitor(name, namespace, spec))
-    if has_gateway_crd and (spec.get("gateway") or {}).get("enabled", False):
-        children.append(build_gateway_pool(name, namespace, spec))
+    children += gateway_children(
+        name,
+        namespace,
+        spec,
+        selector=selector_labels(name),
+        labels=common_labels(name),
+        pod_port=SIDECAR_PORT,
+        image=resolve_images(spec, images)["sidecar"]["image"],
+        managed_by=MANAGED_BY,
+        config_map=config_map_name(name),
+        has_gateway_crd=has_gateway_crd,
+    )
     return children
 
 
