@@ -39,6 +39,10 @@ class Admission(AdmissionQueue[Ticket]):
         # Set when a request is queued; the shedding tick sleeps while nothing is.
         self.nonempty = asyncio.Event()
 
+    def queued_tickets(self) -> list[Ticket]:
+        """The tickets waiting in the queues now (any order)."""
+        return [t for _, _, t in self._heap if t.waiting]
+
     def _new_ticket(self, **fields: Any) -> Ticket:
         return Ticket(**fields, released=asyncio.get_running_loop().create_future())
 

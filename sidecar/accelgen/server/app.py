@@ -4,8 +4,8 @@ Every error leaves as the OpenAI error JSON shape, whatever raised it (our check
 aiohttp's 404/405/413, or a bug: a 500 that is logged with its traceback). A 405
 carries ``Allow``. What each route requires when keys are configured: the generation
 routes and ``/v1/models`` a key; ``/stats`` a key unless ``open_stats``; ``/healthz``,
-``/readyz``, ``/metrics`` and ``/openapi.json`` none (probes and scrapers inside the
-pod's network; none of them tells a secret).
+``/readyz``, ``/metrics``, ``/pool/state`` and ``/openapi.json`` none (probes, scrapers
+and the gateway's endpoint picker inside the pod's network; none of them tells a secret).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from prometheus_client import generate_latest
 from accelgen.server.errors import ApiError, error_body
 from accelgen.server.intake import MAX_BODY_BYTES
 from accelgen.server.listen import count_protocol_error, request_finished, request_started
+from accelgen.server.pod_state import pod_state, with_pod_counts
 from accelgen.server.proxy import StreamFailed, generate
 from accelgen.server.reload import TierReloader
 from accelgen.server.state import Sidecar
@@ -98,6 +99,7 @@ def build_app(sidecar: Sidecar, *, tiers_path: str | None = None) -> web.Applica
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/stats", _stats)
+    app.router.add_get("/pool/state", _pool_state)
     app.router.add_get("/openapi.json", openapi_doc)
     app.cleanup_ctx.append(_background(sidecar, tiers_path))
     return app
@@ -132,11 +134,19 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    """``GET /metrics``: the sidecar's metrics, then the engine's ``vllm:*`` page as last read."""
+    """``GET /metrics``: the sidecar's metrics, then the engine's ``vllm:*`` page as last read,
+    its waiting and running counts the pod's (:func:`with_pod_counts`)."""
     sidecar = request.app[SIDECAR]
-    sidecar.refresh_gauges()
-    body = generate_latest(sidecar.metrics.registry) + sidecar.engine.state.vllm_text.encode()
+    pod = sidecar.refresh_gauges()
+    # vLLM's waiting/running series count the pod as the sidecar sees it (pod_state).
+    vllm = with_pod_counts(sidecar.engine.state.vllm_text, waiting=int(pod["waiting"]), running=int(pod["running"]))
+    body = generate_latest(sidecar.metrics.registry) + vllm.encode()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def _pool_state(request: web.Request) -> web.Response:
+    """``GET /pool/state``: the pod for an endpoint picker (:func:`pod_state`), open as /metrics."""
+    return web.json_response(pod_state(request.app[SIDECAR], time.monotonic()))
 
 
 async def _stats(request: web.Request) -> web.Response:

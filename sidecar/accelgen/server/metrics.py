@@ -7,8 +7,12 @@ cancelled (client went away); ``accelgen_requests_completed_total``,
 ``accelgen_requests_slo_met_total``, ``accelgen_output_tokens_total``,
 ``accelgen_goodput_tokens_total``. Histograms of TTFT, TBT gaps and queue time whose
 bucket edges include every tier's targets (fixed at start: a reload with new targets
-keeps the old edges). Gauges: queue depth, each tier's targets (latency targets and
-attainment target, republished on a tier reload), and the engine as seen, including
+keeps the old edges). Gauges: queue depth, each tier's headroom
+(``accelgen_tier_headroom_tokens``: the prompt tokens of that tier the pod can still
+start within its target, see :mod:`accelgen.server.pod_state`), each tier's targets
+(latency targets and attainment target, republished on a tier reload), and the engine
+as seen (its raw running and waiting counts; ``vllm:num_requests_waiting`` on the same
+page counts the sidecar's queue too), including
 the token budget per step that AccelGen's in-engine scheduler reports in its stats file
 and how its latency model errs per region of shape space (:class:`LatencyModelCollector`).
 And the sidecar's own health: how late its event loop runs (``accelgen_event_loop_lag_seconds``).
@@ -204,6 +208,14 @@ class SidecarMetrics:
         """Per-tier gauges: queue depth, latency targets and attainment target."""
         r = self.registry
         self.queue_depth = Gauge("accelgen_queue_depth", "Requests queued in the sidecar", names, registry=r)
+        self.headroom = Gauge(
+            "accelgen_tier_headroom_tokens",
+            "Prompt tokens of this tier's requests the pod can still start now and meet the tier's "
+            "first-token target (offline: its deadline), after the work queued ahead of them, at the "
+            "prefill rate the running requests' TBT targets leave; 0 or less: the tier is full here",
+            names,
+            registry=r,
+        )
         self.target = Gauge(
             "accelgen_tier_target_seconds",
             "Each tier's SLO targets",
@@ -221,8 +233,19 @@ class SidecarMetrics:
         """The engine as seen: readiness, requests, KV usage, preemptions, budget, latency model."""
         r = self.registry
         self.engine_ready = Gauge("accelgen_engine_ready", "1 if the engine answers", enames, registry=r)
-        self.engine_running = Gauge("accelgen_engine_requests_running", "Engine running requests", enames, registry=r)
-        self.engine_waiting = Gauge("accelgen_engine_requests_waiting", "Engine waiting requests", enames, registry=r)
+        self.engine_running = Gauge(
+            "accelgen_engine_requests_running",
+            "Requests the engine reports running (its raw vllm:num_requests_running)",
+            enames,
+            registry=r,
+        )
+        self.engine_waiting = Gauge(
+            "accelgen_engine_requests_waiting",
+            "Requests waiting inside the engine (its raw vllm:num_requests_waiting; the page's "
+            "vllm:num_requests_waiting adds the sidecar's queues)",
+            enames,
+            registry=r,
+        )
         self.engine_kv = Gauge("accelgen_engine_kv_usage_ratio", "Engine KV cache usage (0..1)", enames, registry=r)
         self.engine_preemptions = Gauge(
             "accelgen_engine_preemptions",
@@ -281,6 +304,7 @@ class SidecarMetrics:
             self.tbt,
             self.queue_time,
             self.queue_depth,
+            self.headroom,
         ):
             metric.labels(**lab)
         for target, value in (

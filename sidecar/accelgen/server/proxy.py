@@ -20,6 +20,7 @@ from accelgen.server.body import Parsed, engine_body, parse
 from accelgen.server.engine import DONE
 from accelgen.server.errors import ApiError
 from accelgen.server.intake import loads, read_body
+from accelgen.server.pod_state import InEngine
 from accelgen.server.stream import Assembler, Timing
 from accelgen.server.tiering import resolve_tier
 
@@ -78,6 +79,7 @@ async def _admitted(request: web.Request, sidecar: Sidecar, parsed: Parsed, tier
         raise
     sidecar.metrics.series(tier.name).queue_time.observe(time.monotonic() - ticket.arrival_s)
     timing = Timing(tier=tier, arrival_s=ticket.arrival_s)
+    sidecar.in_engine[id(ticket)] = InEngine(ticket, timing)
     outcome = "failed"
     try:
         response = await _run(request, sidecar, parsed, tier, timing)
@@ -87,6 +89,7 @@ async def _admitted(request: web.Request, sidecar: Sidecar, parsed: Parsed, tier
         outcome = "cancelled"
         raise
     finally:
+        del sidecar.in_engine[id(ticket)]
         admission.leave(ticket)
         if outcome == "completed":
             sidecar.completed(timing, time.monotonic())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from accelgen.core.tiers import TierSet
 from accelgen.server.admission import Admission
@@ -12,6 +13,7 @@ from accelgen.server.engine import EngineClient
 from accelgen.server.errors import ApiError
 from accelgen.server.limits import TenantLimiter
 from accelgen.server.metrics import SidecarMetrics, observe_all
+from accelgen.server.pod_state import InEngine, pod_state
 from accelgen.server.speed import Speed
 from accelgen.server.stats import WindowStats
 from accelgen.server.stream import Timing
@@ -57,6 +59,8 @@ class Sidecar:
         self.metrics = SidecarMetrics(config.tiers, pool=config.pool)
         self.stats = WindowStats(config.stats_window_s)
         self.admission = Admission(config.admission, speed, self.engine.state, on_shed=self._shed)
+        # Released to the engine and not finished, by id(ticket) (for /pool/state).
+        self.in_engine: dict[int, InEngine] = {}
 
     def set_tiers(self, tiers: TierSet) -> None:
         """Swap the tier configuration; in-flight and queued requests keep theirs."""
@@ -100,11 +104,15 @@ class Sidecar:
         observe_all(series.tbt, timing.gaps_s)
         self.stats.completed(name, now_s, met=met, tokens=tokens, ttft_s=timing.ttft_s, gaps_s=timing.gaps_s)
 
-    def refresh_gauges(self) -> None:
-        """Copy queue depths and the engine snapshot into the gauges (before a scrape)."""
+    def refresh_gauges(self) -> dict[str, Any]:
+        """Copy queue depths, headroom and the engine snapshot into the gauges (before a
+        scrape); returns the pod's state (:func:`pod_state`) they were taken from."""
         m, state = self.metrics, self.engine.state
+        pod = pod_state(self, time.monotonic())
+        headroom: dict[str, float] = pod["headroom"]
         for tier in self.tiers:
             m.queue_depth.labels(**m.labels(tier.name)).set(self.admission.depth.get(tier.name, 0))
+            m.headroom.labels(**m.labels(tier.name)).set(headroom.get(tier.name, 0.0))
         values = (
             (m.engine_ready, 1.0 if state.ready else 0.0),
             (m.engine_running, state.running),
@@ -116,3 +124,4 @@ class Sidecar:
             (gauge.labels(pool=m.pool) if m.pool else gauge).set(value)
         m.set_budget(state.budget_tokens, state.planner_s)
         m.set_latency_model(state.latency_model)
+        return pod

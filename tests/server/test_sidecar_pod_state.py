@@ -1,0 +1,225 @@
+"""The pod as an endpoint picker sees it: ``GET /pool/state`` and the vLLM counts on ``/metrics``.
+
+A real ``accelgen serve --engine sim`` process. Contention is made by count, not by
+speed: the sidecar releases one request at a time (``--max-running 1``), one long
+interactive request holds that slot, and three batch requests queue behind it in the
+sidecar. What is checked holds for as long as the long request runs, and the test waits
+for that state rather than for a time; the long request is sized from the engine's own
+latency model (tens of times what the checks need), so a slower machine only widens
+the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from accelgen.core.routing import PodState
+from accelgen.core.routing.estimate import headroom_tokens
+from accelgen.gateway.pods import pod_from_state
+from accelgen.server.pod_state import with_pod_counts
+from tests.support.serve_process import ServeProcess
+from tests.support.sidecar import TIERS, metric_value
+
+KEY = "sk-pod-state"
+NUM_QUEUED = 3
+LONG_TOKENS = 1200  # ~8 s of the sim engine's decode steps: the window the checks run in
+FIELDS = {f.name for f in dataclasses.fields(PodState)} - {"name", "address"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    tmp = tmp_path_factory.mktemp("pod-state")
+    keys = tmp / "keys.yaml"
+    keys.write_text(f"tenants:\n  - name: a\n    key_sha256: {hashlib.sha256(KEY.encode()).hexdigest()}\n")
+    # One request in the engine at a time; a batch queue that three requests fill.
+    running = ServeProcess(tmp, "--keys", str(keys), "--max-running", "1", "--max-queue", str(NUM_QUEUED))
+    yield running
+    running.stop()
+
+
+def _state(server: ServeProcess) -> dict[str, Any]:
+    resp = httpx.get(server.url + "/pool/state", timeout=10)  # no key: open as /metrics
+    assert resp.status_code == 200, resp.text
+    doc: dict[str, Any] = resp.json()
+    return doc
+
+
+def test_pool_state_has_exactly_the_pod_state_fields_and_needs_no_key(server: ServeProcess) -> None:
+    doc = _state(server)
+    assert set(doc) == FIELDS
+    assert httpx.get(server.url + "/stats", timeout=10).status_code == 401  # /stats keeps its key
+    pod = pod_from_state("p", "127.0.0.1:1", doc)  # the picker's own reader takes it whole
+    assert {k: getattr(pod, k) for k in ("ready", "waiting", "running")} == {"ready": True, "waiting": 0, "running": 0}
+
+
+def test_an_idle_pod_reports_room_in_every_tier(server: ServeProcess) -> None:
+    doc = _state(server)
+    assert doc["queued_tokens_by_tier"] == {t.name: 0 for t in TIERS}
+    assert doc["queued_prefill_tokens"] == 0 and doc["long_prompts"] == 0
+    assert doc["min_slack_s"] is None and doc["tightest_tbt_s"] is None
+    assert doc["max_num_seqs"] == 1  # what the sidecar releases at once
+    assert doc["decode_step_s"] > 0 and doc["prefill_s_per_token"] > 0
+    assert set(doc["headroom"]) == {t.name for t in TIERS}
+    assert all(v > 0 for v in doc["headroom"].values()), doc["headroom"]
+    # A longer target fits more prompt tokens.
+    assert doc["headroom"]["interactive"] < doc["headroom"]["standard"] < doc["headroom"]["batch"]
+
+
+async def _first_token_then_drain(session: aiohttp.ClientSession, url: str, started: asyncio.Event) -> None:
+    body = {"prompt": "hold the slot", "max_tokens": LONG_TOKENS, "stream": True}
+    headers = {"Authorization": f"Bearer {KEY}", "x-accelgen-tier": "interactive"}
+    async with session.post(url + "/v1/completions", json=body, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        async for line in resp.content:
+            if line.startswith(b"data: {"):
+                started.set()
+    started.set()
+
+
+async def _batch(session: aiohttp.ClientSession, url: str) -> int:
+    body = {"prompt": "a queued batch job " * 8, "max_tokens": 4}
+    headers = {"Authorization": f"Bearer {KEY}", "x-accelgen-tier": "batch"}
+    async with session.post(url + "/v1/completions", json=body, headers=headers) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def _until(check: Any, what: str, timeout_s: float = 30.0) -> Any:
+    """Poll ``check`` (a coroutine function) until truthy; a generous bound on a hang only."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        found = await check()
+        if found:
+            return found
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def _loaded(url: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """(state, metrics, state again) while the long request runs and the batch ones queue."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def get(path: str) -> Any:
+            async with session.get(url + path) as resp:
+                return await (resp.json() if path == "/pool/state" else resp.text())
+
+        async def empty() -> bool:
+            s = await get("/pool/state")
+            return bool(s["waiting"] == 0 and s["running"] == 0)
+
+        await _until(empty, "an idle pod to start from")  # what an earlier test sent has left
+        started = asyncio.Event()
+        tasks = [asyncio.create_task(_first_token_then_drain(session, url, started))]
+        await asyncio.wait_for(started.wait(), 30)
+        tasks += [asyncio.create_task(_batch(session, url)) for _ in range(NUM_QUEUED)]
+
+        async def settled() -> Any:
+            s = await get("/pool/state")
+            # The engine's own figures come from its poll: wait until it has seen the long one.
+            m = await get("/metrics")
+            ok = s["waiting"] == NUM_QUEUED and s["running"] == 1
+            return (s, m) if ok and metric_value(m, "accelgen_engine_requests_running") == 1 else None
+
+        state, metrics = await _until(settled, f"{NUM_QUEUED} queued behind one running")
+        again = await get("/pool/state")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return state, metrics, again
+
+
+def test_waiting_counts_the_sidecars_queue_and_headroom_follows_it(server: ServeProcess) -> None:
+    idle = _state(server)
+    assert idle["waiting"] == 0 and idle["running"] == 0
+    state, metrics, again = asyncio.run(_loaded(server.url))
+    assert again["waiting"] == NUM_QUEUED and again["running"] == 1, "the long request ended too soon"
+
+    # vLLM's series, as a gateway's picker reads them, count the sidecar's queue...
+    assert metric_value(metrics, "vllm:num_requests_waiting") == NUM_QUEUED
+    assert metric_value(metrics, "vllm:num_requests_running") == 1
+    # ...and the engine's raw figures keep names of their own.
+    assert metric_value(metrics, "accelgen_engine_requests_waiting") == 0
+    assert metric_value(metrics, "accelgen_queue_depth", tier="batch") == NUM_QUEUED
+
+    queued = state["queued_tokens_by_tier"]
+    assert queued["batch"] > 0 and queued["interactive"] == 0 and queued["standard"] == 0
+    assert state["queued_prefill_tokens"] == queued["batch"]  # the long one has its first token
+    assert state["tightest_tbt_s"] == pytest.approx(0.1)  # the interactive tier's TBT, running
+    assert state["min_slack_s"] is not None and state["min_slack_s"] <= 0.1
+    # Headroom is the core's estimate of exactly the reported state...
+    expected = headroom_tokens(
+        TIERS,
+        queued_tokens_by_tier=queued,
+        decode_step_s=state["decode_step_s"],
+        prefill_s_per_token=state["prefill_s_per_token"],
+        tightest_tbt_s=state["tightest_tbt_s"],
+    )
+    assert state["headroom"]["interactive"] == pytest.approx(expected["interactive"], abs=0.1)
+    assert state["headroom"]["standard"] == pytest.approx(expected["standard"], abs=0.1)
+    # ...queued batch work costs the batch tier, not the tighter tiers it goes after...
+    assert state["headroom"]["interactive"] > 0
+    assert expected["batch"] < idle["headroom"]["batch"] - queued["batch"] / 2
+    # ...and a full tier queue leaves that tier none: a request sent there is refused.
+    assert state["headroom"]["batch"] <= 0
+    assert metric_value(metrics, "accelgen_tier_headroom_tokens", tier="batch") <= 0
+    assert metric_value(metrics, "accelgen_tier_headroom_tokens", tier="interactive") == pytest.approx(
+        state["headroom"]["interactive"], rel=0.01
+    )
+
+
+def test_cancelled_requests_leave_the_pod_state(server: ServeProcess) -> None:
+    asyncio.run(_loaded(server.url))
+
+    async def empty() -> bool:
+        doc = _state(server)
+        return doc["waiting"] == 0 and doc["running"] == 0 and doc["queued_prefill_tokens"] == 0
+
+    asyncio.run(_until(empty, "the pod empty again"))
+    assert _state(server)["min_slack_s"] is None
+
+
+def _parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def test_the_vllm_counts_keep_their_labels_and_sum_to_the_pods() -> None:
+    page = (
+        "# HELP vllm:num_requests_waiting Number of requests waiting.\n"
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0\n'
+        'vllm:num_requests_waiting{engine="1",model_name="m"} 2.0\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\n'
+    )
+    parsed = _parse(with_pod_counts(page, waiting=7, running=3))
+    assert parsed["vllm:num_requests_waiting"] == [
+        ({"engine": "0", "model_name": "m"}, 7.0),
+        ({"engine": "1", "model_name": "m"}, 0.0),
+    ]
+    assert parsed["vllm:kv_cache_usage_perc"] == [({"engine": "0", "model_name": "m"}, 0.25)]  # untouched
+    assert parsed["vllm:num_requests_running"] == [({}, 3.0)]  # absent from the page: added
+    assert "sidecar" in with_pod_counts(page, waiting=0, running=0).split("\n", 1)[0]  # its HELP says so
+    assert _parse(with_pod_counts("", waiting=1, running=0))["vllm:num_requests_waiting"] == [({}, 1.0)]
+
+
+def test_pool_state_is_in_the_published_schema() -> None:
+    doc = json.loads((Path(__file__).parents[2] / "sidecar/accelgen/server/openapi.json").read_text())
+    schema = doc["components"]["schemas"]["PoolState"]
+    assert set(schema["properties"]) == FIELDS == set(schema["required"])
+    assert "/pool/state" in doc["paths"]
