@@ -1,16 +1,41 @@
 """``accelgen serve --engine sim`` under hostile clients: one regression test per defect.
 
-Each test drives the real CLI process (its own event loop, its own log) over raw
-sockets or httpx, as an outside probe would: nesting, encodings, stalled and idle
-connections, malformed HTTP, keys on the monitoring routes, invalid values, the body
-limit, 405s and non-ASCII values. Timeouts are short here (about a second) so the
-slow-client tests finish fast; their bounds are generous upper limits, never speeds.
+Each test drives the real CLI process (its own event loop, its own log, the server run
+by ``listen()`` with the flags' limits) over raw sockets or httpx, as an outside probe
+would. Timeouts are short here (about a second) so the slow-client tests finish fast;
+their bounds are generous upper limits, never speeds.
+
+The defects of issue #16's outside probe and the tests that fail on them (run against
+the sidecar before its fixes, commit 3c4eacd; the pipelined-head tests against the
+listen.py before theirs):
+
+1. nested JSON a 500 with a traceback: ``test_deep_nesting_is_400_without_traceback``;
+2. a body not in its ``Content-Encoding`` a 500, ``br`` a plain-text 400:
+   ``test_body_not_in_its_encoding_is_400_json``, ``test_unsupported_encoding_is_415_json``
+   (and ``test_decompression_bomb_is_413``);
+3. stalled and idle connections never closed: ``test_body_that_never_arrives_gets_408_and_a_close``,
+   ``test_stalled_head_is_closed``, ``test_trickled_head_is_closed_at_the_header_timeout``,
+   ``test_idle_keep_alive_is_closed``, ``test_connections_beyond_the_bound_get_503``,
+   ``test_pipelined_stalled_head_gets_the_header_timeout``,
+   ``test_stalled_head_sent_during_an_answer_gets_the_header_timeout``;
+4. a traceback at ERROR per malformed request (and its plain-text answer):
+   ``test_malformed_requests_are_400_json_counted_and_logged_once_without_traceback``;
+5. ``/stats`` without a key, the embedded engine on a TCP port:
+   ``test_stats_needs_the_key_when_keys_are_configured``, ``test_embedded_engine_has_no_tcp_port``
+   (``test_probe_and_scrape_routes_need_no_key`` pins what stays open, by decision);
+6. invalid values reaching the engine: ``test_non_finite_numbers_are_400``,
+   ``test_fields_are_checked_against_the_published_schema``,
+   ``test_target_headers_take_plain_decimals_in_range_only``;
+7. the engine's 413 for a body under the limit: ``test_body_under_the_limit_reaches_the_engine``;
+8. a 405 without ``Allow``, a non-ASCII value echoed as a surrogate: ``test_405_carries_allow``,
+   ``test_non_ascii_tier_is_shown_printably``.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import json
 import socket
 import time
@@ -20,8 +45,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
+from accelgen.server.listen import JsonErrorHandler, ServerLimits
 from tests.support.serve_process import ServeProcess
+from tests.support.sidecar import Stack
 
 HEAD_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0
@@ -191,6 +219,64 @@ def test_trickled_head_is_closed_at_the_header_timeout(server: ServeProcess) -> 
     assert got.startswith(b"HTTP/1.1 408"), got[:200]
 
 
+def _request(path: str, body: dict[str, object] | None = None) -> bytes:
+    if body is None:
+        return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    data = json.dumps(body).encode()
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+STALLED_HEAD = b"GET /healthz HTTP/1.1\r\nHo"
+
+
+@pytest.mark.parametrize(
+    "first", [_request("/healthz"), _request("/v1/completions", OK_BODY)], ids=["behind-a-get", "behind-a-post"]
+)
+def test_pipelined_stalled_head_gets_the_header_timeout(server: ServeProcess, first: bytes) -> None:
+    # A whole request and, in the same read, the start of a next one that never ends: the
+    # idle timeout (a silent close) bounded it before; now the header timeout does (408).
+    with socket.create_connection(_address(server)) as sock:
+        sock.sendall(first + STALLED_HEAD)
+        after_s, got = _closed_after(sock)
+    assert after_s < HANG_S
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    assert got.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 408" in got and b'"header_timeout"' in got, got[-300:]
+
+
+def test_stalled_head_sent_during_an_answer_gets_the_header_timeout(server: ServeProcess) -> None:
+    # The next head's first bytes arrive while a stream is being answered: its clock starts
+    # when the stream ends (the header timeout cannot cut the answer before it short).
+    streamed = _request("/v1/completions", {"prompt": "Hello", "max_tokens": 64, "stream": True})
+    with socket.create_connection(_address(server)) as sock:
+        sock.sendall(streamed)
+        sock.settimeout(HANG_S)
+        got = b""
+        while b"data:" not in got:
+            chunk = sock.recv(65536)
+            assert chunk, got[:200]
+            got += chunk
+        sock.sendall(STALLED_HEAD)
+        after_s, rest = _closed_after(sock)
+    got += rest
+    assert after_s < HANG_S and got.startswith(b"HTTP/1.1 200"), got[:200]
+    assert b"[DONE]" in got and got.rstrip().endswith(b"}") and b'"header_timeout"' in got, got[-300:]
+
+
+def test_kept_alive_after_a_body_in_its_own_read_is_idle_not_a_head(server: ServeProcess) -> None:
+    # The head clock is for heads only: a body that came after its head leaves nothing pending.
+    body = json.dumps(OK_BODY).encode()
+    with socket.create_connection(_address(server)) as sock:
+        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        time.sleep(0.1)
+        sock.sendall(body)
+        sock.settimeout(HANG_S)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first[:200]
+        after_s, got = _closed_after(sock)
+    assert after_s < HANG_S and b"408" not in got, got[:200]
+    assert after_s >= min(IDLE_TIMEOUT_S, 1.0) * 0.9
+
+
 def test_idle_keep_alive_is_closed(server: ServeProcess) -> None:
     with socket.create_connection(_address(server)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -231,20 +317,59 @@ MALFORMED = [
 ]
 
 
-def test_malformed_requests_are_400_counted_and_logged_once_without_traceback(server: ServeProcess) -> None:
+def _json_error(got: bytes, status: int) -> dict[str, object]:
+    """The error object of a raw HTTP answer ``got``, which must be ``status`` in the API's shape."""
+    head, _, payload = got.partition(b"\r\n\r\n")
+    assert head.startswith((f"HTTP/1.0 {status} ".encode(), f"HTTP/1.1 {status} ".encode())), got[:200]
+    assert b"\r\ncontent-type: application/json" in head.lower(), head
+    error: dict[str, object] = json.loads(payload)["error"]
+    assert isinstance(error["message"], str) and error["message"] and error["type"] == "invalid_request_error"
+    return error
+
+
+def test_malformed_requests_are_400_json_counted_and_logged_once_without_traceback(server: ServeProcess) -> None:
     before, logged = protocol_errors(server), len(server.output)
     for _ in range(20):
         for raw in MALFORMED:
             with socket.create_connection(_address(server)) as sock:
                 sock.sendall(raw)
                 after_s, got = _closed_after(sock)
-            assert after_s < HANG_S and got.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), (raw[:60], got[:100])
+            assert after_s < HANG_S, raw[:60]
+            assert _json_error(got, 400)["code"] == "malformed_http", raw[:60]
     assert protocol_errors(server) - before >= 20 * len(MALFORMED)
     _no_tracebacks(server)
     # 160 malformed requests, a few causes: one WARNING line each at most (within the minute).
     warnings = [line for line in server.output[logged:].splitlines() if "client protocol error" in line]
     causes = [line.split("client protocol error ", 1)[1].split(":")[0] for line in warnings]
     assert len(causes) == len(set(causes)) and len(causes) <= len(MALFORMED), warnings
+
+
+def test_the_overridden_aiohttp_hook_keeps_its_signature() -> None:
+    # aiohttp has no public hook for the answer to a request its parser refuses; the
+    # sidecar overrides RequestHandler.handle_error (JsonErrorHandler). If aiohttp
+    # renames it or changes what it is called with, this fails before the JSON does.
+    assert issubclass(JsonErrorHandler, web.RequestHandler)
+    params = list(inspect.signature(web.RequestHandler.handle_error).parameters)
+    assert params == ["self", "request", "status", "exc", "message"]
+    assert "handle_error" in vars(JsonErrorHandler)
+
+
+def test_the_test_stack_runs_the_shipped_server() -> None:
+    # tests.support.sidecar.Stack serves its sidecar through listen(), as `accelgen serve`:
+    # the in-process tests see the same limits and error answers.
+    stack = Stack(limits=ServerLimits(header_timeout_s=0.5)).start()
+    try:
+        port = int(stack.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(MALFORMED[1])
+            _, got = _closed_after(sock)
+        assert _json_error(got, 400)["code"] == "malformed_http"
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /heal")
+            after_s, got = _closed_after(sock)
+        assert after_s < HANG_S and _json_error(got, 408)["code"] == "header_timeout"
+    finally:
+        stack.stop()
 
 
 # 5. Monitoring routes and the embedded engine without a key.

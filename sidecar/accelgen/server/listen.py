@@ -11,10 +11,16 @@ Every connection is bounded in time and in number (:class:`ServerLimits`)::
 The head clock runs from the connection's opening (or, on a kept-alive connection, from
 the next request's first byte) until the app sees the request; aiohttp's own
 ``keepalive_timeout`` is the idle one; the body's is :func:`accelgen.server.intake.read_body`'s.
+A request pipelined behind another (its first bytes came while the one before it was
+being answered) gets its head clock when that answer is done, as nginx and Node.js time
+it: a stalled head behind a request costs the header timeout, not the idle one
+(:class:`accelgen.server.framing.HeadFramer` tells whether such a head has begun).
 Beyond ``max_connections`` open at once a new connection gets a 503 and is closed. Each
 protocol error (a malformed request aiohttp refuses, a timeout, a refused connection) is
-counted in ``accelgen_protocol_errors_total{cause}`` and logged at WARNING once per cause
-per minute, without a traceback.
+answered in the API's JSON error shape (:class:`JsonErrorHandler`), counted in
+``accelgen_protocol_errors_total{cause}`` and logged at WARNING once per cause per minute,
+without a traceback (an exception of the server's own that reaches aiohttp: at ERROR,
+with it, as rarely).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import json
 import logging
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -32,6 +39,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter
 
 from accelgen.server.errors import error_body
+from accelgen.server.framing import HeadFramer
 from accelgen.server.intake import BODY_TIMEOUT, RAW_BODIES
 
 log = logging.getLogger("accelgen.server")
@@ -88,8 +96,12 @@ class ProtocolLog:
         self._quiet: dict[str, int] = {}
         self._log = logging.getLogger("accelgen.server.protocol")
 
-    def count(self, cause: str, detail: str = "") -> None:
-        """Count one error of ``cause``; log it unless this cause was logged under a minute ago."""
+    def count(self, cause: str, detail: str = "", *, bug: BaseException | None = None) -> None:
+        """Count one error of ``cause``; log it unless this cause was logged under a minute ago.
+
+        A client's error is a WARNING line; ``bug``, an exception of the server's own
+        (not the client's doing), is logged at ERROR with its traceback, as rarely.
+        """
         labels = {"cause": cause, "pool": self._pool} if self._pool else {"cause": cause}
         self._counter.labels(**labels).inc()
         now_s = time.monotonic()
@@ -99,17 +111,23 @@ class ProtocolLog:
         self._last_s[cause] = now_s
         quiet = self._quiet.pop(cause, 0)
         more = f" ({quiet} more since the last report)" if quiet else ""
-        self._log.warning("client protocol error %s%s%s", cause, f": {detail}" if detail else "", more)
+        detail = f": {detail}" if detail else ""
+        if bug is not None:
+            self._log.error("error handling a request %s%s%s", cause, detail, more, exc_info=bug)
+        else:
+            self._log.warning("client protocol error %s%s%s", cause, detail, more)
 
     def _exc(self, exc: object) -> None:
         if isinstance(exc, HttpProcessingError):
             first_line = str(exc.message).strip().split("\n", 1)[0]
             self.count(type(exc).__name__, ascii(first_line)[:160])
         elif isinstance(exc, BaseException):
-            self.count("unhandled_" + type(exc).__name__, ascii(str(exc))[:160])
+            self.count("unhandled_" + type(exc).__name__, ascii(str(exc))[:160], bug=exc)
 
     # The logger interface aiohttp's RequestHandler and Server use.
     def exception(self, msg: str, *args: Any, exc_info: object = None, **_: Any) -> None:
+        if exc_info is True:
+            exc_info = sys.exc_info()[1]
         if exc_info is not None:
             self._exc(exc_info)
         else:
@@ -126,6 +144,46 @@ class ProtocolLog:
     info = warning
 
 
+def _first_line(exc: BaseException | None) -> str:
+    """What aiohttp says went wrong, its first line, printable and short."""
+    text = str(exc.message if isinstance(exc, HttpProcessingError) else exc or "").strip()
+    line = text.split("\n", 1)[0].rstrip(":")
+    return ascii(line)[1:-1][:120]
+
+
+class JsonErrorHandler(web.RequestHandler):
+    """aiohttp's protocol for one connection, its own error answers in the API's JSON shape.
+
+    aiohttp answers a request its parser refuses (and a failure outside the app's
+    handler) from ``RequestHandler.handle_error``, in plain text, before any middleware
+    could see it; aiohttp has no hook for that answer (aio-libs/aiohttp#3287, open), so
+    this subclass overrides the method. aiohttp's own version still runs first: it logs
+    (through :class:`ProtocolLog`: counted, no traceback) and refuses when a response
+    has already begun. ``tests/server/test_sidecar_hostile.py`` pins the signature.
+    """
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)
+        if status >= 500:
+            body = error_body(status, "internal error in the sidecar", code="internal_error")
+        else:
+            cause = type(exc).__name__ if exc is not None else "BadHttpMessage"
+            detail = _first_line(exc)
+            text = f"malformed HTTP request ({cause}{': ' + detail if detail else ''})"
+            body = error_body(status, text, code="malformed_http")
+        response = web.json_response(body, status=status)
+        response.force_close()
+        return response
+
+
 class _Guarded(asyncio.Protocol):
     """aiohttp's protocol for one connection, behind the head clock and the connection count."""
 
@@ -134,7 +192,8 @@ class _Guarded(asyncio.Protocol):
         self._guard = guard
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._got_bytes = False
+        self._framer = HeadFramer()
+        self._got_bytes = False  # since the last request reached the app
         self._busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,14 +211,23 @@ class _Guarded(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        if self._got_bytes:
+        if self._head_begun():
             self._guard.log.count("header_timeout")
             transport.write(self._guard.head_timeout_answer)
         transport.close()
 
+    def _head_begun(self) -> bool:
+        """Has a request's head begun and not yet reached the app?
+
+        Where the framing is not followed (after a chunked body), any byte since the
+        last request counts, as a body's late bytes would.
+        """
+        return self._framer.pending if self._framer.known else self._got_bytes
+
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
-        if self._timer is None and not self._busy:
+        self._framer.feed(data)
+        if self._timer is None and not self._busy and self._head_begun():
             self._arm()
         self._inner.data_received(data)
 
@@ -189,7 +257,10 @@ class _Guarded(asyncio.Protocol):
         self._got_bytes = False
 
     def finished(self) -> None:
+        """The answer is done: a head already waiting behind it gets its clock now."""
         self._busy = False
+        if self._timer is None and self._framer.pending:
+            self._arm()
 
 
 class _Refused(asyncio.Protocol):
@@ -204,8 +275,11 @@ class _Refused(asyncio.Protocol):
 class Guard:
     """The protocol factory in front of aiohttp's: counts connections, runs head clocks."""
 
-    def __init__(self, server: web.Server, limits: ServerLimits, protocol_log: ProtocolLog) -> None:
+    def __init__(
+        self, server: web.Server, limits: ServerLimits, protocol_log: ProtocolLog, handler_args: dict[str, Any]
+    ) -> None:
         self.server = server
+        self._handler_args = handler_args
         self.limits = limits
         self.log = protocol_log
         self.num_open = 0
@@ -224,7 +298,8 @@ class Guard:
         if self.num_open >= self.max_open:
             self.log.count("too_many_connections")
             return _Refused(self._full_answer)
-        return _Guarded(self.server(), self)
+        loop = asyncio.get_running_loop()
+        return _Guarded(JsonErrorHandler(self.server, loop=loop, **self._handler_args), self)
 
 
 class GuardedSite(web.BaseSite):
@@ -296,17 +371,18 @@ async def listen(
     app[RAW_BODIES] = True
     app[BODY_TIMEOUT] = limits.body_timeout_s
     app[PROTOCOL_LOG] = protocol_log
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
-        keepalive_timeout=limits.idle_timeout_s,
-        auto_decompress=False,
-        logger=cast(logging.Logger, protocol_log),
-    )
+    # What aiohttp's Server would pass each connection's RequestHandler; here the guard
+    # builds a JsonErrorHandler with them instead.
+    handler_args: dict[str, Any] = {
+        "access_log": None,
+        "keepalive_timeout": limits.idle_timeout_s,
+        "auto_decompress": False,
+        "logger": cast(logging.Logger, protocol_log),
+    }
+    runner = web.AppRunner(app, handler_cancellation=True, **handler_args)
     await runner.setup()
     assert runner.server is not None
-    guard = Guard(runner.server, limits, protocol_log)
+    guard = Guard(runner.server, limits, protocol_log, handler_args)
     if guard.max_open < limits.max_connections:
         log.warning(
             "at most %d connections (the open-files limit allows no more; asked %d)",
