@@ -22,6 +22,7 @@ from aiohttp import web
 from accelgen.core.tiers import TierSet, parse_tiers
 from accelgen.server.app import build_app
 from accelgen.server.engine_state import metric_samples
+from accelgen.server.listen import ServerLimits, listen
 from accelgen.server.speed import Speed
 from accelgen.server.state import Sidecar, SidecarConfig
 from accelgen.server.tenants import KeyStore
@@ -57,6 +58,7 @@ class Stack:
     tiers_path: str | None = None
     engine_stats: str | None = None  # the in-engine stats file the sidecar reads
     sim_stats: str | None = None  # where the in-process sim engine writes it
+    limits: ServerLimits = field(default_factory=ServerLimits)  # the sidecar's timeouts and connection bound
     url: str = ""
     sidecar: Sidecar | None = None
     engine: RealtimeEngine | None = None
@@ -95,7 +97,13 @@ class Stack:
             engine_stats_path=self.engine_stats,
         )
         self.sidecar = Sidecar(config, Speed(DEFAULT_SIM_MODEL))
-        self.url = await self._serve(build_app(self.sidecar, tiers_path=self.tiers_path))
+        # The sidecar through listen(), as `accelgen serve` runs it: its limits and timeouts.
+        app = build_app(self.sidecar, tiers_path=self.tiers_path)
+        runner, site = await listen(
+            app, "127.0.0.1", 0, self.limits, registry=self.sidecar.metrics.registry, pool=self.pool
+        )
+        self._runners.append(runner)
+        self.url = f"http://127.0.0.1:{site.port}"
         await self.sidecar.engine.poll_once()
 
     def start(self) -> Stack:
@@ -147,7 +155,7 @@ def server_errors(caplog: Any) -> list[str]:
     return [
         f"{r.name}: {r.getMessage()}"
         for r in caplog.records
-        if r.levelno >= logging.ERROR and r.name in ("accelgen.server", "aiohttp.server")
+        if r.levelno >= logging.ERROR and r.name in ("accelgen.server", "accelgen.server.protocol", "aiohttp.server")
     ]
 
 
