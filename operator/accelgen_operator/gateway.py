@@ -242,8 +242,7 @@ def build_gateway_pool(
         "spec": {
             "selector": {"matchLabels": dict(selector)},
             "targetPorts": [{"number": pod_port}],
-            "endpointPickerRef": {
-                "kind": "Service",
+            "endpointPickerRef": {  # kind defaults to Service
                 "name": ref.service,
                 "port": {"number": ref.port},
                 "failureMode": ref.failure_mode,

@@ -118,7 +118,7 @@ def test_replicas_outside_autoscaling_bounds_accepted() -> None:
 
 def test_images_may_be_left_to_the_operators_defaults() -> None:
     """A pool may omit engine.image and sidecar.image; an empty image is still refused."""
-    doc = copy.deepcopy(next(d for d in example_documents(GOOD[0]) if d["kind"] == KIND))
+    doc = copy.deepcopy(next(d for d in example_documents(EXAMPLES / "llama-three-tiers.yaml") if d["kind"] == KIND))
     del doc["spec"]["engine"]["image"], doc["spec"]["sidecar"]["image"]
     assert validate_pool(doc) == []
     doc["spec"]["engine"]["image"] = ""

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from accelgen_operator import API_VERSION, KIND
+from accelgen_operator import KIND
 from accelgen_operator.emulator import OPTIONAL_RESOURCES, emulated_api
 from accelgen_operator.handlers import OperatorConfig
 from accelgen_operator.runner import running_operator
@@ -215,12 +215,3 @@ async def test_gateway_enabled_false_publishes_nothing(cluster: Cluster) -> None
     )
     for resource, name in PICKER_CHILDREN:
         assert cluster.obj(resource, name) is None, f"{resource}/{name} made though the gateway is disabled"
-
-
-def test_the_example_pool_with_the_picker_is_minimal() -> None:
-    from tests.support.crd_schema import EXAMPLES, example_documents
-
-    (doc,) = [d for d in example_documents(EXAMPLES / "gateway-picker.yaml") if d["kind"] == KIND]
-    assert doc["apiVersion"] == API_VERSION
-    assert "sidecar" not in doc["spec"] and doc["spec"]["gateway"]["endpointPicker"]["type"] == "accelgen"
-    assert validate_pool(doc) == []
