@@ -153,11 +153,15 @@ def test_accelgen_puts_tight_requests_where_their_tbt_holds() -> None:
     assert r.pick(request("interactive"), [steps_too_long, holds], 0.0).pod == "holds"
 
 
-def test_accelgen_puts_looser_work_where_the_tight_tier_has_room_to_spare() -> None:
+def test_accelgen_puts_long_prompts_where_fewest_tight_requests_run() -> None:
     r = make_router("accelgen", tiers=TIERS)
-    tight_backlog = reporting("tight", queued={"interactive": 6_000})
-    loose_backlog = reporting("loose", queued={"batch": 20_000, "summarize": 6_000})
-    assert r.pick(request("batch", 1_000), [tight_backlog, loose_backlog], 0.0).pod == "loose"
+    crowded = reporting("crowded", running=40, running_by_tier={"interactive": 40})
+    loose = reporting(
+        "loose", running=40, running_by_tier={"summarize": 30, "interactive": 10}, queued={"summarize": 9_000}
+    )
+    assert r.pick(request("summarize", 9_000), [crowded, loose], 0.0).pod == "loose"
+    # A short looser request goes where its tier has the most room.
+    assert r.pick(request("summarize", 500), [crowded, loose], 0.0).pod == "crowded"
 
 
 def test_accelgen_queues_at_the_router_and_sheds_only_what_no_pod_serves_in_time() -> None:

@@ -136,10 +136,18 @@ class Replica:
             tightest_tbt_s=tightest,
             decode_step_s=decode,
             prefill_s_per_token=per_token,
+            running_by_tier=_count_tiers(policy.running),
             long_prompts=num_long,
             max_num_seqs=policy.limits.max_num_seqs,
             kv_free_tokens=kv_free,
         )
+
+
+def _count_tiers(requests: Sequence[Request]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in requests:
+        counts[r.tier.name] = counts.get(r.tier.name, 0) + 1
+    return counts
 
 
 def _batch_costs(

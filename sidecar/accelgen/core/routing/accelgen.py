@@ -10,13 +10,14 @@ headroom, less what its wait at the router has already spent::
 Placement among the pods it fits:
 
 * a long prompt (≥ ``long_prompt_tokens``) goes to a pod that holds no other long
-  prompt still prefilling, the one with the most room; AccelGen's engine prefills one
-  long prompt at a time, so a second one on the same pod only waits there;
+  prompt still prefilling (AccelGen's engine prefills one long prompt at a time, so a
+  second one on the same pod only waits there), and of those to the one running the
+  fewest requests of the tightest tier: every step that carries its chunks is planned
+  up to the tightest running TBT, so that is where it costs the tight requests least;
+  then the most room;
 * a tight request (the tightest TBT of the tiers) goes where its TBT holds (one more
-  decode fits in it) and its first token comes soonest: the most room;
-* looser work goes where it costs the tight requests least: the pod with the most
-  headroom left for the tightest tier once it is placed there (it takes prefill time and
-  KV from them only where they have room to spare).
+  decode fits in it) and it has the most room (its first token comes soonest);
+* other (looser, short) work goes where its own tier has the most room.
 
 Flow control: when no pod fits the request now but its first-token deadline can still
 be met (an idle pod would prefill it in time), the decision is ``queue``: the caller
@@ -97,31 +98,25 @@ class AccelGenRouter:
             free = [p for p in fits if p.long_prompts == 0]
             if not free and self._can_wait(request, ready, now, factor=2.0):
                 return Decision(None, queue=True, reason="every pod that fits is prefilling a long prompt")
-            pod = max(free or fits, key=lambda p: (-p.long_prompts, rooms[p.name]))
+            pod = max(free or fits, key=lambda p: (-p.long_prompts, -self._tight_running(p), rooms[p.name]))
             return Decision(pod.name, reason="long prompt: a pod with no other long prompt" if free else "long prompt")
         if self._is_tight(request):
             tbt_ok = [p for p in fits if (predicted_tpot_s(p) or 0.0) <= (request.tbt_slo_s or math.inf)]
             pod = max(tbt_ok or fits, key=lambda p: rooms[p.name])
             return Decision(pod.name, reason="tight: its TBT holds, most room")
-        pod = max(fits, key=lambda p: self._tight_room_after(p, request))
-        return Decision(pod.name, reason="looser: most room left for the tightest tier")
+        pod = max(fits, key=lambda p: rooms[p.name])
+        return Decision(pod.name, reason="looser: most room")
+
+    def _tight_running(self, pod: PodState) -> int:
+        """The tightest tier's requests running on ``pod`` (all running when not reported)."""
+        if self.tight_tier is None or not pod.running_by_tier:
+            return pod.running
+        return pod.running_by_tier.get(self.tight_tier.name, 0)
 
     def _is_tight(self, request: RouteRequest) -> bool:
         if request.tbt_slo_s is None:
             return False
         return self.tight_tbt_s is None or request.tbt_slo_s <= self.tight_tbt_s
-
-    def _tight_room_after(self, pod: PodState, request: RouteRequest) -> float:
-        """The tightest tier's headroom on ``pod`` once ``request`` is there."""
-        tight = self.tight_tier
-        if tight is None:
-            return -float(pod.load)
-        room = pod.headroom.get(tight.name)
-        if room is None:
-            room = self.room(RouteRequest(tight.name, 0, ttft_slo_s=tight.ttft_slo_s, arrival_s=0.0), pod, 0.0)
-        if request.ttft_slo_s is not None and tight.ttft_slo_s is not None and request.ttft_slo_s <= tight.ttft_slo_s:
-            room -= request.prompt_tokens  # it goes ahead of the tight tier's work
-        return room - request.prompt_tokens * _decode_share(pod)
 
     def _can_wait(self, request: RouteRequest, pods: Sequence[PodState], now: float, *, factor: float) -> bool:
         """An idle pod would still prefill it in time after waiting a little (``factor`` margin)."""
@@ -143,13 +138,6 @@ class AccelGenRouter:
             return Decision(None, shed=True, reason="no pod can serve it in time")
         pod = max(ready, key=lambda p: rooms[p.name])
         return Decision(pod.name, reason="no pod can serve it in time; not sheddable: most room")
-
-
-def _decode_share(pod: PodState) -> float:
-    """How much a placed request's decodes take from the pod's prefill, relative (0..1)."""
-    if pod.max_num_seqs <= 0:
-        return 0.0
-    return min(1.0, (pod.running + 1) / pod.max_num_seqs)
 
 
 T = TypeVar("T")

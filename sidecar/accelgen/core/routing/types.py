@@ -54,6 +54,7 @@ class PodState:
             running batch and no prefill (its latency model); ``None``: not reported.
         prefill_s_per_token: The latency model's marginal seconds per prefill token
             beside that batch; ``None``: not reported.
+        running_by_tier: Running requests per tier name (empty: not reported).
         long_prompts: Long prompts the pod holds that have not finished their prefill
             (queued or in progress).
         max_num_seqs: The most requests its engine runs at once (0: not reported).
@@ -73,6 +74,7 @@ class PodState:
     tightest_tbt_s: float | None = None
     decode_step_s: float | None = None
     prefill_s_per_token: float | None = None
+    running_by_tier: Mapping[str, int] = field(default_factory=dict)
     long_prompts: int = 0
     max_num_seqs: int = 0
     kv_free_tokens: int | None = None
