@@ -12,6 +12,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -72,7 +73,9 @@ def test_routed_request_names_one_pod_in_the_header_and_the_metadata(picker: Pic
 @pytest.mark.parametrize("mode", [Mode.BUFFERED, Mode.FULL_DUPLEX_STREAMED])
 def test_body_modes_decide_on_the_body_and_keep_it(picker: PickerThread, pods: list[str], mode: int) -> None:
     body = json.dumps({"prompt": "word " * 400, "max_tokens": 8}).encode()
-    responses = converse(picker, POST, body, mode=mode, chunk_bytes=500)
+    # Envoy sends a buffered body as one message, a full-duplex streamed one in chunks.
+    chunk_bytes = 500 if mode == Mode.FULL_DUPLEX_STREAMED else 0
+    responses = converse(picker, POST, body, mode=mode, chunk_bytes=chunk_bytes)
     kinds = [r.WhichOneof("response") for r in responses]
     assert kinds == ["request_headers", "request_body"]
     header, metadata = destination(responses)
@@ -141,7 +144,13 @@ class _Load:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.future = asyncio.run_coroutine_threadsafe(self._run(urls, per_pod), self.loop)
+        self.task = self._call(self._spawn(urls, per_pod))
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    async def _spawn(self, urls: list[str], per_pod: int) -> asyncio.Task[None]:
+        return asyncio.create_task(self._run(urls, per_pod))
 
     async def _run(self, urls: list[str], per_pod: int) -> None:
         body = {"prompt": "busy " * 64, "max_tokens": 4000, "stream": True}
@@ -155,7 +164,11 @@ class _Load:
             await asyncio.gather(*(one(u) for u in urls for _ in range(per_pod)))
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.future.cancel)
+        async def cancel() -> None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+        self._call(cancel())  # the clients hang up: the sidecars abort their requests
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
 
@@ -187,3 +200,16 @@ def test_tier_from_gateway_headers_decides_what_is_shed(picker: PickerThread, st
             assert header is not None and header == metadata, headers  # never shed: the most room
     finally:
         load.stop()
+
+
+def test_a_plain_vllm_pod_is_read_from_its_metrics(stacks: list[Stack]) -> None:
+    # The sim engine's own vLLM-like API: /metrics with vllm:* series, no /pool/state.
+    assert stacks[0].sidecar is not None
+    engine = stacks[0].sidecar.config.engine_url.removeprefix("http://")
+    picker = PickerThread([engine])
+    try:
+        (pod,) = picker.watcher.pods
+        assert pod.ready and pod.headroom == {} and pod.decode_step_s is None
+        assert destination(converse(picker, POST)) == (engine, engine)
+    finally:
+        picker.stop()

@@ -93,7 +93,7 @@ def request_messages(
     )
     first = ext_proc.ProcessingRequest(
         request_headers=ext_proc.HttpHeaders(headers=header_map, end_of_stream=body is None),
-        protocol_config=ext_proc.ProtocolConfiguration(request_body_mode=mode),  # type: ignore[arg-type]
+        protocol_config=ext_proc.ProtocolConfiguration(request_body_mode=mode),
     )
     if subset is not None:
         first.metadata_context.filter_metadata["envoy.lb.subset_hint"].update(

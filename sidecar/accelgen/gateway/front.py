@@ -78,6 +78,7 @@ async def _forward(request: web.Request, address: str, body: bytes) -> web.Strea
     client = request.app[CLIENT]
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
     url = f"http://{address}{request.rel_url}"
+    response: web.StreamResponse | None = None
     try:
         async with client.request(request.method, url, headers=headers, data=body or None) as upstream:
             response = web.StreamResponse(status=upstream.status)
@@ -90,8 +91,8 @@ async def _forward(request: web.Request, address: str, body: bytes) -> web.Strea
             await response.write_eof()
             return response
     except (aiohttp.ClientError, TimeoutError) as err:
-        if request.transport is None or request.transport.is_closing():
-            raise  # the client left: nothing to answer
+        if response is not None and response.prepared:
+            raise  # cut mid-answer: the client sees the stream end early, as from the replica itself
         return _error(502, f"replica {address} failed: {type(err).__name__}", code="replica_error")
 
 
@@ -193,7 +194,7 @@ async def _metrics(request: web.Request) -> web.Response:
     placer = request.app[PLACER]
     stats = await pool_stats(request.app[CLIENT], [p.address for p in placer.watcher.pods], None)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_PoolCollector(placer, stats))  # type: ignore[arg-type]
+    registry.register(_PoolCollector(placer, stats))
     return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

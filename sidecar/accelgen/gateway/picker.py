@@ -143,7 +143,7 @@ class _Exchange:
     decided: bool = False
 
 
-class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):
+class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated, untyped
     """The ``ExternalProcessor`` service: each stream is one request to place.
 
     Args:
@@ -188,8 +188,8 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):
         if ex.decided:  # the body of a request decided at its headers
             return [_continue_body(chunk, streamed=ex.request_mode == _Mode.FULL_DUPLEX_STREAMED)]
         ex.body += chunk.body
-        if not chunk.end_of_stream:
-            return []  # FULL_DUPLEX_STREAMED: gather the chunks; buffered modes send one
+        if not chunk.end_of_stream and ex.request_mode == _Mode.FULL_DUPLEX_STREAMED:
+            return []  # gather the chunks; buffered modes send one message (a partial one past the limit)
         decision = await self._decide(ex, body=bytes(ex.body))
         if decision.HasField("immediate_response"):
             return [decision]

@@ -125,7 +125,11 @@ async def serve_pool(args: argparse.Namespace) -> int:
     runner = web.AppRunner(build_front(placer, tiers, pool=args.pool), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
-        await web.TCPSite(runner, args.host, args.port).start()
+        try:
+            await web.TCPSite(runner, args.host, args.port).start()
+        except OSError as err:
+            print(f"accelgen: error: cannot listen on {args.host}:{args.port}: {err.strerror}", file=sys.stderr)
+            return 1
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         lines = [f"accelgen: pool of {args.replicas} replicas on http://{shown}:{args.port} (routing {args.routing})"]
         lines += [f"  replica {i}: http://{a} (/stats, /metrics)" for i, a in enumerate(addresses)]
