@@ -89,8 +89,13 @@ def run(args: argparse.Namespace) -> int:
     """Start the picker and serve until SIGINT/SIGTERM (ConfigError: exit 2)."""
     import asyncio
     import logging
+    import sys
 
-    from accelgen.gateway.picker_run import serve_picker
+    try:
+        from accelgen.gateway.picker_run import serve_picker
+    except ImportError as err:  # grpcio or Envoy's protos missing
+        print(f"accelgen: error: {err.name or err}: the picker needs pip install 'accelgen[gateway]'", file=sys.stderr)
+        return 2
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(serve_picker(args))
