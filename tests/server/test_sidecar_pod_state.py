@@ -170,7 +170,18 @@ def test_waiting_counts_the_sidecars_queue_and_headroom_follows_it(server: Serve
     assert state["headroom"]["standard"] == pytest.approx(expected["standard"], abs=0.1)
     # ...queued batch work costs the batch tier, not the tighter tiers it goes after...
     assert state["headroom"]["interactive"] > 0
-    assert expected["batch"] < idle["headroom"]["batch"] - queued["batch"] / 2
+    unqueued = headroom_tokens(
+        TIERS,
+        queued_tokens_by_tier={t.name: 0 for t in TIERS},
+        decode_step_s=state["decode_step_s"],
+        prefill_s_per_token=state["prefill_s_per_token"],
+        tightest_tbt_s=state["tightest_tbt_s"],
+    )
+    assert expected["batch"] == pytest.approx(unqueued["batch"] - queued["batch"])
+    assert expected["interactive"] == pytest.approx(unqueued["interactive"])
+    # ...the running interactive request's TBT leaves prefill only part of each step...
+    assert state["tightest_tbt_s"] is not None and idle["tightest_tbt_s"] is None
+    assert state["running_by_tier"] == {"interactive": 1, "standard": 0, "batch": 0}
     # ...and a full tier queue leaves that tier none: a request sent there is refused.
     assert state["headroom"]["batch"] <= 0
     assert metric_value(metrics, "accelgen_tier_headroom_tokens", tier="batch") <= 0

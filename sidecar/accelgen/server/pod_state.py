@@ -83,6 +83,14 @@ def _slack(held: Iterable[InEngine], now_s: float) -> tuple[float | None, float 
     return (min(tbts) if tbts else None), (min(slacks) if slacks else None)
 
 
+def _count_tiers(sidecar: Sidecar, held: Iterable[InEngine]) -> dict[str, int]:
+    """Released requests per tier (every configured tier, 0 included)."""
+    out = {t.name: 0 for t in sidecar.tiers}
+    for e in held:
+        out[e.ticket.tier.name] = out.get(e.ticket.tier.name, 0) + 1
+    return out
+
+
 def _full(sidecar: Sidecar, tier: SLOTier) -> bool:
     admission, cfg = sidecar.admission, sidecar.admission.config
     return admission.depth.get(tier.name, 0) >= cfg.max_queue_per_tier or admission.queued() >= cfg.max_queue_total
@@ -121,6 +129,7 @@ def pod_state(sidecar: Sidecar, now_s: float) -> dict[str, Any]:
         "tightest_tbt_s": tightest_tbt_s,
         "decode_step_s": decode_s,
         "prefill_s_per_token": per_token_s,
+        "running_by_tier": _count_tiers(sidecar, held),
         "long_prompts": sum(t.num_prompt_tokens >= LONG_PROMPT_TOKENS for t in (*queued, *prefilling)),
         "max_num_seqs": admission.config.max_in_flight,
         "kv_free_tokens": None,  # the engine reports a KV fraction, not its size in tokens
@@ -137,11 +146,14 @@ def with_pod_counts(vllm_text: str, *, waiting: int, running: int) -> str:
     """
     values = dict(zip(_SERIES, (waiting, running), strict=True))
     seen: set[str] = set()
+    described: set[str] = set()  # families whose HELP/TYPE the page has
     out: list[str] = []
     for line in vllm_text.splitlines():
         name = _sample_name(line)
-        if line.startswith("# HELP ") and line.split(" ", 3)[2] in values:
-            out.append(f"# HELP {line.split(' ', 3)[2]} {_HELP[line.split(' ', 3)[2]]}")
+        words = line.split(" ", 3)
+        if line.startswith("# ") and len(words) > 2 and words[2] in values:
+            described.add(words[2])
+            out.append(f"# HELP {words[2]} {_HELP[words[2]]}" if words[1] == "HELP" else line)
         elif name not in values:
             out.append(line)
         else:
@@ -150,7 +162,9 @@ def with_pod_counts(vllm_text: str, *, waiting: int, running: int) -> str:
             seen.add(name)
     for name in _SERIES:
         if name not in seen:
-            out += [f"# HELP {name} {_HELP[name]}", f"# TYPE {name} gauge", f"{name} {values[name]}"]
+            if name not in described:
+                out += [f"# HELP {name} {_HELP[name]}", f"# TYPE {name} gauge"]
+            out.append(f"{name} {values[name]}")
     return "\n".join(out) + "\n"
 
 
