@@ -5,14 +5,16 @@ timeouts set to ``--timeout-s``, then measures the same closed-loop load of norm
 requests twice, side by side:
 
 1. idle: nothing else connected;
-2. held: ``--slow`` connections held open at once, half trickling a request head that
-   never ends, half a body that never ends (one byte a second each), for as long as
-   the timeout lets them live.
+2. held: ``--slow`` connections held open at once, for as long as the timeout lets them
+   live: a third trickling a request head that never ends, a third a body that never
+   ends (one byte a second each), a third a whole request followed by the start of a
+   next head that then stalls (pipelined).
 
 Reported: each phase's latency percentiles, the p99 ratio held / idle (goal at most
 2), and when the sidecar closed each slow connection, measured from when its timeout
-started (the connection for a head, the complete head for a body; goal: all closed
-within the timeout, plus a slack for the timer's and the event loop's granularity).
+started (the connection for a head, the complete head for a body, the request ahead
+for a pipelined head; goal: all closed within the timeout, plus a slack for the timer's
+and the event loop's granularity).
 """
 
 from __future__ import annotations
@@ -77,26 +79,40 @@ async def _normal_load(url: str, duration_s: float, concurrency: int, max_tokens
     }
 
 
-async def _slow_connection(host: str, port: int, *, in_body: bool, give_up_s: float) -> float | None:
-    """One slow client; seconds from its timeout's start to the sidecar closing it (None: never)."""
-    # The head clock runs from the connection, the body's from the complete head: both
-    # taken on this side before the sidecar can start them, so a close is never early here.
+KINDS = ("head", "body", "pipelined")
+
+
+async def _slow_connection(host: str, port: int, *, kind: str, give_up_s: float) -> float | None:
+    """One slow client; seconds from its timeout's start to the sidecar closing it (None: never).
+
+    Each clock is started on this side before the sidecar can start its own (at the
+    connection for a head; when the head, or the request ahead of the pipelined head, is
+    sent), so a close is never early here.
+    """
     started_s = time.monotonic()
     reader, writer = await asyncio.open_connection(host, port)
     head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-    if in_body:
+    if kind == "body":
         started_s = time.monotonic()
         writer.write(f"{head}Content-Length: 100000\r\n\r\n{{".encode())
+    elif kind == "pipelined":
+        started_s = time.monotonic()
+        writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n{head}".encode())
     else:
         writer.write(head.encode())
+    answered = b""
     try:
         while time.monotonic() - started_s < give_up_s:
             try:
                 data = await asyncio.wait_for(reader.read(4096), _TRICKLE_EVERY_S)
             except TimeoutError:
-                writer.write(b" " if in_body else b"X")  # one more byte, never the end
+                if kind != "pipelined":  # a pipelined head just stalls
+                    writer.write(b" " if kind == "body" else b"X")  # one more byte, never the end
                 continue
-            if not data or data.startswith(b"HTTP/1.1 408"):
+            if kind == "pipelined" and not answered.endswith(b"}") and data:
+                answered += data  # the answer to the request ahead ({"status": "ok"})
+                continue
+            if not data or b"HTTP/1.1 408" in data:
                 return time.monotonic() - started_s
         return None
     except ConnectionError:
@@ -112,7 +128,7 @@ async def _measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
     idle = await _normal_load(url, duration_s, args.concurrency, args.max_tokens)
     give_up_s = args.timeout_s * 3 + 5
     slow = [
-        asyncio.create_task(_slow_connection(host, int(port), in_body=i % 2 == 1, give_up_s=give_up_s))
+        asyncio.create_task(_slow_connection(host, int(port), kind=KINDS[i % len(KINDS)], give_up_s=give_up_s))
         for i in range(args.slow)
     ]
     await asyncio.sleep(min(1.0, args.timeout_s * 0.1))  # all of them connected and trickling
@@ -133,7 +149,8 @@ async def _measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
 def _print(report: dict[str, Any]) -> bool:
     print(
-        f"slowloris: {report['slow_connections']} slow connections (half in the head, half in the body), "
+        f"slowloris: {report['slow_connections']} slow connections (a third each in the head, in the body, "
+        "in a head pipelined behind a request), "
         f"header and body timeouts {report['timeout_s']:g} s"
     )
     print(f"{'':22} {'requests':>9} {'failed':>7} {'p50':>10} {'p99':>10} {'max':>10}")
