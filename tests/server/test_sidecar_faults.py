@@ -83,7 +83,7 @@ def test_200_clients_disconnecting_leave_nothing_running(caplog: pytest.LogCaptu
 
         def engine_running() -> float:
             text = httpx.get(stack.url + "/metrics").text
-            return float(metric_value(text, "vllm:num_requests_running"))
+            return float(metric_value(text, "accelgen_engine_requests_running"))  # the raw count
 
         assert wait_for(lambda: engine_running() == 0, 5)
         text = httpx.get(stack.url + "/metrics").text
