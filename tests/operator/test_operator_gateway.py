@@ -100,7 +100,8 @@ def _owned_by(obj: dict[str, Any], pool: dict[str, Any]) -> bool:
 async def _all_made(cluster: Cluster, children: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
     def check() -> list[dict[str, Any]] | None:
         found = [cluster.obj(resource, name) for resource, name in children]
-        return None if any(o is None for o in found) else found  # type: ignore[misc]
+        made = [o for o in found if o is not None]
+        return made if len(made) == len(found) else None
 
     made: list[dict[str, Any]] = await cluster.wait_for(check, what="the gateway's children")
     return made

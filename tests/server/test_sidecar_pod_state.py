@@ -121,7 +121,7 @@ async def _loaded(url: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
 
         await _until(empty, "an idle pod to start from")  # what an earlier test sent has left
         started = asyncio.Event()
-        tasks = [asyncio.create_task(_first_token_then_drain(session, url, started))]
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(_first_token_then_drain(session, url, started))]
         await asyncio.wait_for(started.wait(), 30)
         tasks += [asyncio.create_task(_batch(session, url)) for _ in range(NUM_QUEUED)]
 
@@ -195,7 +195,7 @@ def test_cancelled_requests_leave_the_pod_state(server: ServeProcess) -> None:
 
     async def empty() -> bool:
         doc = _state(server)
-        return doc["waiting"] == 0 and doc["running"] == 0 and doc["queued_prefill_tokens"] == 0
+        return bool(doc["waiting"] == 0 and doc["running"] == 0 and doc["queued_prefill_tokens"] == 0)
 
     asyncio.run(_until(empty, "the pod empty again"))
     assert _state(server)["min_slack_s"] is None
