@@ -41,6 +41,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "accelgen.bench.dashboard_cmd",
         "the Grafana dashboard's main panels as a PNG, from a real Prometheus",
     ),
+    (("bench", "picker"), "accelgen.bench.picker_cmd", "the endpoint picker's time per request over gRPC, N pods"),
     (("model", "tiny"), "accelgen.vllm.tiny_model", "create a tiny random-weight model"),
     (("serve",), "accelgen.server.cli", "serve an engine behind the SLO-aware sidecar"),
     (("picker",), "accelgen.gateway.picker_cmd", "the gateway's endpoint picker (Envoy ext_proc over gRPC)"),

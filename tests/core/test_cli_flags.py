@@ -22,6 +22,7 @@ SLOWLORIS = ["bench", "slowloris"]
 CAPACITY = ["bench", "capacity", "w.yaml"]
 POOL = ["bench", "pool", "w.yaml"]
 PICKER = ["picker", "--pods", "a:1"]
+BENCH_PICKER = ["bench", "picker"]
 DASHBOARD = ["bench", "dashboard"]
 TINY = ["model", "tiny", "dir"]
 MATRIX = ["bench", "matrix", "w.yaml", "--out", "dir"]
@@ -64,6 +65,8 @@ BAD_FLAGS = [
     (CAPACITY, "--target-precision", "0", "must be > 0, got 0"),
     (POOL, "--seeds", "0", "must be > 0, got 0"),
     (PICKER, "--refresh-s", "0", "must be > 0, got 0"),
+    (BENCH_PICKER, "--pods", "0", "must be > 0, got 0"),
+    (BENCH_PICKER, "--requests", "-1", "must be > 0, got -1"),
     (PICKER, "--health-port", "0", "must be a port 1..65535, got 0"),
     (PICKER, "--startup-timeout-s", "-1", "must be >= 0, got -1"),
     (SERVE, "--replicas", "0", "must be >= 1, got 0"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from accelgen.core.routing import RouteRequest
@@ -120,3 +122,10 @@ def test_route_request_reads_the_sidecar_headers_and_the_body() -> None:
 
 def test_only_the_highest_priority_tier_is_not_sheddable() -> None:
     assert [is_sheddable(t, TIERS) for t in TIERS] == [False, True, True]
+
+
+def test_dns_source_resolves_every_address_of_the_name() -> None:
+    # A headless Service answers one address per pod; localhost stands in for it here.
+    addresses = asyncio.run(PodSource.dns("localhost:8000").resolve())
+    assert "127.0.0.1:8000" in addresses and all(a.endswith(":8000") for a in addresses)
+    assert asyncio.run(PodSource.dns("no-such-pool.invalid:8000").resolve()) == ()

@@ -12,7 +12,8 @@ What a pod reports, read over HTTP with aiohttp's client::
                                                vllm:kv_cache_usage_perc
 
 A pod that does not answer in time, answers an error or a document that is not the
-format is not ready until it answers again. Between two refreshes the picker's own
+format is not ready until it answers again. The pods are read one after another across
+each refresh interval, not all at once (:meth:`PodWatcher.run`). Between two reads the picker's own
 placements are added to the pod it chose (:meth:`PodWatcher.placed`), so a burst
 that arrives within one refresh is not all sent to the pod that looked emptiest.
 """
@@ -224,14 +225,17 @@ class PodWatcher:
             log.debug("pod %s not ready: %s", address, err or type(err).__name__)
             return PodState(name=address, address=address, ready=False)
 
+    def _signal(self) -> None:
+        self.num_refreshes += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     async def refresh(self) -> tuple[PodState, ...]:
         """Resolve the pods and read every one of them now, at once."""
         addresses = await self.source.resolve()
         self._pods = tuple(await asyncio.gather(*(self._read(a) for a in addresses)))
         self._metrics_only &= set(addresses)
-        self.num_refreshes += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._signal()
         return self._pods
 
     async def wait_changed(self, timeout_s: float) -> None:
@@ -243,13 +247,43 @@ class PodWatcher:
         """Count a request just sent to ``pod_name`` there until the next refresh reads it."""
         self._pods = tuple(_with_request(p, request) if p.name == pod_name else p for p in self._pods)
 
+    async def _read_into(self, address: str) -> None:
+        state = await self._read(address)
+        self._pods = tuple(state if p.address == address else p for p in self._pods)
+
+    async def _round(self, loop: asyncio.AbstractEventLoop, reads: dict[str, asyncio.Task[None]]) -> None:
+        """One refresh: resolve, then read each pod at its own moment of the interval."""
+        start = loop.time()
+        addresses = await self.source.resolve()
+        known = {p.address: p for p in self._pods}
+        # A pod new to the pool is not ready until it has answered once.
+        self._pods = tuple(known.get(a) or PodState(name=a, address=a, ready=False) for a in addresses)
+        self._metrics_only &= set(addresses)
+        for i, address in enumerate(addresses):
+            await asyncio.sleep(max(0.0, start + i * self.refresh_s / len(addresses) - loop.time()))
+            if address not in reads or reads[address].done():  # a slow pod is not asked twice at once
+                reads[address] = asyncio.create_task(self._read_into(address))
+        for gone in set(reads) - set(addresses):
+            reads.pop(gone).cancel()
+        await asyncio.sleep(max(0.0, start + self.refresh_s - loop.time()))
+        self._signal()
+
     async def run(self) -> None:
-        """Refresh every ``refresh_s`` until cancelled."""
+        """Refresh every ``refresh_s`` until cancelled.
+
+        NOTE: the pods are read one after another across the interval, not all at once:
+        a burst of N answers would hold the event loop, and every request placed
+        meanwhile, for N answers' time.
+        """
+        loop = asyncio.get_running_loop()
+        reads: dict[str, asyncio.Task[None]] = {}
         try:
             while True:
-                await self.refresh()
-                await asyncio.sleep(self.refresh_s)
+                await self._round(loop, reads)
         finally:
+            for task in reads.values():
+                task.cancel()
+            await asyncio.gather(*reads.values(), return_exceptions=True)
             await self.close()
 
     async def close(self) -> None:
