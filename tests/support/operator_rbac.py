@@ -95,7 +95,7 @@ def full_spec() -> dict[str, Any]:
         ],
         "auth": {"secretName": "keys"},
         "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
-        "gateway": {"enabled": True, "endpointPicker": {"name": "epp"}},
+        "gateway": {"endpointPicker": {"type": "accelgen"}},  # the picker, its Services, the gateway pool
         "metrics": {"serviceMonitor": True},
     }
 
