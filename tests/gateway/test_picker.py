@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 
 from accelgen.process import free_port
 from accelgen.sim.realtime import SimEngineConfig
-from tests.support.gateway import Mode, PickerThread, converse, destination, immediate
+from tests.support.gateway import Mode, PickerThread, converse, destination, immediate, request_messages
 from tests.support.sidecar import Stack, wait_for
 
 POST = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
@@ -213,3 +213,15 @@ def test_a_plain_vllm_pod_is_read_from_its_metrics(stacks: list[Stack]) -> None:
         assert destination(converse(picker, POST)) == (engine, engine)
     finally:
         picker.stop()
+
+
+def test_a_streamed_body_ending_in_trailers_is_decided_on_the_trailers(picker: PickerThread, pods: list[str]) -> None:
+    body = json.dumps({"prompt": "word " * 50}).encode()
+    messages = list(request_messages(POST, body, mode=Mode.FULL_DUPLEX_STREAMED))
+    messages[-1].request_body.end_of_stream = False  # the body ends in trailers instead
+    messages.append(ext_proc.ProcessingRequest(request_trailers=ext_proc.HttpTrailers()))
+    responses = list(picker.stub.Process(iter(messages), timeout=30))
+    assert [r.WhichOneof("response") for r in responses] == ["request_headers", "request_body", "request_trailers"]
+    header, metadata = destination(responses)
+    assert header in pods and header == metadata
+    assert responses[1].request_body.response.body_mutation.streamed_response.body == body

@@ -182,6 +182,10 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
             return [ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())]
         if kind == "request_body":
             return await self._on_body(ex, msg.request_body)
+        if kind == "request_trailers" and not ex.decided:
+            # A streamed body that ends in trailers: decide on what came, then let them pass.
+            held = await self._on_body(ex, ext_proc.HttpBody(end_of_stream=True))
+            return [*held, ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())]
         return [_pass_through(kind, msg, ex.response_mode)]
 
     async def _on_body(self, ex: _Exchange, chunk: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
