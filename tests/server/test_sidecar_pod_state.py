@@ -234,3 +234,59 @@ def test_pool_state_is_in_the_published_schema() -> None:
     schema = doc["components"]["schemas"]["PoolState"]
     assert set(schema["properties"]) == FIELDS == set(schema["required"])
     assert "/pool/state" in doc["paths"]
+
+
+def test_the_state_counts_every_prompt_token_not_yet_prefilled() -> None:
+    """The sidecar's own objects, no server: released requests with and without a first
+    token, queued ones, the engine's snapshot, and what the state makes of them."""
+    from accelgen.server.pod_state import LONG_PROMPT_TOKENS, InEngine, pod_state
+    from accelgen.server.speed import DEFAULT_SIM_MODEL, Speed
+    from accelgen.server.state import Sidecar, SidecarConfig
+    from accelgen.server.stream import Timing
+    from accelgen.server.tickets import AdmissionConfig
+
+    async def run() -> tuple[dict[str, Any], float, float]:
+        admission = AdmissionConfig(max_in_flight=3, max_queue_per_tier=2)
+        sidecar = Sidecar(
+            SidecarConfig(tiers=TIERS, engine_url="http://127.0.0.1:9", admission=admission), Speed(DEFAULT_SIM_MODEL)
+        )
+        sidecar.engine.state.ready, sidecar.engine.state.waiting = True, 1
+        queue = sidecar.admission
+        tiers = {t.name: t for t in TIERS}
+        released = []
+        for tier, prompt in (("interactive", 100), ("standard", 300), ("batch", LONG_PROMPT_TOKENS + 10)):
+            ticket = queue.make_ticket(tiers[tier], prompt, 8)
+            queue.admit(ticket)
+            queue.pump()
+            assert ticket.outcome == "released"
+            released.append(ticket)
+        for prompt in (40, 60):  # the engine is full: these two stay in the standard queue
+            queue.admit(queue.make_ticket(tiers["standard"], prompt, 8))
+        now_s = released[0].arrival_s + 1.0
+        decoding = Timing(tier=tiers["interactive"], arrival_s=released[0].arrival_s)
+        decoding.timeline.token(now_s - 0.03)  # its first token 30 ms ago
+        for ticket in released:
+            timing = decoding if ticket is released[0] else Timing(tier=ticket.tier, arrival_s=ticket.arrival_s)
+            sidecar.in_engine[id(ticket)] = InEngine(ticket, timing)
+        return pod_state(sidecar, now_s), now_s, decoding.timeline.last_token_s or 0.0
+
+    state, now_s, last_token_s = asyncio.run(run())
+    assert set(state) == FIELDS
+    assert (state["waiting"], state["running"]) == (2 + 1, 3 - 1)  # the engine's one waiting, counted once
+    by_tier = {"interactive": 0, "standard": 300 + 40 + 60, "batch": LONG_PROMPT_TOKENS + 10}
+    assert state["queued_tokens_by_tier"] == by_tier  # the decoding request's prompt is done
+    assert state["queued_prefill_tokens"] == sum(by_tier.values())
+    assert state["long_prompts"] == 1
+    assert state["running_by_tier"] == {"interactive": 1, "standard": 1, "batch": 1}
+    assert state["tightest_tbt_s"] == pytest.approx(0.1)
+    assert state["min_slack_s"] == pytest.approx(last_token_s + 0.1 - now_s)  # 70 ms to its next token
+    expected = headroom_tokens(
+        TIERS,
+        queued_tokens_by_tier=by_tier,
+        decode_step_s=state["decode_step_s"],
+        prefill_s_per_token=state["prefill_s_per_token"],
+        tightest_tbt_s=0.1,
+    )
+    assert state["headroom"]["interactive"] == pytest.approx(expected["interactive"], abs=0.1)
+    assert state["headroom"]["batch"] == pytest.approx(expected["batch"], abs=0.1)
+    assert expected["standard"] > 0 and state["headroom"]["standard"] == 0  # its queue (2) is full
