@@ -19,6 +19,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from grpc_health.v1 import health_pb2
 
+from accelgen.core.tiers import parse_tiers
 from accelgen.process import free_port
 from accelgen.sim.realtime import SimEngineConfig
 from tests.support.gateway import Mode, PickerThread, converse, destination, immediate, request_messages
@@ -225,3 +226,18 @@ def test_a_streamed_body_ending_in_trailers_is_decided_on_the_trailers(picker: P
     header, metadata = destination(responses)
     assert header in pods and header == metadata
     assert responses[1].request_body.response.body_mutation.streamed_response.body == body
+
+
+def test_a_tier_the_picker_was_not_given_but_the_pods_serve_is_routed(pods: list[str]) -> None:
+    only_standard = parse_tiers(
+        {"default_tier": "standard", "tiers": [{"name": "standard", "ttft_ms": 2000, "tbt_ms": 250}]}
+    )
+    picker = PickerThread(pods, tiers=only_standard)
+    try:
+        assert wait_for(lambda: all("interactive" in p.headroom for p in picker.watcher.pods), 10.0)
+        header, metadata = destination(converse(picker, {**POST, "x-accelgen-tier": "interactive"}))
+        assert header in pods and header == metadata
+        refused = immediate(converse(picker, {**POST, "x-accelgen-tier": "gold"}))
+        assert refused is not None and refused.status.code == 400
+    finally:
+        picker.stop()

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from accelgen.core.routing import RouteRequest
+from accelgen.core.tier_headers import TierHeaderError
 from accelgen.gateway.intake import is_sheddable, route_request
 from accelgen.gateway.pods import (
     PodSource,
@@ -129,3 +130,12 @@ def test_dns_source_resolves_every_address_of_the_name() -> None:
     addresses = asyncio.run(PodSource.dns("localhost:8000").resolve())
     assert "127.0.0.1:8000" in addresses and all(a.endswith(":8000") for a in addresses)
     assert asyncio.run(PodSource.dns("no-such-pool.invalid:8000").resolve()) == ()
+
+
+def test_a_tier_only_the_pods_know_is_placed_by_name_and_never_shed() -> None:
+    request = route_request({"x-accelgen-tier": "gold"}, None, TIERS, now=0.0, pod_tiers={"gold"})
+    assert (request.tier, request.ttft_slo_s, request.sheddable) == ("gold", None, False)
+    with pytest.raises(TierHeaderError, match="unknown tier"):
+        route_request({"x-llm-d-inference-objective": "gold"}, None, TIERS, now=0.0, pod_tiers={"silver"})
+    with pytest.raises(TierHeaderError, match="plain decimal"):
+        route_request({"x-llm-d-slo-ttft-ms": "soon"}, None, TIERS, now=0.0, pod_tiers={"gold"})

@@ -32,13 +32,28 @@ T = TypeVar("T")
 Mode = processing_mode_pb2.ProcessingMode
 
 
+_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def _shared_loop() -> asyncio.AbstractEventLoop:
+    """One event loop in a thread for every picker of the test session.
+
+    NOTE: grpc.aio keeps process-wide state tied to the loop it first runs on; one loop
+    for every picker does not depend on how it moves between loops (a picker's start
+    once timed out, unexplained, when each had a loop of its own).
+    """
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = asyncio.new_event_loop()
+        threading.Thread(target=_LOOP.run_forever, name="picker-loop", daemon=True).start()
+    return _LOOP
+
+
 class PickerThread:
-    """``EndpointPicker`` over ``pods`` on free loopback ports, in its own thread and loop."""
+    """``EndpointPicker`` over ``pods`` on free loopback ports, on the tests' picker loop thread."""
 
     def __init__(self, pods: list[str], *, routing: str = "accelgen", tiers: TierSet = TIERS, refresh_s: float = 0.05):
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
+        self.loop = _shared_loop()
         self.watcher = PodWatcher(PodSource(addresses=tuple(pods)), refresh_s=refresh_s)
         self.placer = Placer(make_router(routing, tiers=tiers), self.watcher)
         self.server = PickerServer(
@@ -75,8 +90,6 @@ class PickerThread:
         self.channel.close()
         self.health_channel.close()
         self.run(cleanup())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
 
 
 def request_messages(

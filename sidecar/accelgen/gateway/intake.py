@@ -3,7 +3,7 @@
 The tier is read from the headers exactly as the sidecar reads them
 (:func:`accelgen.core.tier_headers.tier_from_headers`), else the pool's default tier
 (the picker knows no API keys, so a tenant's own default tier is the sidecar's to
-apply). The prompt's size is an estimate, as the sidecar's admission makes it (no
+apply). A tier name the picker's tiers lack but the pods report is placed by name. The prompt's size is an estimate, as the sidecar's admission makes it (no
 tokenizer here): UTF-8 bytes / 4 of the prompt or the messages when the body is at
 hand, else of the whole body's ``content-length``. The body is only read, never checked:
 the sidecar validates it and answers a bad one itself.
@@ -16,11 +16,11 @@ under load, which the sidecar's own admission applies too (looser tiers shed fir
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from accelgen.core.routing import RouteRequest
-from accelgen.core.tier_headers import tier_from_headers
+from accelgen.core.tier_headers import OBJECTIVE_HEADER, TIER_HEADER, TierHeaderError, tier_from_headers
 from accelgen.core.tiers import SLOTier, TierSet
 
 DEFAULT_MAX_TOKENS = 256  # the sidecar's guess when a client sets no limit
@@ -81,6 +81,18 @@ def decode_body(raw: bytes | None) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def _tier(headers: Mapping[str, str], tiers: TierSet, pod_tiers: Collection[str]) -> tuple[SLOTier, bool]:
+    """The request's tier and whether it is sheddable (see :func:`route_request`)."""
+    try:
+        tier = tier_from_headers(headers, tiers) or tiers.default_tier
+    except TierHeaderError as err:
+        name = (headers.get(TIER_HEADER) or headers.get(OBJECTIVE_HEADER) or "").strip()
+        if err.code != "unknown_tier" or name not in pod_tiers:
+            raise
+        return SLOTier(name=name), False  # the pods' own tier: their headroom for it decides
+    return tier, is_sheddable(tier, tiers)
+
+
 def route_request(
     headers: Mapping[str, str],
     body: bytes | None,
@@ -88,14 +100,19 @@ def route_request(
     *,
     now: float,
     request_id: str = "",
+    pod_tiers: Collection[str] = (),
 ) -> RouteRequest:
     """The request to place. ``headers`` by lower-case name; ``body`` None when not sent.
+
+    ``pod_tiers``: tier names the pods report (their headroom's keys). A tier the picker's
+    own tiers lack but the pods serve is placed by name, without targets and never shed
+    (the picker was not given the pool's tier file; the sidecar applies the tier itself).
 
     Raises:
         accelgen.core.tier_headers.TierHeaderError: A tier header names no tier or holds
             no valid target (answer 400).
     """
-    tier = tier_from_headers(headers, tiers) or tiers.default_tier
+    tier, sheddable = _tier(headers, tiers, pod_tiers)
     doc = decode_body(body)
     prompt = _prompt_tokens(doc)
     if prompt is None:
@@ -109,7 +126,7 @@ def route_request(
         ttft_slo_s=tier.ttft_slo_s,
         tbt_slo_s=tier.tbt_slo_s,
         deadline_s=tier.deadline_s,
-        sheddable=is_sheddable(tier, tiers),
+        sheddable=sheddable,
         arrival_s=now,
         request_id=request_id,
     )

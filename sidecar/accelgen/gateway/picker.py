@@ -22,7 +22,8 @@ The decision is answered as the protocol asks:
 * no ready pod (or none in the gateway's subset hint, the request metadata
   ``envoy.lb.subset_hint`` / ``x-gateway-destination-endpoint-subset``): an
   ImmediateResponse 503 with a JSON error body, and no destination header;
-* a malformed tier header: an ImmediateResponse 400, as the sidecar would answer.
+* a malformed target header, or a tier name neither the picker's tiers nor any pod
+  knows: an ImmediateResponse 400, as the sidecar would answer.
 
 Response events (headers, body, trailers), when the gateway sends them, are let through
 unchanged. The gRPC health service answers ``liveness`` (always SERVING), and
@@ -232,7 +233,8 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
 
     def _request(self, headers: Mapping[str, str], body: bytes | None) -> RouteRequest:
         request_id = headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        return route_request(headers, body, self.tiers, now=self.clock(), request_id=request_id)
+        pod_tiers = {name for pod in self.placer.watcher.pods for name in pod.headroom}
+        return route_request(headers, body, self.tiers, now=self.clock(), request_id=request_id, pod_tiers=pod_tiers)
 
 
 def _continue_body(chunk: ext_proc.HttpBody, *, streamed: bool) -> ext_proc.ProcessingResponse:
