@@ -3,9 +3,11 @@
 The tier is read from the headers exactly as the sidecar reads them
 (:func:`accelgen.core.tier_headers.tier_from_headers`), else the pool's default tier
 (the picker knows no API keys, so a tenant's own default tier is the sidecar's to
-apply). A tier name the picker's tiers lack but the pods report is placed by name. The prompt's size is an estimate, as the sidecar's admission makes it (no
-tokenizer here): UTF-8 bytes / 4 of the prompt or the messages when the body is at
-hand, else of the whole body's ``content-length``. The body is only read, never checked:
+apply). A tier name the picker's tiers lack but the pods report is placed by name.
+
+The prompt's size is an estimate, as the sidecar's admission makes it (no tokenizer
+here): UTF-8 bytes / 4 of the prompt or the messages when the body is at hand, else of
+the whole body's ``content-length``. The body is only read, never checked:
 the sidecar validates it and answers a bad one itself.
 
 A request is **sheddable** when its tier is not of the pool's highest priority (the
