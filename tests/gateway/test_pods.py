@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 
 import pytest
 
-from accelgen.core.routing import RouteRequest
+from accelgen.core.routing import PodState, RouteRequest
 from accelgen.core.tier_headers import TierHeaderError
 from accelgen.gateway.intake import is_sheddable, route_request
 from accelgen.gateway.pods import (
@@ -139,3 +141,18 @@ def test_a_tier_only_the_pods_know_is_placed_by_name_and_never_shed() -> None:
         route_request({"x-llm-d-inference-objective": "gold"}, None, TIERS, now=0.0, pod_tiers={"silver"})
     with pytest.raises(TierHeaderError, match="plain decimal"):
         route_request({"x-llm-d-slo-ttft-ms": "soon"}, None, TIERS, now=0.0, pod_tiers={"gold"})
+
+
+def test_every_field_of_pod_state_is_read_back() -> None:
+    # A field added to PodState is read too (a type this reader cannot read fails here).
+    pod = PodState(
+        name="p", address="a:1", ready=False, waiting=1, running=2, kv_usage=0.5, headroom={"t": -3.5},
+        queued_prefill_tokens=4, queued_tokens_by_tier={"t": 4}, min_slack_s=-0.01, tightest_tbt_s=0.1,
+        decode_step_s=0.02, prefill_s_per_token=1e-4, running_by_tier={"t": 2}, long_prompts=1, max_num_seqs=8,
+        kv_free_tokens=100,
+    )  # fmt: skip
+    doc = {k: v for k, v in dataclasses.asdict(pod).items() if k not in ("name", "address")}
+    assert pod_from_state("p", "a:1", json.loads(json.dumps(doc))) == pod
+    defaults = PodState(name="p", address="a:1")
+    assert {f.name for f in dataclasses.fields(PodState)} - {"name", "address"} == set(doc)
+    assert all(getattr(pod, k) != getattr(defaults, k) for k in doc)  # every field set off its default

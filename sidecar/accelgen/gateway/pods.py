@@ -27,9 +27,10 @@ import ipaddress
 import logging
 import math
 import socket
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -43,10 +44,6 @@ METRICS_PATH = "/metrics"
 _WAITING = "vllm:num_requests_waiting"
 _RUNNING = "vllm:num_requests_running"
 _KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
-# PodState's fields a pod reports, with the JSON types each must have.
-_COUNT_FIELDS = ("waiting", "running", "long_prompts", "max_num_seqs")
-_OPTIONAL_COUNT_FIELDS = ("queued_prefill_tokens", "kv_free_tokens")
-_OPTIONAL_SECONDS_FIELDS = ("min_slack_s", "tightest_tbt_s", "decode_step_s", "prefill_s_per_token")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -106,55 +103,49 @@ class PodSource:
         return tuple(sorted(dict.fromkeys(found)))
 
 
-def _count(doc: Mapping[str, Any], key: str) -> int:
-    value = doc[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a whole number >= 0, got {value!r}")
-    return value
+def _decode(key: str, kind: Any, value: object) -> Any:
+    """``value`` checked against PodState's annotation ``kind``: counts >= 0, finite numbers."""
+    if get_origin(kind) in (Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [arg for arg in get_args(kind) if arg is not type(None)]
+        return _decode(key, inner, value)
+    if get_origin(kind) in (Mapping, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be an object, got {value!r}")
+        _, inner = get_args(kind)
+        return {str(k): _decode(f"{key}.{k}", inner, v) for k, v in value.items()}
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be a boolean, got {value!r}")
+        return value
+    if kind is int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{key} must be a whole number >= 0, got {value!r}")
+        return value
+    if kind is float:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
+        return float(value)
+    raise TypeError(f"no reading for PodState.{key}: {kind!r}")  # a field this reader must learn
 
 
-def _number(doc: Mapping[str, Any], key: str) -> float:
-    value = doc[key]
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _mapping(doc: Mapping[str, Any], key: str, *, integer: bool) -> dict[str, Any]:
-    value = doc[key]
-    if not isinstance(value, dict):
-        raise ValueError(f"{key} must be an object, got {value!r}")
-    return {str(k): (_count(value, k) if integer else _number(value, k)) for k in value}
+# What a pod reports: every field of PodState but the two the picker knows itself.
+_REPORTED = {name: kind for name, kind in get_type_hints(PodState).items() if name not in ("name", "address")}
 
 
 def pod_from_state(name: str, address: str, doc: object) -> PodState:
     """A pod's ``GET /pool/state`` document as a PodState; ValueError names a bad field.
 
-    Keys this reader does not know are ignored; a missing key keeps PodState's default
-    ("not reported"), so an older or newer sidecar is still read.
+    Every field of PodState is read by its type; keys this reader does not know are
+    ignored, and a missing key keeps PodState's default ("not reported"), so an older or
+    newer sidecar is still read.
     """
     if not isinstance(doc, dict):
         raise ValueError(f"{STATE_PATH} must be a JSON object")
-    values: dict[str, Any] = {}
-    if "ready" in doc:
-        if not isinstance(doc["ready"], bool):
-            raise ValueError(f"ready must be a boolean, got {doc['ready']!r}")
-        values["ready"] = doc["ready"]
-    for key in _COUNT_FIELDS:
-        if key in doc:
-            values[key] = _count(doc, key)
-    for key in _OPTIONAL_COUNT_FIELDS:
-        if doc.get(key) is not None:
-            values[key] = _count(doc, key)
-    for key in _OPTIONAL_SECONDS_FIELDS:
-        if doc.get(key) is not None:
-            values[key] = _number(doc, key)
-    if "kv_usage" in doc:
-        values["kv_usage"] = min(1.0, max(0.0, _number(doc, "kv_usage")))
-    if "headroom" in doc:
-        values["headroom"] = _mapping(doc, "headroom", integer=False)
-    if "queued_tokens_by_tier" in doc:
-        values["queued_tokens_by_tier"] = _mapping(doc, "queued_tokens_by_tier", integer=True)
+    values = {key: _decode(key, kind, doc[key]) for key, kind in _REPORTED.items() if key in doc}
+    if values.get("kv_usage") is not None:
+        values["kv_usage"] = min(1.0, max(0.0, values["kv_usage"]))  # an engine's usage may round past 1
     return PodState(name=name, address=address, **values)
 
 
