@@ -175,3 +175,34 @@ def test_decision_time_benchmark_times_every_policy(capsys: pytest.CaptureFixtur
     assert set(report["policies"]) >= {"random", "queue-kv", "predicted-latency", "accelgen"}
     for t in report["policies"].values():
         assert 0 < t["p50_ms"] <= t["p99_ms"] <= t["max_ms"]
+
+
+def test_merged_runs_gather_every_routing_policy_and_recompute_the_ratios() -> None:
+    from accelgen.bench.pool_cmd import merge_reports
+
+    def report(routing: dict[str, float]) -> dict[str, object]:
+        entries = {name: {"capacity_rps": cap, "per_seed": [f"{cap} req/s"]} for name, cap in routing.items()}
+        return {
+            "workload": "w",
+            "duration_s": 60,
+            "seeds": [7],
+            "target_precision": 0.02,
+            "one_replica": {"accelgen": {"capacity_rps": 5.0, "per_seed": ["5 req/s"]}},
+            "pools": [{"replicas": 4, "policy": "accelgen", "routing": entries}],
+        }
+
+    merged = merge_reports([report({"accelgen": 26.0, "queue-kv": 20.0}), report({"random": 16.0})])
+    (pool,) = merged["pools"]
+    assert set(pool["routing"]) == {"accelgen", "queue-kv", "random"}
+    ratios = pool["routing"]["accelgen"]["ratios"]
+    assert ratios["queue-kv"] == pytest.approx(1.3) and ratios["random"] == pytest.approx(1.625)
+    assert ratios["predicted-latency"] is None and ratios["N x one replica"] == pytest.approx(1.3)
+    goals = {g["goal"]: g["met"] for g in merged["goals"]}
+    assert (
+        goals["accelgen routing >= 1.25x queue-kv"] is True
+        and goals["accelgen routing >= 1.1x predicted-latency"] is None
+    )
+    other = report({"random": 1.0})
+    other["duration_s"] = 120
+    with pytest.raises(ValueError, match="differ in duration_s"):
+        merge_reports([report({"random": 1.0}), other])

@@ -58,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pods", type=positive_int, default=64, help="pods for --decision-time (default 64)")
     parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="print one report from the pool.json of runs made apart (other routing policies, other sizes)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         help="folder with traces/ and profiles/ (default: $ACCELGEN_DATA_DIR or ../shared/data)",
@@ -104,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
     if args.decision_time:
         report = {"decision_time": decision_times(routing, num_pods=args.pods)}
         _print_decisions(report["decision_time"])
+        _write(args, report)
+        return 0
+    if args.merge:
+        report = merge_reports([json.loads((d / "pool.json").read_text()) for d in args.merge])
+        print_pool(report)
         _write(args, report)
         return 0
     from accelgen.config import read_yaml
@@ -196,6 +208,7 @@ def measure(
         one = _bisect(runner, "random", policy, 1, seed_list, rate / 4, rate * 4, precision)
         one["wall_s"] = time.perf_counter() - started
         report["one_replica"][policy] = one
+        print(f"one replica, {policy}: {', '.join(one['per_seed'])}", flush=True)
     for n in sizes:
         for policy in policies:
             single = report["one_replica"][policy]["capacity_rps"] or rate
@@ -207,10 +220,37 @@ def measure(
                 )
                 entry["wall_s"] = time.perf_counter() - started
                 pool["routing"][name] = entry
+                print(f"{n} replicas, {policy} engines, {name} routing: {', '.join(entry['per_seed'])}", flush=True)
             _ratios(pool, report["one_replica"][policy]["capacity_rps"])
             report["pools"].append(pool)
     report["goals"] = pool_goals(report)
     return report
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from runs of the same workload, duration and seeds made apart.
+
+    Every run measured one replica's capacity by the same deterministic simulation, so
+    they agree; each pool (size, engine policy) gathers the routing policies of all.
+    """
+    first = reports[0]
+    for other in reports[1:]:
+        for key in ("workload", "duration_s", "seeds", "target_precision"):
+            if other[key] != first[key]:
+                raise ConfigError(f"the runs differ in {key}: {first[key]!r} and {other[key]!r}", field="--merge")
+    merged: dict[str, Any] = {k: first[k] for k in ("workload", "duration_s", "seeds", "target_precision")}
+    merged["one_replica"] = {}
+    pools: dict[tuple[int, str], dict[str, Any]] = {}
+    for report in reports:
+        merged["one_replica"].update(report["one_replica"])
+        for pool in report["pools"]:
+            into = pools.setdefault((pool["replicas"], pool["policy"]), {**pool, "routing": {}})
+            into["routing"].update(pool["routing"])
+    merged["pools"] = [pools[k] for k in sorted(pools)]
+    for pool in merged["pools"]:
+        _ratios(pool, merged["one_replica"][pool["policy"]]["capacity_rps"])
+    merged["goals"] = pool_goals(merged)
+    return merged
 
 
 def _ratios(pool: dict[str, Any], single: float | None) -> None:
