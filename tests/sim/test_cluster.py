@@ -134,18 +134,20 @@ def test_bench_pool_reports_capacity_per_routing_and_the_ratios(
     assert main(argv) == 0
     report = json.loads((out / "pool.json").read_text())
     one = report["one_replica"]["accelgen"]
-    assert one["capacity_rps"] is not None
+    # Five seconds of arrivals may not find it ("capacity > highest rate tried"): said, not a number.
+    assert one["capacity_rps"] is not None or one["per_seed"][0].startswith("capacity >")
     (pool,) = report["pools"]
     assert pool["replicas"] == 2 and set(pool["routing"]) == {"random", "accelgen"}
     for entry in pool["routing"].values():
         cap = entry["capacity_rps"]
         assert cap is None or cap > 0
-        if cap is not None:
+        if cap is not None and one["capacity_rps"] is not None:
             assert entry["ratios"]["N x one replica"] == pytest.approx(cap / (2 * one["capacity_rps"]))
     assert pool["routing"]["random"]["ratios"]["random"] in (None, pytest.approx(1.0))
     goals = {g["goal"]: g for g in report["goals"]}
     assert goals["accelgen routing >= 1.25x queue-kv"]["measured"] is None  # not measured: said so
-    assert goals["accelgen routing >= 1.5x random"]["met"] in (True, False)
+    ours, theirs = pool["routing"]["accelgen"]["capacity_rps"], pool["routing"]["random"]["capacity_rps"]
+    assert (goals["accelgen routing >= 1.5x random"]["met"] is None) == (ours is None or theirs is None)
     printed = capsys.readouterr().out
     assert "2 replicas, accelgen engines: pool capacity" in printed
 
