@@ -79,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds of arrivals per run (default: the file's; with --engine vllm at most 30)",
     )
+    _add_vllm_arguments(parser)
+    parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the report as JSON")
+    parser.add_argument("--png", type=Path, metavar="OUT.png", help="plot attainment per tier against rate")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with traces/ and profiles/ (default: $ACCELGEN_DATA_DIR or ../shared/data)",
+    )
+
+
+def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags only ``--engine vllm`` reads."""
     parser.add_argument(
         "--drain-s",
         type=non_negative_float,
@@ -88,13 +100,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="--engine vllm: model directory (default: the tiny model)")
     parser.add_argument(
         "--workdir", type=Path, help="--engine vllm: engine logs and files (default: a temporary folder, removed)"
-    )
-    parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the report as JSON")
-    parser.add_argument("--png", type=Path, metavar="OUT.png", help="plot attainment per tier against rate")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        help="folder with traces/ and profiles/ (default: $ACCELGEN_DATA_DIR or ../shared/data)",
     )
 
 
