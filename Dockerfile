@@ -12,9 +12,16 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # vLLM pinned as in pyproject.toml (vllm==0.32.0); tests/deploy checks they agree.
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
+# Offline builds (scripts/build-images.sh) set PIP_NO_INDEX=1 and PIP_FIND_LINKS to a
+# wheelhouse mounted into every RUN; unset, as in a plain `docker build`, pip uses its index.
+# Each stage that runs pip declares them (an ARG's scope is one stage). SOURCES_KEY, a hash
+# of the sources that script passes, keys buildah's layer cache of the final stages' RUN
+# (buildah 1.28 does not key it on the build stage it mounts); Docker needs none of them.
 
 # ---------------------------------------------------------------------------- build
 FROM ${PYTHON_IMAGE} AS build
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar/ sidecar/
@@ -27,6 +34,9 @@ ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # ------------------------------------------------------------------------- operator
 FROM runtime AS operator
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+ARG SOURCES_KEY
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)[operator]"
 USER 65532:65532
@@ -36,6 +46,9 @@ CMD ["run"]
 
 # -------------------------------------------------------------------------- sidecar
 FROM runtime AS sidecar
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+ARG SOURCES_KEY
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)[server]"
 USER 65532:65532
@@ -49,6 +62,9 @@ CMD ["serve", "--engine-url", "http://127.0.0.1:8001"]
 # stay exactly as shipped (the wheel's own dependencies are already there or pure Python).
 FROM ${VLLM_IMAGE} AS engine
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HOME=/home/accelgen
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+ARG SOURCES_KEY
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -m pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)" \
     && python3 -c "import accelgen.vllm, vllm; accelgen.vllm.AccelGenScheduler" \

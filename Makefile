@@ -3,6 +3,7 @@
 #               and the SLO-aware sidecar in front, on http://127.0.0.1:8000
 #   make bench  set up, then compare the scheduling policies in the simulator (workloads/mixed.yaml)
 #   make test   set up, then lint, type-check, check import boundaries and run the test suite
+#   make images build the operator, sidecar and engine images with buildah (scripts/build-images.sh)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -54,6 +55,11 @@ prometheus:
 
 clean:
 	rm -rf $(VENV) results .mypy_cache .ruff_cache .pytest_cache
+
+# The Dockerfile's three images with buildah, offline (local bases, a host wheelhouse; see the script).
+.PHONY: images
+images: venv
+	HOST_PYTHON=$(BIN)/python scripts/build-images.sh $(ARGS)
 
 # vLLM's CPU build in $(VENV), for the in-engine scheduler tests (tests/vllm); see the script.
 .PHONY: vllm
