@@ -35,8 +35,8 @@ def sample_pool(name: str, namespace: str) -> dict[str, Any]:
         "spec": {
             "model": "meta-llama/Llama-3.1-8B-Instruct",
             "replicas": 1,
-            "engine": {"image": "vllm/vllm-openai:v0.11.0", "gpus": 1},
-            "sidecar": {"image": "accelgen/accelgen:0.1.0"},
+            "engine": {"image": "ghcr.io/accelgen/accelgen-engine:0.1.0", "gpus": 1},
+            "sidecar": {"image": "ghcr.io/accelgen/accelgen-sidecar:0.1.0"},
             "tiers": [
                 {"name": "interactive", "ttftMs": 500, "tbtMs": 100, "attainmentTarget": 0.95},
                 {"name": "standard", "ttftMs": 2000, "tbtMs": 250},
