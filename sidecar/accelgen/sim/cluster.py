@@ -215,17 +215,27 @@ class _Pool:
         for replica in self.replicas:
             replica.advance_to(now, self.recorder, stop_at=self.stop_at)
 
-    def offer(self, s: SimRequest, now: float) -> None:
-        """Ask the router where ``s`` goes now, and act on it."""
+    def states(self, now: float) -> list[PodState]:
+        return [r.pod_state(now, tiers=self.tiers, long_prompt_tokens=self.long_prompt_tokens) for r in self.replicas]
+
+    def offer(self, s: SimRequest, now: float, states: list[PodState] | None = None) -> None:
+        """Ask the router where ``s`` goes now, and act on it.
+
+        Args:
+            states: The pods' states now, if known; the chosen pod's is brought up to
+                date in place (one scrape serves a whole pass over the held requests).
+        """
         tier = self.tiers.get(s.tier)
         request = route_request(s, tier)
-        states = [r.pod_state(now, tiers=self.tiers, long_prompt_tokens=self.long_prompt_tokens) for r in self.replicas]
+        states = self.states(now) if states is None else states
         started = time.perf_counter()
         decision: Decision = self.router.pick(request, states, now)
         self.stats.decision_times_s.append(time.perf_counter() - started)
         if decision.pod is not None:
-            replica = next(r for r in self.replicas if r.name == decision.pod)
+            i = next(i for i, r in enumerate(self.replicas) if r.name == decision.pod)
+            replica = self.replicas[i]
             replica.route(s, now, _targets_left(tier, now - s.arrival_s))
+            states[i] = replica.pod_state(now, tiers=self.tiers, long_prompt_tokens=self.long_prompt_tokens)
             self.stats.routed[replica.name] += 1
         elif decision.queue:
             self.held.push(request.first_token_deadline_s, s)
@@ -237,8 +247,9 @@ class _Pool:
             self.stats.router_shed += 1
 
     def retry(self, now: float) -> None:
+        states = self.states(now)
         for s in self.held.ordered():
-            self.offer(s, now)
+            self.offer(s, now, states)
 
 
 def simulate_cluster(
