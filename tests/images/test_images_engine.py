@@ -65,6 +65,8 @@ def test_engine_image_serves_the_tiny_model(container: Callable[[str], Container
         entrypoint=engine["command"],
         mounts=pod_mounts(engine, sources),
         env={e["name"]: e["value"] for e in engine["env"]},
+        # As the pod says: the engine's root is writable there (vLLM writes caches under ~).
+        read_only_root=bool(engine["securityContext"].get("readOnlyRootFilesystem")),
         log_file=pod_dir / "engine.log",
     )
     # Generous: a bound on a hang (vLLM's start on a busy 2-core machine takes minutes).

@@ -119,6 +119,7 @@ class Container:
         mounts: Sequence[Mount] = (),
         env: Mapping[str, str] | None = None,
         user: str = NONROOT,
+        read_only_root: bool = True,
     ) -> list[str]:
         """The host command that runs the image's entrypoint (or ``entrypoint``) with ``args``.
 
@@ -142,7 +143,8 @@ class Container:
                 lines.append(f"mount --bind {shlex.quote(str(m.source))} {target}")
                 if m.read_only:
                     lines.append(f"mount -o remount,bind,ro {target}")
-        lines.append(f"mount -o remount,bind,ro {root}")
+        if read_only_root:
+            lines.append(f"mount -o remount,bind,ro {root}")
         inner = ["/usr/bin/env", "-i", f"--chdir={workdir}", *(f"{k}={v}" for k, v in environment.items()), *argv]
         lines.append(f"exec chroot --userspec={user} {root} " + shlex.join(inner))
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines)]
