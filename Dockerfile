@@ -16,12 +16,15 @@ ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 # wheelhouse mounted into every RUN; unset, as in a plain `docker build`, pip uses its index.
 # Each stage that runs pip declares them (an ARG's scope is one stage). SOURCES_KEY, a hash
 # of the sources that script passes, keys buildah's layer cache of the final stages' RUN
-# (buildah 1.28 does not key it on the build stage it mounts); Docker needs none of them.
+# (buildah 1.28 does not key it on the build stage it mounts), and BUILD_NONCE, new on each
+# buildah call, rebuilds the build stage (buildah 1.28 cannot bind-mount a cached stage).
+# Docker needs none of them.
 
 # ---------------------------------------------------------------------------- build
 FROM ${PYTHON_IMAGE} AS build
 ARG PIP_NO_INDEX
 ARG PIP_FIND_LINKS
+ARG BUILD_NONCE
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar/ sidecar/

@@ -200,7 +200,9 @@ image_size() {  # the image's size as buildah reports it, e.g. "412 MB"
 }
 
 # buildah 1.28 leaves a RUN --mount=from=build step out of date in its layer cache when
-# only the build stage changed; SOURCES_KEY (a build arg of the final stages) keys it.
+# only the build stage changed; SOURCES_KEY (a build arg of the final stages) keys it. And
+# it cannot mount a stage that came from its cache: BUILD_NONCE rebuilds the build stage
+# (one wheel) on every call.
 sources_key() {
     (cd "$CONTEXT" && find pyproject.toml README.md sidecar operator -type f \
         ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 \
@@ -210,7 +212,7 @@ sources_key() {
 build_target() {
     local target=$1 image="${REPOSITORY_PREFIX}$1:$TAG" start=$SECONDS
     step "build $target" buildah build --layers --pull=never \
-        --build-arg SOURCES_KEY="$SOURCES_KEY" \
+        --build-arg SOURCES_KEY="$SOURCES_KEY" --build-arg BUILD_NONCE="$(date +%s%N)" \
         --file "$CONTEXT/Dockerfile" --target "$target" --tag "$image" \
         --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" --build-arg VLLM_IMAGE="$VLLM_IMAGE" \
         --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse \
