@@ -169,21 +169,19 @@ def steady_goodput(recorder: Recorder, window_s: float) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
-class RateRunner:
-    """Runs one workload's policies at any Poisson rate and seed, remembering every run.
+class WorkloadSource:
+    """A workload's engine (latency model and limits) and its requests at any rate and
+    seed; the engine is resolved and the traces read once.
 
     Args:
         workload: The workload (its rate and seed are replaced per run).
         data_dir: Where its traces and profiles are.
-        admission: Put the sidecar's admission in front of the engine (the full system).
     """
 
     workload: Workload
     data_dir: Path
-    admission: bool = False
-    runs: dict[tuple[Variant, int, float], dict[str, Any]] = field(default_factory=dict)
-    _engine: tuple[LatencyModel, EngineLimits] | None = None
-    _traces: list[Trace] | None = None
+    _engine: tuple[LatencyModel, EngineLimits] | None = field(default=None, init=False, repr=False)
+    _traces: list[Trace] | None = field(default=None, init=False, repr=False)
 
     def engine(self) -> tuple[LatencyModel, EngineLimits]:
         if self._engine is None:
@@ -197,6 +195,20 @@ class RateRunner:
         return generate_requests(
             workload, self._traces, max_request_tokens=limits.num_kv_blocks * limits.block_size_tokens
         )
+
+
+@dataclass(slots=True)
+class RateRunner(WorkloadSource):
+    """Runs one workload's policies at any Poisson rate and seed, remembering every run.
+
+    Args:
+        workload: The workload (its rate and seed are replaced per run).
+        data_dir: Where its traces and profiles are.
+        admission: Put the sidecar's admission in front of the engine (the full system).
+    """
+
+    admission: bool = False
+    runs: dict[tuple[Variant, int, float], dict[str, Any]] = field(default_factory=dict)
 
     def variant(self, policy: str, admission: bool | None = None) -> Variant:
         """A plain policy in this runner's mode (or the one given)."""

@@ -13,29 +13,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from accelgen.core.latency import LatencyModel
-from accelgen.core.plan import EngineLimits
 from accelgen.core.policies import get_spec, make_policy
 from accelgen.core.policy import Policy
 from accelgen.core.routing import make_router
-from accelgen.sim.capacity import meets_targets
+from accelgen.sim.capacity import WorkloadSource, meets_targets
 from accelgen.sim.cluster import simulate_cluster
-from accelgen.sim.runner import resolve_engine
 from accelgen.sim.system import admission_config
-from accelgen.sim.traces import Trace
-from accelgen.sim.workload import SimRequest, Workload, generate_requests, load_source_traces
 
 #: (routing policy, engine policy, replicas, seed, rate) of one run.
 RunKey = tuple[str, str, int, int, float]
 
 
 @dataclass(slots=True)
-class PoolRunner:
+class PoolRunner(WorkloadSource):
     """Runs a workload on a pool at any rate, seed, size and pair of policies (cached).
 
     Args:
@@ -43,24 +37,7 @@ class PoolRunner:
         data_dir: Where its traces and profiles are.
     """
 
-    workload: Workload
-    data_dir: Path
     runs: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
-    _engine: tuple[LatencyModel, EngineLimits] | None = None
-    _traces: list[Trace] | None = None
-
-    def engine(self) -> tuple[LatencyModel, EngineLimits]:
-        if self._engine is None:
-            self._engine = resolve_engine(self.workload, self.data_dir)
-        return self._engine
-
-    def requests(self, workload: Workload) -> list[SimRequest]:
-        if self._traces is None:
-            self._traces = load_source_traces(self.workload, self.data_dir)
-        _, limits = self.engine()
-        return generate_requests(
-            workload, self._traces, max_request_tokens=limits.num_kv_blocks * limits.block_size_tokens
-        )
 
     def run(self, routing: str, policy: str, *, replicas: int, seed: int, rate_rps: float) -> dict[str, Any]:
         """The pool's summary (``accelgen bench sim``'s shape, plus the router's counters)."""
