@@ -153,8 +153,11 @@ def read_preemptions(path: str) -> int | None:
     return None if snapshot is None else preemptions_of(snapshot)
 
 
-def _series_name(line: str) -> str:
-    """The metric name a sample line starts with (up to its labels or its value)."""
+def series_name(line: str) -> str:
+    """The metric name a sample line starts with (up to its labels or its value); "" for a
+    comment or an empty line."""
+    if not line or line[0] == "#":
+        return ""
     end = len(line)
     for mark in ("{", " "):
         at = line.find(mark)
@@ -172,7 +175,7 @@ def metric_samples(text: str, names: Collection[str]) -> list[Sample]:
     """
     out: list[Sample] = []
     for line in text.splitlines():
-        if not line or line[0] == "#" or _series_name(line) not in names:
+        if series_name(line) not in names:
             continue
         try:
             out.extend(s for family in text_string_to_metric_families(line + "\n") for s in family.samples)

@@ -37,6 +37,7 @@ from accelgen.core.admission import Speed
 from accelgen.core.config import PolicyConfig
 from accelgen.core.routing.estimate import headroom_tokens
 from accelgen.core.tiers import SLOTier
+from accelgen.server.engine_state import series_name
 from accelgen.server.stream import Timing
 from accelgen.server.tickets import Ticket
 
@@ -149,7 +150,7 @@ def with_pod_counts(vllm_text: str, *, waiting: int, running: int) -> str:
     described: set[str] = set()  # families whose HELP/TYPE the page has
     out: list[str] = []
     for line in vllm_text.splitlines():
-        name = _sample_name(line)
+        name = series_name(line)
         words = line.split(" ", 3)
         if line.startswith("# ") and len(words) > 2 and words[2] in values:
             described.add(words[2])
@@ -172,14 +173,3 @@ _HELP = {
     "vllm:num_requests_waiting": "Requests waiting: the AccelGen sidecar's queues plus the engine's",
     "vllm:num_requests_running": "Requests the engine runs, as released by the AccelGen sidecar",
 }
-
-
-def _sample_name(line: str) -> str:
-    if not line or line[0] == "#":
-        return ""
-    end = len(line)
-    for mark in ("{", " "):
-        at = line.find(mark)
-        if at != -1:
-            end = min(end, at)
-    return line[:end]
