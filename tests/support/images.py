@@ -80,9 +80,8 @@ def buildah(*args: str) -> str:
 
 def image_config(image: str) -> dict[str, object]:
     """The image's OCI config (User, Env, Entrypoint, Cmd, WorkingDir, ...)."""
-    config: dict[str, object] = json.loads(
-        buildah("inspect", "--type", "image", "--format", "{{json .OCIv1.Config}}", image)
-    )
+    # buildah 1.28's --format has no `json` function: the whole document, parsed here.
+    config: dict[str, object] = json.loads(buildah("inspect", "--type", "image", image))["OCIv1"]["config"]
     return config
 
 
