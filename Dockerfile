@@ -53,7 +53,7 @@ ARG PIP_NO_INDEX
 ARG PIP_FIND_LINKS
 ARG SOURCES_KEY
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)[server]"
+    pip install --no-cache-dir "$(ls /wheels/accelgen-*.whl)[server,gateway]"
 USER 65532:65532
 EXPOSE 8000
 ENTRYPOINT ["accelgen"]

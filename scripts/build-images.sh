@@ -189,7 +189,7 @@ import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))
 reqs = list(project["build-system"]["requires"]) + ["wheel"]
 reqs += project["project"]["dependencies"]
-for extra in ("operator", "server"):
+for extra in ("operator", "server", "gateway"):
     reqs += project["project"]["optional-dependencies"][extra]
 print("\n".join(dict.fromkeys(r.split(";")[0].strip() for r in reqs)))
 PYEOF

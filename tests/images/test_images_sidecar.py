@@ -77,3 +77,10 @@ def _uid(pid: int) -> int:
         if line.startswith("Uid:"):
             return int(line.split()[1])
     raise AssertionError(f"no Uid line for pid {pid}")
+
+
+def test_sidecar_image_runs_the_endpoint_picker(container: Callable[[str], Container]) -> None:
+    """The operator runs `accelgen picker` from the sidecar image: the gateway extra is in it."""
+    result = container("sidecar").run(["accelgen", "picker", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "--pods-dns" in result.stdout
