@@ -31,7 +31,7 @@ MULTIMEDIA_PACKAGES=(torchvision torchaudio torchcodec)
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # python-is-python3: the pod spec's engine probe and command call `python`.
-DEBIAN_PACKAGES=python3,python3-pip,python-is-python3,ca-certificates
+DEBIAN_PACKAGES=python3,python3-pip,python-is-python3,ca-certificates,libnuma1
 PYTHON_BASE=localhost/accelgen-base-python:3.11-bookworm
 VLLM_BASE=localhost/accelgen-base-vllm-cpu:$VLLM_CPU_VERSION
 REPOSITORY_PREFIX=ghcr.io/accelgen/accelgen-

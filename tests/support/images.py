@@ -128,6 +128,9 @@ class Container:
         argv = [*(entrypoint or cfg.get("Entrypoint") or []), *(cfg.get("Cmd") or [] if args is None else args)]
         environment = dict(e.split("=", 1) for e in cfg.get("Env") or [])  # type: ignore[union-attr]
         environment.update(env or {})
+        # A container runtime (runc) sets HOME from /etc/passwd, or "/" for a user it has no
+        # entry for (UID 65532 here), when neither the image nor the pod sets it.
+        environment.setdefault("HOME", "/")
         workdir = str(cfg.get("WorkingDir") or "/")
         root = shlex.quote(str(self.root))
         lines = ["set -e", f"mount --bind {root} {root}", f"mount -t proc proc {root}/proc"]
