@@ -61,6 +61,11 @@ clean:
 images: venv
 	HOST_PYTHON=$(BIN)/python scripts/build-images.sh $(ARGS)
 
+# The image tier: builds the three images from a clean tree and runs each as its pod would.
+.PHONY: test-images
+test-images: venv
+	$(BIN)/python -m pytest -q -m images tests/images
+
 # vLLM's CPU build in $(VENV), for the in-engine scheduler tests (tests/vllm); see the script.
 .PHONY: vllm
 vllm: venv

