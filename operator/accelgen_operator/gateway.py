@@ -17,11 +17,18 @@ Children of pool ``p`` for ``type: accelgen``::
 
 The picker's pods carry labels of their own: the pool's selector never matches them, so
 neither the pool's Service nor the gateway ever routes inference to a picker.
+
+A Service's name is a DNS label (at most 63 characters): where ``p`` plus the suffix is
+longer, ``p`` is cut and 8 hex digits of its hash keep the names of two long pools
+apart (``child_name``). What the gateway made and the spec no longer asks for (the
+picker switched off, or made external) is listed by :func:`stale_gateway_children`, for
+the operator to delete.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +40,7 @@ PICKER_COMPONENT = "endpoint-picker"
 PICKER_CONFIG_DIR = "/etc/accelgen"
 _PICKER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
 _NONROOT_UID = 65532
+DNS_LABEL_MAX = 63  # a Service's name, and a label's value
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +59,30 @@ def gateway_wanted(spec: Mapping[str, Any]) -> bool:
     return bool(gateway.get("enabled", True)) and bool(gateway.get("endpointPicker"))
 
 
+def child_name(pool: str, suffix: str) -> str:
+    """``pool-suffix``, a DNS label: a long pool name is cut and its hash's 8 hex digits added."""
+    name = f"{pool}-{suffix}"
+    if len(name) <= DNS_LABEL_MAX:
+        return name
+    digest = hashlib.sha256(pool.encode()).hexdigest()[:8]
+    keep = DNS_LABEL_MAX - len(suffix) - len(digest) - 2
+    return f"{pool[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+def label_value(pool: str) -> str:
+    """``pool`` as a label value (at most 63 characters; cut and hashed as :func:`child_name`)."""
+    if len(pool) <= DNS_LABEL_MAX:
+        return pool
+    digest = hashlib.sha256(pool.encode()).hexdigest()[:8]
+    return f"{pool[: DNS_LABEL_MAX - len(digest) - 1].rstrip('-')}-{digest}"
+
+
 def picker_name(pool: str) -> str:
-    return f"{pool}-epp"
+    return child_name(pool, "epp")
 
 
 def pods_service_name(pool: str) -> str:
-    return f"{pool}-pods"
+    return child_name(pool, "pods")
 
 
 def picker_ref(name: str, spec: Mapping[str, Any]) -> PickerRef:
@@ -72,13 +98,13 @@ def picker_ref(name: str, spec: Mapping[str, Any]) -> PickerRef:
 
 def picker_labels(pool: str) -> dict[str, str]:
     """The picker pods' labels: not the pool's selector (``app.kubernetes.io/name`` differs)."""
-    return {"app.kubernetes.io/name": "accelgen-picker", "accelgen.dev/picker": pool}
+    return {"app.kubernetes.io/name": "accelgen-picker", "accelgen.dev/picker": label_value(pool)}
 
 
 def _picker_meta(pool: str, name: str, namespace: str, managed_by: str) -> dict[str, Any]:
     labels = {
         **picker_labels(pool),
-        "app.kubernetes.io/instance": pool,
+        "app.kubernetes.io/instance": label_value(pool),
         "app.kubernetes.io/component": PICKER_COMPONENT,
         "app.kubernetes.io/managed-by": managed_by,
     }
@@ -283,3 +309,31 @@ def gateway_children(
     if has_gateway_crd:
         children.append(build_gateway_pool(name, namespace, spec, selector=selector, labels=labels, pod_port=pod_port))
     return children
+
+
+#: What a gateway child is, for deleting it: (apiVersion, plural, name).
+ChildRef = tuple[str, str, str]
+
+
+def gateway_child_refs(name: str) -> list[ChildRef]:
+    """Every object the gateway can make for pool ``name``, the InferencePool last."""
+    group, version, plural = GATEWAY_POOL_API
+    return [
+        ("apps/v1", "deployments", picker_name(name)),
+        ("v1", "services", picker_name(name)),
+        ("v1", "services", pods_service_name(name)),
+        (f"{group}/{version}", plural, name),
+    ]
+
+
+def stale_gateway_children(name: str, children: list[dict[str, Any]]) -> list[ChildRef]:
+    """The gateway's objects of pool ``name`` that ``children`` (what the spec asks for) lack.
+
+    The operator deletes each that exists and the pool owns: switching the picker off or
+    to an external one leaves neither a picker running nor a gateway pool pointing at it.
+    The gateway InferencePool is listed too when its CRD is not served (the caller skips
+    an API the cluster does not serve: there is nothing of it to delete).
+    """
+    plurals = {"Deployment": "deployments", "Service": "services", "InferencePool": GATEWAY_POOL_API[2]}
+    made = {(str(c["apiVersion"]), plurals.get(str(c["kind"]), ""), str(c["metadata"]["name"])) for c in children}
+    return [ref for ref in gateway_child_refs(name) if ref not in made]

@@ -28,7 +28,7 @@ from accelgen.core.errors import ConfigError
 from accelgen.core.tiers import TierSet
 from accelgen_operator import GROUP, PLURAL, VERSION
 from accelgen_operator.apply import ApplyReport, ensure_all
-from accelgen_operator.gateway import GATEWAY_POOL_API, gateway_wanted
+from accelgen_operator.gateway import GATEWAY_POOL_API, gateway_wanted, stale_gateway_children
 from accelgen_operator.kube import KubeClient, KubeError
 from accelgen_operator.observe import (
     autoscale_step,
@@ -193,6 +193,21 @@ def _login(cfg: OperatorConfig, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
+async def _prune_gateway(pool: _Pool, children: list[dict[str, Any]]) -> list[str]:
+    """Delete the gateway children the spec no longer asks for, where the pool owns them."""
+    uid = pool.meta.get("uid")
+    deleted = []
+    for api_version, plural, name in stale_gateway_children(pool.name, children):
+        if not await pool.kube.has_resource(api_version, plural):
+            continue
+        obj = await pool.kube.get(api_version, plural, pool.namespace, name)
+        owners = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+        if uid and any(o.get("uid") == uid for o in owners):
+            await pool.kube.delete(api_version, plural, pool.namespace, name)
+            deleted.append(f"{plural}/{name}")
+    return deleted
+
+
 def _gateway_problem(spec: Mapping[str, Any], children: list[Any]) -> Condition | None:
     """Degraded when the pool asks for the gateway but its InferencePool CRD is not served.
 
@@ -218,6 +233,7 @@ async def _reconcile(cfg: OperatorConfig, pool: _Pool, *, retry: int) -> None:
         problem = await _check_secret(pool.kube, pool.namespace, pool.spec)
         if problem is None:
             report = await _apply(pool.kube, pool.body, children)
+            pruned = await _prune_gateway(pool, children)
             problem = _gateway_problem(pool.spec, children)
     except ConfigError as err:
         # The schema let it through but the core refuses it, or no image is known
@@ -230,8 +246,10 @@ async def _reconcile(cfg: OperatorConfig, pool: _Pool, *, retry: int) -> None:
         _record_failure(pool, problem)
         raise kopf.TemporaryError(problem.message, delay=backoff_s(cfg, retry))
     pool.write_status(reconciled_status(pool.name, children, pool.status, now=_now(), generation=pool.generation))
-    if report.changed:
-        kopf.event(pool.body, type="Normal", reason="Reconciled", message="applied " + ", ".join(report.changed))
+    if report.changed or pruned:
+        done = [f"applied {', '.join(report.changed)}"] if report.changed else []
+        done += [f"deleted {', '.join(pruned)}"] if pruned else []
+        kopf.event(pool.body, type="Normal", reason="Reconciled", message="; ".join(done))
 
 
 async def _read_pool(cfg: OperatorConfig, pool: _Pool, logger: kopf.Logger) -> tuple[dict[str, Any], list[Any]] | None:

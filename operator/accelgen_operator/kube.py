@@ -158,6 +158,16 @@ class KubeClient:
         query = [("fieldManager", FIELD_MANAGER)]
         return dict(await self._call("patch", "PATCH", path, query=query, body=body, content_type=MERGE_PATCH) or {})
 
+    async def delete(self, api_version: str, plural: str, namespace: str, name: str) -> bool:
+        """Delete the object (its dependents in the background); False when it did not exist."""
+        try:
+            await self._call("delete", "DELETE", resource_path(api_version, plural, namespace, name))
+        except KubeError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
     async def has_resource(self, api_version: str, plural: str) -> bool:
         """Whether the API serves ``plural`` in ``api_version`` (cached for a few minutes)."""
         now = time.monotonic()

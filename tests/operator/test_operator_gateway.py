@@ -216,3 +216,52 @@ async def test_gateway_enabled_false_publishes_nothing(cluster: Cluster) -> None
     )
     for resource, name in PICKER_CHILDREN:
         assert cluster.obj(resource, name) is None, f"{resource}/{name} made though the gateway is disabled"
+
+
+async def _set_picker(cluster: Cluster, picker: dict[str, Any] | None) -> None:
+    path = cluster.pool_path("llama").removeprefix(cluster.url)
+    await cluster.patch(path, {"spec": {"gateway": {"endpointPicker": picker}}})
+
+
+async def test_switching_the_picker_off_deletes_what_it_made(cluster: Cluster) -> None:
+    await cluster.create_pool(minimal_pool(gateway={"endpointPicker": PICKER}))
+    await _all_made(cluster, PICKER_CHILDREN)
+    await _set_picker(cluster, None)
+    await cluster.wait_for(
+        lambda: all(cluster.obj(resource, name) is None for resource, name in PICKER_CHILDREN),
+        what="the picker, its Services and the gateway pool deleted",
+    )
+    assert cluster.obj("apps/v1/deployments", "llama") is not None, "the pool's own Deployment stays"
+    assert cluster.obj("v1/services", "llama") is not None, "the pool's own Service stays"
+
+
+async def test_switching_to_an_external_picker_deletes_ours_and_keeps_the_gateway_pool(cluster: Cluster) -> None:
+    await cluster.create_pool(minimal_pool(gateway={"endpointPicker": PICKER}))
+    await _all_made(cluster, PICKER_CHILDREN)
+    external = {"type": "external", "service": "their-epp", "port": 9102}
+    await _set_picker(cluster, external)
+    await cluster.wait_for(
+        lambda: all(cluster.obj(resource, name) is None for resource, name in PICKER_CHILDREN[:3]),
+        what="our picker and its Services deleted",
+    )
+    await cluster.wait_for(
+        lambda: (p := cluster.obj(GATEWAY_POOLS, "llama")) and p["spec"]["endpointPickerRef"]["name"] == "their-epp",
+        what="the gateway pool pointing at their picker",
+    )
+    gateway_pool = cluster.obj(GATEWAY_POOLS, "llama")
+    assert gateway_pool is not None and gateway_pool["spec"]["endpointPickerRef"]["port"] == {"number": 9102}
+
+
+async def test_an_object_the_pool_does_not_own_is_never_deleted(cluster: Cluster) -> None:
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "llama-epp", "namespace": NS},
+        "spec": {"ports": [{"port": 9002}]},
+    }
+    await cluster.create(f"/api/v1/namespaces/{NS}/services", theirs)
+    await cluster.create_pool(minimal_pool())
+    await cluster.wait_for(
+        lambda: (condition(cluster.pool(), "Degraded") or {}).get("reason") == "Reconciled", what="reconciled"
+    )
+    assert cluster.obj("v1/services", "llama-epp") is not None
