@@ -290,3 +290,18 @@ def test_the_state_counts_every_prompt_token_not_yet_prefilled() -> None:
     assert state["headroom"]["interactive"] == pytest.approx(expected["interactive"], abs=0.1)
     assert state["headroom"]["batch"] == pytest.approx(expected["batch"], abs=0.1)
     assert expected["standard"] > 0 and state["headroom"]["standard"] == 0  # its queue (2) is full
+
+
+def test_free_kv_comes_from_vllms_cache_config_info() -> None:
+    from accelgen.server.pod_state import kv_free_tokens
+
+    page = (
+        "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n"
+        "# TYPE vllm:cache_config_info gauge\n"
+        'vllm:cache_config_info{block_size="16",num_gpu_blocks="1000",cache_dtype="auto"} 1.0\n'
+        'vllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
+    )
+    assert kv_free_tokens(page, 0.25) == 12_000
+    assert kv_free_tokens(page, 1.5) == 0
+    assert kv_free_tokens('vllm:kv_cache_usage_perc{model_name="m"} 0.25\n', 0.25) is None  # not reported
+    assert kv_free_tokens('vllm:cache_config_info{block_size="16"} 1.0\n', 0.0) is None

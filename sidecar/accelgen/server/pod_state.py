@@ -20,7 +20,9 @@ tokens**) is :func:`accelgen.core.routing.estimate.headroom_tokens` of:
 - the predicted decode step of the requests now decoding and the seconds per prefill
   token beside it, from admission's latency model (:class:`Speed`);
 - the tightest TBT target among the released requests (the planner keeps every step
-  within it, so prefill gets only what the decodes leave).
+  within it, so prefill gets only what the decodes leave);
+- the free KV in tokens, where vLLM's ``vllm:cache_config_info`` gives the cache's size
+  (its blocks × block size × (1 − KV use)); absent otherwise (``kv_free_tokens`` null).
 
 A tier whose admission queue is full (or the total queue) has at most 0 headroom: a
 request sent there now is refused.
@@ -37,7 +39,7 @@ from accelgen.core.admission import Speed
 from accelgen.core.config import PolicyConfig
 from accelgen.core.routing.estimate import headroom_tokens
 from accelgen.core.tiers import SLOTier
-from accelgen.server.engine_state import series_name
+from accelgen.server.engine_state import metric_samples, series_name
 from accelgen.server.stream import Timing
 from accelgen.server.tickets import Ticket
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 LONG_PROMPT_TOKENS = PolicyConfig().long_prompt_tokens
 _PROBE_TOKENS = 512  # the prefill that measures the latency model's cost per prompt token
 _SERIES = ("vllm:num_requests_waiting", "vllm:num_requests_running")
+_CACHE_INFO = "vllm:cache_config_info"  # vLLM's KV cache size, as labels of an info gauge
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,20 @@ def _count_tiers(sidecar: Sidecar, held: Iterable[InEngine]) -> dict[str, int]:
     return out
 
 
+def kv_free_tokens(vllm_text: str, kv_usage: float) -> int | None:
+    """Free KV tokens: vLLM's ``cache_config_info`` (blocks × block size) × (1 − usage).
+
+    None where the engine's page has no such series (the sim engine, an older vLLM).
+    """
+    for sample in metric_samples(vllm_text, (_CACHE_INFO,)):
+        try:
+            total = int(sample.labels["num_gpu_blocks"]) * int(sample.labels["block_size"])
+        except (KeyError, ValueError):
+            continue
+        return max(0, round(total * (1.0 - min(1.0, max(0.0, kv_usage)))))
+    return None
+
+
 def _full(sidecar: Sidecar, tier: SLOTier) -> bool:
     admission, cfg = sidecar.admission, sidecar.admission.config
     return admission.depth.get(tier.name, 0) >= cfg.max_queue_per_tier or admission.queued() >= cfg.max_queue_total
@@ -108,12 +125,14 @@ def pod_state(sidecar: Sidecar, now_s: float) -> dict[str, Any]:
         by_tier[ticket.tier.name] = by_tier.get(ticket.tier.name, 0) + ticket.num_prompt_tokens
     decode_s, per_token_s = _batch_costs(admission.speed, len(held) - len(prefilling))
     tightest_tbt_s, min_slack_s = _slack(held, now_s)
+    kv_free = kv_free_tokens(engine.vllm_text, engine.kv_usage)
     headroom = headroom_tokens(
         sidecar.tiers,
         queued_tokens_by_tier=by_tier,
         decode_step_s=decode_s,
         prefill_s_per_token=per_token_s,
         tightest_tbt_s=tightest_tbt_s,
+        kv_free_tokens=kv_free,
     )
     for tier in sidecar.tiers:
         if _full(sidecar, tier):
@@ -133,7 +152,7 @@ def pod_state(sidecar: Sidecar, now_s: float) -> dict[str, Any]:
         "running_by_tier": _count_tiers(sidecar, held),
         "long_prompts": sum(t.num_prompt_tokens >= LONG_PROMPT_TOKENS for t in (*queued, *prefilling)),
         "max_num_seqs": admission.config.max_in_flight,
-        "kv_free_tokens": None,  # the engine reports a KV fraction, not its size in tokens
+        "kv_free_tokens": kv_free,
     }
 
 
