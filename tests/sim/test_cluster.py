@@ -208,3 +208,20 @@ def test_merged_runs_gather_every_routing_policy_and_recompute_the_ratios() -> N
     other["duration_s"] = 120
     with pytest.raises(ValueError, match="differ in duration_s"):
         merge_reports([report({"random": 1.0}), other])
+
+
+def test_every_rate_of_a_seed_runs_the_same_requests_compressed_in_time(small_workload: Path, data_dir: Path) -> None:
+    from accelgen.sim.pool_capacity import PoolRunner
+
+    runner = PoolRunner(load(small_workload), data_dir)
+    slow, fast = runner.requests_at(seed=3, rate_rps=2.0), runner.requests_at(seed=3, rate_rps=6.0)
+    duration = runner.workload.duration_s
+    assert duration is not None and all(r.arrival_s < duration for r in slow + fast)
+    assert len(fast) > 2 * len(slow)
+    # The slow run's requests are the fast run's first ones: same prompts, outputs, tiers, order.
+    assert [(r.prompt_tokens, r.output_tokens, r.tier) for r in slow] == [
+        (r.prompt_tokens, r.output_tokens, r.tier) for r in fast[: len(slow)]
+    ]
+    assert all(abs(s.arrival_s - 3.0 * f.arrival_s) < 1e-9 for s, f in zip(slow, fast, strict=False))
+    other = runner.requests_at(seed=4, rate_rps=2.0)
+    assert [r.prompt_tokens for r in other] != [r.prompt_tokens for r in slow]
