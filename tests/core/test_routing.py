@@ -133,8 +133,11 @@ def test_accelgen_spreads_long_prompts_one_per_pod() -> None:
     busy = reporting("busy", long_prompts=1)
     other = reporting("other", queued={"summarize": 8_000})
     assert r.pick(request("summarize", 12_000), [busy, other], 0.0).pod == "other"
-    # A short request is not spread that way: it goes where there is most room.
-    assert r.pick(request("interactive", 300), [busy, reporting("q", queued={"interactive": 4_000})], 0).pod == "busy"
+    # A tight request keeps off a pod holding a long prompt where another has room for it ...
+    assert r.pick(request("interactive", 300), [busy, reporting("q", queued={"interactive": 4_000})], 0).pod == "q"
+    # ... and where every pod holds one, goes where there is most room.
+    also_busy = reporting("also", long_prompts=1, queued={"interactive": 4_000})
+    assert r.pick(request("interactive", 300), [busy, also_busy], 0).pod == "busy"
 
 
 def test_accelgen_holds_a_long_prompt_while_every_pod_prefills_one() -> None:

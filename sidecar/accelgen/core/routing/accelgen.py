@@ -16,7 +16,10 @@ Placement among the pods it fits:
   up to the tightest running TBT, so that is where it costs the tight requests least;
   then the most room;
 * a tight request (the tightest TBT of the tiers) goes where its TBT holds (one more
-  decode fits in it) and it has the most room (its first token comes soonest);
+  decode fits in it), to a pod holding no long prompt where there is one (the steps that
+  carry a long prompt's chunks are planned up to the tightest TBT, so the engine's
+  latency noise makes their tokens late; a pod without one runs short decode steps),
+  then where it has the most room (its first token comes soonest);
 * other (looser, short) work goes where its own tier has the most room.
 
 Flow control: when no pod fits the request now but its first-token deadline can still
@@ -102,8 +105,9 @@ class AccelGenRouter:
             return Decision(pod.name, reason="long prompt: a pod with no other long prompt" if free else "long prompt")
         if self._is_tight(request):
             tbt_ok = [p for p in fits if (predicted_tpot_s(p) or 0.0) <= (request.tbt_slo_s or math.inf)]
-            pod = max(tbt_ok or fits, key=lambda p: rooms[p.name])
-            return Decision(pod.name, reason="tight: its TBT holds, most room")
+            pod = max(tbt_ok or fits, key=lambda p: (p.long_prompts == 0, rooms[p.name]))
+            reason = "no long prompt there" if pod.long_prompts == 0 else "every pod holds a long prompt"
+            return Decision(pod.name, reason=f"tight: its TBT holds, {reason}, most room")
         pod = max(fits, key=lambda p: rooms[p.name])
         return Decision(pod.name, reason="looser: most room")
 
