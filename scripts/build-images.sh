@@ -90,8 +90,12 @@ need() {  # need COMMAND PACKAGE: install a missing tool with apt-get, or say wh
     command -v apt-get >/dev/null || die "$1 is not installed and there is no apt-get to install it (install $2)"
     [[ $(id -u) -eq 0 ]] || die "$1 is not installed and installing it needs root (apt-get install $2)"
     say "installing $2 (apt-get)"
-    step "apt-get install $2" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2"
-    command -v "$1" >/dev/null || die "$1 is still missing after apt-get install $2"
+    local log="$CACHE/logs/apt-get-install-$2.log"
+    # A fresh machine may have no package lists yet: update once, then try again.
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" \
+        || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2"; }; } >"$log" 2>&1 \
+        || die "$1 is not installed and apt-get could not install it (log: $log)"
+    command -v "$1" >/dev/null || die "$1 is not installed and apt-get install $2 did not provide it (log: $log)"
 }
 
 # Working containers of this run; whatever a failed step leaves is removed on exit
