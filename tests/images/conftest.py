@@ -1,7 +1,7 @@
 """The images, built once per session from a clean tree (see tests/support/images.py).
 
-Skipped, with the build script's own one-line reason, only when buildah is missing and
-cannot be installed; any other build failure fails the tests.
+Skipped, with the build script's own one-line reason, only when buildah (or debootstrap) is
+missing and cannot be installed; any other build failure fails the tests.
 """
 
 from __future__ import annotations
