@@ -203,7 +203,8 @@ async def test_a_missing_gateway_crd_is_degraded_and_the_rest_still_runs(bare_cl
     assert "inferencepools.inference.networking.k8s.io/v1" in degraded["message"]
     # Everything that needs no gateway CRD was applied; the picker is ready for the CRD.
     await _all_made(cluster, (*PICKER_CHILDREN[:3], ("apps/v1/deployments", "llama"), ("v1/services", "llama")))
-    assert cluster.events("GatewayCRDNotFound"), "a Warning Event says why"
+    # kopf posts Events from a queue of its own: wait for it rather than race it.
+    await cluster.wait_for(lambda: cluster.events("GatewayCRDNotFound"), what="a Warning Event saying why")
     # The operator lives on: its timer keeps observing the pool (and keeps it Degraded).
     await cluster.wait_for(lambda: "podsReporting" in (cluster.pool() or {}).get("status", {}), what="observed")
     assert (condition(cluster.pool(), "Degraded") or {}).get("reason") == "GatewayCRDNotFound"
