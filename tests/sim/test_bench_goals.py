@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from accelgen.bench.goals import cell_goals, tight_tier, versus_stock
 from accelgen.core.tiers import parse_tiers
 
@@ -43,6 +45,8 @@ def test_a_win_where_stock_loses_the_tight_tier() -> None:
     )
     assert goals is not None and goals["best_stock"] == "vllm-priority"
     assert goals["goodput_vs_stock"]["met"] and goals["goodput_vs_stock"]["goal"] == ">= 1.3"
+    # What bounds the ratio: stock (vllm-priority) met 70 % of its requests.
+    assert goals["goodput_vs_stock"]["ceiling"] == pytest.approx(1 / 0.7)
     assert all(goals[k]["met"] for k in ("tight_attainment", "tight_late_tokens", "throughput_vs_stock"))
 
 

@@ -73,9 +73,11 @@ def print_goals(goals: Mapping[str, Any]) -> None:
     for key, goal in goals.items():
         if isinstance(goal, dict) and "met" in goal:
             value = goal["value"]
-            shown = "-" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
+            shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
             state = {True: "met", False: "MISSED", None: "not measured"}[goal["met"]]
-            print(f"  {key}: {shown} ({goal['goal']}): {state}")
+            ceiling = goal.get("ceiling")
+            bound = "" if ceiling is None else f"; at stock's throughput any policy gets at most {ceiling:.3f}"
+            print(f"  {key}: {shown} ({goal['goal']}{bound}): {state}")
     print(f"  all goals: {'met' if goals['met'] else 'not met'}")
 
 
