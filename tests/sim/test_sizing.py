@@ -151,6 +151,24 @@ def test_slower_prefill_gives_shorter_documents_at_the_same_tbt(tmp_path: Path) 
         assert derived["sources"][1]["prefill_s"] == pytest.approx(sizing.prefill_s(model, doc))
 
 
+def test_a_prefill_longer_than_one_step_is_sized_as_the_engine_chunks_it(tmp_path: Path) -> None:
+    """A fast engine prefills more than max_num_batched_tokens in a few TBTs: its documents
+    are longer prompts, prefilled in steps of that many tokens (not a refused workload)."""
+    cap = 2048
+    sized, derived = _size(parse_workload(_raw(tmp_path, **{"sources.1.max_prompt_tbts": 8})), MODEL)
+    doc = sized.sources[1].max_prompt_tokens
+    assert doc is not None and cap < doc <= 8192 - 128
+    budget = 8 * derived["tight_tbt_s"]
+    assert sizing.chunked_prefill_s(MODEL, doc, cap=cap) <= budget < sizing.chunked_prefill_s(MODEL, doc + 1, cap=cap)
+    # Past one step every chunk pays its own step and the context before it.
+    chunks = sizing.prefill_s(MODEL, cap) + sizing.prefill_s(MODEL, doc - cap, context_tokens=cap)
+    assert sizing.chunked_prefill_s(MODEL, doc, cap=cap) == pytest.approx(chunks)
+    assert chunks > sizing.prefill_s(MODEL, doc)
+    assert derived["sources"][1]["prefill_s"] == pytest.approx(chunks)
+    # Within one step it is the one unchunked prefill.
+    assert sizing.chunked_prefill_s(MODEL, cap, cap=cap) == sizing.prefill_s(MODEL, cap)
+
+
 def test_the_same_load_gives_the_same_contention(tmp_path: Path) -> None:
     # A fixed request count: the same requests for both engines, arrivals 3x as far apart.
     workload = parse_workload(_raw(tmp_path, duration_s=None, num_requests=120))
@@ -194,7 +212,7 @@ def test_derived_values_name_their_sources(tmp_path: Path) -> None:
     [
         ({"sizing.tight_tbt_decode_steps": 0.5}, "sizing.tight_tbt_decode_steps", "below one decode step"),
         ({"sources.1.max_prompt_tbts": 0.001}, "sources[1].max_prompt_tbts", "below a one-token prefill"),
-        ({"sources.1.max_prompt_tbts": 500}, "sources[1].max_prompt_tbts", "max_num_batched_tokens"),
+        ({"sources.1.max_prompt_tbts": 500}, "sources[1].max_prompt_tbts", "the longest a request may be"),
         ({"sizing.load": 1e-6}, "sizing.load", "not one arrival"),
     ],
 )

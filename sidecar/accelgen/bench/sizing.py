@@ -14,9 +14,14 @@ into absolute values, from predictions of that model only:
                                    ``scheduler:`` (``gamma_s``, ``safety_margin_s``,
                                    written or default) scales by the same factor: the
                                    file's values give the proportions.
-``sources[i].max_prompt_tbts``     the source's prompts are capped where one unchunked
-                                   prefill (alone, no context) costs this x the
-                                   tightest TBT.
+``sources[i].max_prompt_tbts``     the source's prompts are capped where their prefill,
+                                   run alone as the engine runs it, costs this x the
+                                   tightest TBT: one unchunked step up to
+                                   ``max_num_batched_tokens``; past it, steps of that
+                                   many tokens, each after the context of the ones
+                                   before (:func:`chunked_prefill_s`). A faster
+                                   engine's documents are longer in tokens, never
+                                   refused for outgrowing one step.
 ``sizing.load``                    Poisson rate = this x the engine's throughput
                                    capacity (below).
 =================================  ==================================================
@@ -52,6 +57,8 @@ from accelgen.sim.workload import Source, Workload, capped_outputs, generate_req
 #: The decode step a TBT is counted in: a few requests at a short context.
 REFERENCE_DECODES = 4
 REFERENCE_CONTEXT_TOKENS = 128
+#: The longest prompt a source is sized to when the engine's length is not given.
+MAX_PROMPT_TOKENS = 1 << 17
 #: Requests of the workload the throughput capacity is simulated on.
 CAPACITY_REQUESTS = 400
 
@@ -96,6 +103,34 @@ def prefill_s(model: LatencyModel, num_tokens: int, *, context_tokens: int = 0) 
     return model.predict_s(BatchShape().plus_prefill(num_tokens, context_tokens=context_tokens))
 
 
+def chunked_prefill_s(model: LatencyModel, num_tokens: int, *, cap: int) -> float:
+    """A prompt of ``num_tokens`` prefilled alone in steps of at most ``cap`` tokens, each
+    after the context of the ones before it (as vLLM's chunked prefill runs it)."""
+    total, done = 0.0, 0
+    while done < num_tokens:
+        chunk = min(cap, num_tokens - done)
+        total += prefill_s(model, chunk, context_tokens=done)
+        done += chunk
+    return total
+
+
+def max_prompt_tokens_within(model: LatencyModel, budget_s: float, *, cap: int, limit: int) -> int:
+    """The longest prompt, at most ``limit`` tokens, whose :func:`chunked_prefill_s` fits
+    ``budget_s`` (0 when not one token does)."""
+    done, spent = 0, 0.0
+    while done < limit:
+        step = min(cap, limit - done)
+        step_s = prefill_s(model, step, context_tokens=done)
+        if spent + step_s > budget_s:
+            rest = max_prefill_tokens_within(
+                model, budget_s - spent, base=BatchShape(), context_tokens=done, cap_tokens=step
+            )
+            return done + rest
+        spent += step_s
+        done += step
+    return limit
+
+
 def measure_engine(model: LatencyModel, *, max_num_batched_tokens: int) -> EngineMeasurement:
     """The :class:`EngineMeasurement` of ``model`` (predictions only)."""
     cap = max_num_batched_tokens
@@ -137,8 +172,9 @@ def size_workload(
         return workload, {}
     measured = measure_engine(model, max_num_batched_tokens=limits.max_num_batched_tokens)
     factor = _time_factor(workload, measured)
-    sized = _scaled_workload(workload, model, factor, cap=limits.max_num_batched_tokens)
-    derived = _derived(workload, sized, model, measured, factor)
+    longest = MAX_PROMPT_TOKENS if max_request_tokens is None else max_request_tokens - workload.max_tokens
+    sized = _scaled_workload(workload, model, factor, cap=limits.max_num_batched_tokens, longest=longest)
+    derived = _derived(workload, sized, model, measured, factor, cap=limits.max_num_batched_tokens)
     if sizing.load is not None:
         capacity = capacity_rps(sized, model, limits, traces=traces, max_request_tokens=max_request_tokens)
         rate = _rate(sizing.load, capacity, workload.duration_s)
@@ -147,7 +183,7 @@ def size_workload(
     return sized, derived
 
 
-def _scaled_workload(workload: Workload, model: LatencyModel, factor: float, *, cap: int) -> Workload:
+def _scaled_workload(workload: Workload, model: LatencyModel, factor: float, *, cap: int, longest: int) -> Workload:
     """``workload`` with its times scaled by ``factor`` and its prompt caps in tokens (rate untouched)."""
     tiers = _scaled_tiers(workload.tiers, factor)
     scheduler = workload.scheduler.replace(
@@ -155,13 +191,14 @@ def _scaled_workload(workload: Workload, model: LatencyModel, factor: float, *, 
     )
     tight_tbt_s = tiers.tightest_tbt_s
     sources = tuple(
-        _sized_source(source, f"sources[{i}]", model, tight_tbt_s, cap) for i, source in enumerate(workload.sources)
+        _sized_source(source, f"sources[{i}]", model, tight_tbt_s, cap=cap, longest=longest)
+        for i, source in enumerate(workload.sources)
     )
     return dataclasses.replace(workload, tiers=tiers, scheduler=scheduler, sources=sources, sizing=None)
 
 
 def _derived(
-    workload: Workload, sized: Workload, model: LatencyModel, measured: EngineMeasurement, factor: float
+    workload: Workload, sized: Workload, model: LatencyModel, measured: EngineMeasurement, factor: float, *, cap: int
 ) -> dict[str, Any]:
     """The report's ``sizing`` entry: the relative values, what was measured and what they became."""
     assert workload.sizing is not None
@@ -184,7 +221,7 @@ def _derived(
             {
                 "trace": s.trace,
                 "max_prompt_tokens": s.max_prompt_tokens,
-                "prefill_s": None if s.max_prompt_tokens is None else prefill_s(model, s.max_prompt_tokens),
+                "prefill_s": None if s.max_prompt_tokens is None else chunked_prefill_s(model, s.max_prompt_tokens, cap=cap),
             }
             for s in sized.sources
         ],
@@ -228,7 +265,9 @@ def _scaled_tiers(tiers: TierSet, factor: float) -> TierSet:
     )
 
 
-def _sized_source(source: Source, path: str, model: LatencyModel, tight_tbt_s: float | None, cap: int) -> Source:
+def _sized_source(
+    source: Source, path: str, model: LatencyModel, tight_tbt_s: float | None, *, cap: int, longest: int
+) -> Source:
     """``source`` with its relative prompt cap made a token count."""
     tbts = source.max_prompt_tbts
     if tbts is None:
@@ -243,12 +282,12 @@ def _sized_source(source: Source, path: str, model: LatencyModel, tight_tbt_s: f
             f"({one_s * 1e3:.1f} ms measured)",
             field=field,
         )
-    tokens = max_prefill_tokens_within(model, budget_s, base=BatchShape(), context_tokens=0, cap_tokens=cap + 1)
-    if tokens > cap:
+    tokens = max_prompt_tokens_within(model, budget_s, cap=cap, limit=longest + 1)
+    if tokens > longest:
         raise ConfigError(
-            f"{tbts:g} gives a prefill of {budget_s * 1e3:.1f} ms, more than one step of "
-            f"engine.max_num_batched_tokens ({cap} tokens: {prefill_s(model, cap) * 1e3:.1f} ms measured) "
-            "can run unchunked; raise max_num_batched_tokens",
+            f"{tbts:g} gives a prefill of {budget_s * 1e3:.1f} ms, more than a prompt of the longest "
+            f"a request may be ({longest} tokens, the engine's length less max_tokens: "
+            f"{chunked_prefill_s(model, longest, cap=cap) * 1e3:.1f} ms measured)",
             field=field,
         )
     return dataclasses.replace(source, max_prompt_tokens=tokens, max_prompt_tbts=None)

@@ -30,7 +30,7 @@ Relative sizing (optional; ``accelgen bench vllm`` measures the engine first, se
                                  # (then leave out arrivals.rate_rps)
     sources:
       - {trace: arxiv_summarization_lengths.csv, tier: summarize,
-         max_prompt_tbts: 3}     # prompts capped so one unchunked prefill costs 3 x
+         max_prompt_tbts: 3}     # prompts capped so their prefill alone costs 3 x
                                  # the tightest TBT (instead of max_prompt_tokens)
 
 Each relative field is optional, and ``max_prompt_tbts`` needs a ``sizing:`` section
