@@ -1,10 +1,11 @@
 """Every PromQL expression of the dashboard and the rules returns data from a real Prometheus.
 
 On 127.0.0.1 only: `accelgen serve --engine sim --pool demo` under a bounded streaming load
-(light, overload, light) across the three default tiers, scraped every second by a real
+(light, overload, light) across the three default tiers, then the tight tier alone at
+twice what the engine can run of it, scraped every second by a real
 Prometheus that evaluates monitoring/rules.yaml (every 2 s instead of 30 s). Then the
 real alerts the overload raises are checked too. Both processes are stopped at the end.
-About 40 s.
+About 50 s.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TypeVar
 import pytest
 
 from accelgen.bench.dashboard_cmd import (
+    LOAD_MIX,
     LocalStack,
     dashboard_panels,
     instant_query,
@@ -40,6 +42,8 @@ pytestmark = [
 ]
 _COMPARISON = re.compile(r"\s(<=|>=|==|!=|<|>)\s")
 T = TypeVar("T")
+# The tight tier's requests of LOAD_MIX, alone.
+TIGHT_MIX = (LOAD_MIX[0][0], 1.0, *LOAD_MIX[0][2:])
 
 
 def as_bool(expr: str) -> str:
@@ -72,6 +76,13 @@ def test_every_query_has_data(tmp_path: Path) -> None:
         started = time.time()
         counts = asyncio.run(run_load(stack.sidecar_url, [(8, 3.0), (10, 16.0), (5, 3.0)]))
         assert counts.get("200", 0) >= 30, counts
+        # Then the tight tier alone at about twice what the engine can run of it, whatever
+        # the machine (the sim engine's pace is its latency model's; a slow machine only
+        # slows it more): 4 sequences of 32 decode steps of >= 7 ms each finish at most
+        # ~18 requests/s. That tier must then miss or be refused, which admission alone
+        # decides; the mixed overload above the engine may absorb by shedding looser work.
+        tight = asyncio.run(run_load(stack.sidecar_url, [(8, 40.0)], seed=11, load_mix=[TIGHT_MIX]))
+        assert sum(tight.values()) >= 200, tight
         prom = stack.prometheus_url
 
         queries: dict[str, str] = {}
@@ -97,19 +108,17 @@ def test_every_query_has_data(tmp_path: Path) -> None:
         assert {s["metric"]["tier"] for s in goodput} == {"interactive", "standard", "batch"}
         assert all(s["metric"]["pool"] == "demo" for s in goodput)
 
-        # The overload (16 req/s against a 4-sequence engine) makes the real alerts pending
-        # (their `for:` is minutes): attainment falls below target; the healthy engine
-        # raises nothing. The tight tier is released ahead of the looser work the engine
-        # holds (admission holds a request for the engine's pressure only when nothing
-        # looser is in it), so whether it is also rejected depends on the run: if the
-        # rejection alert fires, it is for the tight tier only.
-        expected = {("AccelGenAttainmentBelowTarget", "interactive")}
+        # The tight tier's overload makes a real alert pending (their `for:` is minutes):
+        # its attainment falls below target, or it refuses more than 5 % of its arrivals:
+        # which, or both, depends on how admission and the engine split the excess. The
+        # rejection alert is for the tight tier only; the healthy engine raises nothing.
+        either = {("AccelGenAttainmentBelowTarget", "interactive"), ("AccelGenTightTierRejecting", "interactive")}
         pending = _poll(
             lambda: {(a["metric"]["alertname"], a["metric"].get("tier")) for a in instant_query(prom, "ALERTS")},
-            lambda got: expected <= got,
+            lambda got: bool(either & got),
             timeout_s=60,
         )
-        assert expected <= pending, pending
+        assert either & pending, pending
         assert not {t for name, t in pending if name == "AccelGenTightTierRejecting"} - {"interactive"}
         assert not any(name == "AccelGenEngineNotReady" for name, _ in pending)
 

@@ -185,8 +185,15 @@ class LocalStack:
         self._procs.clear()
 
 
-async def run_load(url: str, phases: Sequence[tuple[float, float]], *, seed: int = 7) -> dict[str, int]:
-    """Poisson arrivals of streaming completions: ``phases`` = [(seconds, requests/s), ...].
+async def run_load(
+    url: str,
+    phases: Sequence[tuple[float, float]],
+    *,
+    seed: int = 7,
+    load_mix: Sequence[tuple[str, float, int, int]] = LOAD_MIX,
+) -> dict[str, int]:
+    """Poisson arrivals of streaming completions: ``phases`` = [(seconds, requests/s), ...],
+    each request's tier drawn from ``load_mix`` (as :data:`LOAD_MIX`).
 
     Returns the count of answers by HTTP status (and "error" for connection failures).
     """
@@ -194,9 +201,9 @@ async def run_load(url: str, phases: Sequence[tuple[float, float]], *, seed: int
 
     rng = random.Random(seed)
     counts: dict[str, int] = {}
-    names = [m[0] for m in LOAD_MIX]
-    weights = [m[1] for m in LOAD_MIX]
-    mix = {m[0]: m for m in LOAD_MIX}
+    names = [m[0] for m in load_mix]
+    weights = [m[1] for m in load_mix]
+    mix = {m[0]: m for m in load_mix}
     limit = asyncio.Semaphore(200)
 
     async def one(session: aiohttp.ClientSession, tier: str) -> None:
