@@ -221,7 +221,9 @@ def _derived(
             {
                 "trace": s.trace,
                 "max_prompt_tokens": s.max_prompt_tokens,
-                "prefill_s": None if s.max_prompt_tokens is None else chunked_prefill_s(model, s.max_prompt_tokens, cap=cap),
+                "prefill_s": None
+                if s.max_prompt_tokens is None
+                else chunked_prefill_s(model, s.max_prompt_tokens, cap=cap),
             }
             for s in sized.sources
         ],
