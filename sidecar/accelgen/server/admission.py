@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from accelgen.core.admission import AdmissionQueue, Speed
@@ -34,8 +34,9 @@ class Admission(AdmissionQueue[Ticket]):
         *,
         on_shed: Callable[[Ticket], None],
         clock: Callable[[], float] = time.monotonic,
+        unstarted: Callable[[], Iterable[Ticket]] = lambda: (),
     ) -> None:
-        super().__init__(config, speed, engine, on_shed=on_shed, clock=clock)
+        super().__init__(config, speed, engine, on_shed=on_shed, clock=clock, unstarted=unstarted)
         # Set when a request is queued; the shedding tick sleeps while nothing is.
         self.nonempty = asyncio.Event()
 

@@ -18,7 +18,7 @@ tokens**) is :func:`accelgen.core.routing.estimate.headroom_tokens` of:
 - the prompt tokens the pod has not prefilled, per tier: every request queued in
   admission, and every released request whose first token has not come back;
 - the predicted decode step of the requests now decoding and the seconds per prefill
-  token beside it, from admission's latency model (:class:`Speed`);
+  token beside it, from admission's latency model (:class:`~accelgen.core.admission.Speed`);
 - the tightest TBT target among the released requests (the planner keeps every step
   within it, so prefill gets only what the decodes leave);
 - the free KV in tokens, where vLLM's ``vllm:cache_config_info`` gives the cache's size
@@ -35,7 +35,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from accelgen.core.admission import Speed
 from accelgen.core.config import PolicyConfig
 from accelgen.core.routing.estimate import headroom_tokens
 from accelgen.core.tiers import SLOTier
@@ -48,7 +47,6 @@ if TYPE_CHECKING:
 
 #: What the pod reports as a long prompt: the planner's own threshold by default.
 LONG_PROMPT_TOKENS = PolicyConfig().long_prompt_tokens
-_PROBE_TOKENS = 512  # the prefill that measures the latency model's cost per prompt token
 _SERIES = ("vllm:num_requests_waiting", "vllm:num_requests_running")
 _CACHE_INFO = "vllm:cache_config_info"  # vLLM's KV cache size, as labels of an info gauge
 
@@ -67,13 +65,6 @@ class InEngine:
     @property
     def last_token_s(self) -> float | None:
         return self.timing.timeline.last_token_s
-
-
-def _batch_costs(speed: Speed, num_decodes: int) -> tuple[float, float]:
-    """(decode step seconds, seconds per prefill token beside it) from the latency model."""
-    decode_s = speed.decode_step_s(num_decodes)
-    per_token = (speed.prefill_s(_PROBE_TOKENS, num_running=num_decodes) - decode_s) / _PROBE_TOKENS
-    return decode_s, max(per_token, 1e-9)
 
 
 def _slack(held: Iterable[InEngine], now_s: float) -> tuple[float | None, float | None]:
@@ -123,7 +114,9 @@ def pod_state(sidecar: Sidecar, now_s: float) -> dict[str, Any]:
     by_tier = {t.name: 0 for t in sidecar.tiers}
     for ticket in (*queued, *prefilling):
         by_tier[ticket.tier.name] = by_tier.get(ticket.tier.name, 0) + ticket.num_prompt_tokens
-    decode_s, per_token_s = _batch_costs(admission.speed, len(held) - len(prefilling))
+    num_decodes = len(held) - len(prefilling)
+    decode_s = admission.speed.decode_step_s(num_decodes)
+    per_token_s = admission.speed.prefill_token_s(num_running=num_decodes)
     tightest_tbt_s, min_slack_s = _slack(held, now_s)
     kv_free = kv_free_tokens(engine.vllm_text, engine.kv_usage)
     headroom = headroom_tokens(

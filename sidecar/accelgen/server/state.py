@@ -58,9 +58,15 @@ class Sidecar:
         )
         self.metrics = SidecarMetrics(config.tiers, pool=config.pool)
         self.stats = WindowStats(config.stats_window_s)
-        self.admission = Admission(config.admission, speed, self.engine.state, on_shed=self._shed)
         # Released to the engine and not finished, by id(ticket) (for /pool/state).
         self.in_engine: dict[int, InEngine] = {}
+        self.admission = Admission(
+            config.admission,
+            speed,
+            self.engine.state,
+            on_shed=self._shed,
+            unstarted=lambda: (e.ticket for e in self.in_engine.values() if e.first_token_s is None),
+        )
 
     def set_tiers(self, tiers: TierSet) -> None:
         """Swap the tier configuration; in-flight and queued requests keep theirs."""

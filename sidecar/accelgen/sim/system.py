@@ -21,7 +21,7 @@ SLO is judged from when the client sent it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,8 +94,9 @@ class SimAdmission(AdmissionQueue[SimTicket]):
         on_shed: Callable[[SimTicket], None],
         on_release: Callable[[SimTicket], None],
         clock: Callable[[], float],
+        unstarted: Callable[[], Iterable[SimTicket]] = lambda: (),
     ) -> None:
-        super().__init__(config, speed, engine, on_shed=on_shed, clock=clock)
+        super().__init__(config, speed, engine, on_shed=on_shed, clock=clock, unstarted=unstarted)
         self.on_release = on_release
         self.request: SimRequest | None = None  # the one make_ticket is for
 
@@ -138,6 +139,7 @@ class SystemFront:
             on_shed=lambda t: recorder.refused(t.request.request_id, "shed"),
             on_release=self._release,
             clock=lambda: self.now_s,
+            unstarted=self._unstarted,
         )
         self._tickets: dict[str, SimTicket] = {}
         # Per-request targets (a pool's router passes on what its queue left of them).
@@ -168,6 +170,11 @@ class SystemFront:
         self.now_s = now
         for request in requests:
             self.admission.leave(self._tickets.pop(request.request_id))
+
+    def _unstarted(self) -> Iterable[SimTicket]:
+        """Released tickets whose first token has not come (the sidecar's view of its streams)."""
+        records = self.recorder.records
+        return (t for rid, t in self._tickets.items() if records[rid].first_token_s is None)
 
     def _release(self, ticket: SimTicket) -> None:
         assert self._core is not None

@@ -11,6 +11,19 @@ Order key: the latest time the request may start, ``deadline − predicted prefi
 queues are full, the queued request with the most slack (a looser tier) is shed to make
 room for a tighter one, so looser tiers shed first.
 
+A request's predicted wait is the longer of two estimates, each of what is ahead of it
+(an order key no later than its own: the engine orders by slack too):
+
+- slots: requests queued ahead beyond the free in-flight slots, at the engine's
+  completion rate (:class:`~accelgen.core.admission.rate.CompletionRate`);
+- prefill: the prompt tokens not yet prefilled ahead of it — queued, and released but
+  without a first token (the caller's ``unstarted``) — at the rate the engine prefills
+  beside its decodes within the tightest TBT seen
+  (:func:`accelgen.core.routing.estimate.prefill_rate_tokens_per_s`, as a pool's router
+  predicts a pod's TTFT). Without it, a queue that releases up to twice what the
+  engine batches hands an overload to the engine's own waiting queue, where every
+  request loses its target instead of the excess being refused at arrival.
+
 Sans I/O: the clock is given, the engine's state is a snapshot someone else keeps
 fresh, a refusal is a return value, and what happens to a released or shed ticket is
 the subclass's business (:meth:`AdmissionQueue._settle`).
@@ -20,13 +33,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from accelgen.core.admission.rate import CompletionRate
 from accelgen.core.admission.speed import Speed
 from accelgen.core.admission.tickets import AdmissionConfig, Ticket, looseness
+from accelgen.core.routing.estimate import prefill_rate_tokens_per_s
 from accelgen.core.tiers import SLOTier
 
 
@@ -65,6 +79,8 @@ class AdmissionQueue(Generic[T]):
         engine: The engine's latest snapshot, kept fresh by the caller.
         on_shed: Called with every ticket shed from the queue.
         clock: Now, in seconds (monotonic or simulated).
+        unstarted: The released tickets whose first token has not come back yet (none
+            by default: then only the queue counts as prefill ahead).
     """
 
     def __init__(
@@ -75,12 +91,15 @@ class AdmissionQueue(Generic[T]):
         *,
         on_shed: Callable[[T], None],
         clock: Callable[[], float],
+        unstarted: Callable[[], Iterable[T]] = lambda: (),
     ) -> None:
         self.config = config
         self.speed = speed
         self.engine = engine
         self.on_shed = on_shed
         self.clock = clock
+        self.unstarted = unstarted
+        self._tightest_tbt_s: float | None = None  # of the tiers seen (prefill's share of a step)
         self.in_flight = 0
         # Released tickets by tier looseness, for the pressure holds (see _has_room).
         self._loosest_out: dict[tuple[bool, float, int], int] = {}
@@ -110,6 +129,8 @@ class AdmissionQueue(Generic[T]):
         now_s = self.clock()
         running = max(1, self.in_flight)
         self.rate.asked(num_prompt_tokens, max_tokens)
+        if tier.tbt_slo_s is not None and (self._tightest_tbt_s is None or tier.tbt_slo_s < self._tightest_tbt_s):
+            self._tightest_tbt_s = tier.tbt_slo_s
         if tier.is_offline:
             deadline_s = now_s + (tier.deadline_s or 0.0)
             need_s = self.speed.service_s(num_prompt_tokens, max_tokens, num_running=running)
@@ -135,8 +156,9 @@ class AdmissionQueue(Generic[T]):
         tier) is served best-effort when the engine is idle, and refused otherwise.
         """
         ahead = self._ahead(ticket.key_s)
-        wait_s = self._predicted_wait_s(len(ahead), ticket.arrival_s)
-        refusal = self._make_feasible(ticket, ahead, wait_s)
+        backlog = _Backlog(self, ticket, ahead)
+        wait_s = backlog.wait_s()
+        refusal = self._make_feasible(ticket, ahead, backlog)
         if refusal is None:
             refusal = self._make_room(ticket, wait_s)
         if refusal is not None:
@@ -185,15 +207,12 @@ class AdmissionQueue(Generic[T]):
     def _ahead(self, key_s: float) -> list[T]:
         return [t for k, _, t in self._heap if t.waiting and k <= key_s]
 
-    def _predicted_wait_s(self, num_ahead: int, now_s: float) -> float:
-        free = self.config.max_in_flight - self.in_flight
-        return max(0, num_ahead + 1 - free) / self.rate.per_s(now_s)
-
-    def _make_feasible(self, ticket: T, ahead: list[T], wait_s: float) -> Refusal | None:
+    def _make_feasible(self, ticket: T, ahead: list[T], backlog: _Backlog) -> Refusal | None:
         """Refuse a ticket whose target the queue ahead makes infeasible, or shed looser ones."""
         now_s = ticket.arrival_s
         usable_s = (ticket.key_s - now_s) * self.config.slack_use
         idle = not ahead and self.in_flight < self.config.max_in_flight
+        wait_s = backlog.wait_s()
         if ticket.key_s < now_s and not idle:
             return Refusal(
                 "slo_infeasible",
@@ -203,21 +222,22 @@ class AdmissionQueue(Generic[T]):
             )
         if ticket.key_s < now_s or wait_s <= usable_s:
             return None
-        free = self.config.max_in_flight - self.in_flight
-        allowed = int(usable_s * self.rate.per_s(now_s)) + free - 1
         looser = sorted(
             (t for t in ahead if looseness(t.tier) > looseness(ticket.tier)),
             key=lambda t: (looseness(t.tier), t.key_s),
             reverse=True,
         )
-        excess = len(ahead) - max(0, allowed)
-        if allowed < 0 or excess > len(looser):
+        victims = 0
+        while victims < len(looser) and backlog.wait_s() > usable_s:
+            backlog.remove(looser[victims])
+            victims += 1
+        if backlog.wait_s() > usable_s:
             return Refusal(
                 "slo_infeasible",
                 f"tier {ticket.tier.name!r}: its target cannot be met now (predicted wait {wait_s:.3f}s); retry later",
                 wait_s,
             )
-        for victim in looser[:excess]:
+        for victim in looser[:victims]:
             self._shed(victim, "a tighter tier needed its place")
         return None
 
@@ -264,3 +284,34 @@ class AdmissionQueue(Generic[T]):
         # in two snapshots in a row means the engine is saturated.
         queued = min(eng.waiting, eng.waiting_before) >= cfg.waiting_limit
         return not (settled and queued and self.in_flight > 0)
+
+
+class _Backlog:
+    """What is ahead of one arriving ticket, as the two wait estimates (module docstring);
+    :meth:`remove` takes a queued ticket out (one a tighter ticket would shed)."""
+
+    def __init__(self, queue: AdmissionQueue[Any], ticket: Ticket, ahead: list[Any]) -> None:
+        now_s = ticket.arrival_s
+        unstarted = list(queue.unstarted())
+        self.num_ahead = len(ahead)
+        self.tokens_ahead = sum(t.num_prompt_tokens for t in ahead) + sum(
+            t.num_prompt_tokens for t in unstarted if t.key_s <= ticket.key_s
+        )
+        self.free = queue.config.max_in_flight - queue.in_flight
+        self.completions_per_s = queue.rate.per_s(now_s)
+        decoding = max(0, queue.in_flight - len(unstarted))
+        speed = queue.speed
+        self.prefill_tokens_per_s = prefill_rate_tokens_per_s(
+            decode_step_s=speed.decode_step_s(decoding) if decoding else 0.0,
+            prefill_s_per_token=speed.prefill_token_s(num_running=decoding),
+            tightest_tbt_s=queue._tightest_tbt_s,
+        )
+
+    def wait_s(self) -> float:
+        slots_s = max(0, self.num_ahead + 1 - self.free) / self.completions_per_s
+        rate = self.prefill_tokens_per_s
+        return max(slots_s, self.tokens_ahead / rate if rate else 0.0)
+
+    def remove(self, ticket: Ticket) -> None:
+        self.num_ahead -= 1
+        self.tokens_ahead -= ticket.num_prompt_tokens

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from accelgen.core.latency import BatchShape, LatencyModel
 
+#: The prefill that measures the latency model's cost per prompt token beside decodes.
+PROBE_PREFILL_TOKENS = 512
+
 
 @dataclass(frozen=True, slots=True)
 class Speed:
@@ -35,3 +38,10 @@ class Speed:
         return self.prefill_s(num_prompt_tokens, num_running=num_running) + max(
             0, num_output_tokens - 1
         ) * self.decode_step_s(max(1, num_running))
+
+    def prefill_token_s(self, *, num_running: int) -> float:
+        """What one more prompt token adds to an iteration decoding ``num_running`` requests
+        (the mean over a :data:`PROBE_PREFILL_TOKENS`-token chunk; at least 1 ns)."""
+        decode_s = self.decode_step_s(num_running)
+        per_token = (self.prefill_s(PROBE_PREFILL_TOKENS, num_running=num_running) - decode_s) / PROBE_PREFILL_TOKENS
+        return max(per_token, 1e-9)
