@@ -28,6 +28,7 @@ from accelgen.core.routing import PodState
 from accelgen.core.routing.estimate import headroom_tokens
 from accelgen.gateway.pods import pod_from_state
 from accelgen.server.pod_state import with_pod_counts
+from accelgen.sim.realtime import SimEngineConfig
 from tests.support.serve_process import ServeProcess
 from tests.support.sidecar import TIERS, metric_value
 
@@ -70,6 +71,9 @@ def test_an_idle_pod_reports_room_in_every_tier(server: ServeProcess) -> None:
     assert doc["min_slack_s"] is None and doc["tightest_tbt_s"] is None
     assert doc["max_num_seqs"] == 1  # what the sidecar releases at once
     assert doc["decode_step_s"] > 0 and doc["prefill_s_per_token"] > 0
+    # The sim engine publishes vLLM's cache_config_info: an idle pod's whole KV cache is free.
+    sim = SimEngineConfig()
+    assert doc["kv_free_tokens"] == sim.num_kv_blocks * sim.block_size_tokens
     assert set(doc["headroom"]) == {t.name for t in TIERS}
     assert all(v > 0 for v in doc["headroom"].values()), doc["headroom"]
     # A longer target fits more prompt tokens.
@@ -165,6 +169,7 @@ def test_waiting_counts_the_sidecars_queue_and_headroom_follows_it(server: Serve
         decode_step_s=state["decode_step_s"],
         prefill_s_per_token=state["prefill_s_per_token"],
         tightest_tbt_s=state["tightest_tbt_s"],
+        kv_free_tokens=state["kv_free_tokens"],
     )
     assert state["headroom"]["interactive"] == pytest.approx(expected["interactive"], abs=0.1)
     assert state["headroom"]["standard"] == pytest.approx(expected["standard"], abs=0.1)
@@ -176,6 +181,7 @@ def test_waiting_counts_the_sidecars_queue_and_headroom_follows_it(server: Serve
         decode_step_s=state["decode_step_s"],
         prefill_s_per_token=state["prefill_s_per_token"],
         tightest_tbt_s=state["tightest_tbt_s"],
+        kv_free_tokens=state["kv_free_tokens"],
     )
     assert expected["batch"] == pytest.approx(unqueued["batch"] - queued["batch"])
     assert expected["interactive"] == pytest.approx(unqueued["interactive"])

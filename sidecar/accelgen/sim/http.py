@@ -248,7 +248,11 @@ def _metrics_text(engine: RealtimeEngine) -> str:
         ("counter", "vllm:generation_tokens_total", engine.num_generation_tokens_total),
         ("counter", "vllm:request_success_total", engine.num_finished_total),
     ]
-    return "".join(f"# TYPE {name} {kind}\n{name}{label} {float(value)}\n" for kind, name, value in lines)
+    text = "".join(f"# TYPE {name} {kind}\n{name}{label} {float(value)}\n" for kind, name, value in lines)
+    # vLLM's info gauge of the KV cache's size (a pod's free KV in tokens comes from it).
+    config = engine.config
+    info = f'block_size="{config.block_size_tokens}",num_gpu_blocks="{config.num_kv_blocks}"'
+    return text + f"# TYPE vllm:cache_config_info gauge\nvllm:cache_config_info{{{info}}} 1.0\n"
 
 
 def _models(config: SimEngineConfig) -> dict[str, Any]:
