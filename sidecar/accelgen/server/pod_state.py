@@ -89,7 +89,7 @@ def _count_tiers(sidecar: Sidecar, held: Iterable[InEngine]) -> dict[str, int]:
 def kv_free_tokens(vllm_text: str, kv_usage: float) -> int | None:
     """Free KV tokens: vLLM's ``cache_config_info`` (blocks × block size) × (1 − usage).
 
-    None where the engine's page has no such series (the sim engine, an older vLLM).
+    None where the engine's page has no such series (an older vLLM, another engine).
     """
     for sample in metric_samples(vllm_text, (_CACHE_INFO,)):
         try:
