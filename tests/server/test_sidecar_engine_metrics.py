@@ -332,6 +332,10 @@ def test_latency_model_gauges_from_the_calibrators_report(tmp_path: Path) -> Non
         lines = _latency_lines(text)
         assert not any('region="decode-long"' in line or "prefill" in line for line in lines)
         assert len(lines) == 3 * 3 + 3 + 3 + 3, lines  # ratios, allowances, diagnosis, the three scalars
+        # Admission (and /pool/state) predict with the engine's own fit from now on.
+        fit = FittedLatencyModel.from_dict(report["fit"])
+        assert stack.sidecar.engine.state.latency_model.fit == fit
+        assert stack.sidecar.admission.speed.model == fit and stack.sidecar.admission.rate.speed.model == fit
     finally:
         stack.stop()
 
@@ -435,6 +439,8 @@ def test_latency_model_of_keeps_only_known_finite_values() -> None:
             }
         )
     )
+    # A fit that does not parse is no fit: the sidecar keeps the model it has.
+    assert latency_model_of(make_engine_stats(calibration={"fit": {"coefficients": {"a": -1}}})).fit is None
     # Regions in REGIONS order, whatever order the file has them in.
     assert got == LatencyModelReport(
         slowdown=1.0,

@@ -170,7 +170,7 @@ async def _stats(request: web.Request) -> web.Response:
 def _background(sidecar: Sidecar, tiers_path: str | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def run(_: web.Application) -> AsyncIterator[None]:
         tasks = [
-            asyncio.create_task(sidecar.engine.monitor(sidecar.config.poll_interval_s, sidecar.admission.pump)),
+            asyncio.create_task(sidecar.engine.monitor(sidecar.config.poll_interval_s, sidecar.engine_updated)),
             asyncio.create_task(_tick(sidecar)),
             asyncio.create_task(_watch_loop_lag(sidecar)),
         ]

@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from accelgen import wire
-from accelgen.core.latency import REGIONS
+from accelgen.core.errors import ConfigError
+from accelgen.core.latency import REGIONS, FittedLatencyModel
 from accelgen.wire import EngineStatsFile
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class LatencyModelReport:
     diagnosis: str | None = None  # one of DIAGNOSES
     ratios: dict[str, dict[str, float]] = field(default_factory=dict)  # region → {quantile: ratio}
     allowances_s: dict[str, float] = field(default_factory=dict)  # region → seconds the planner adds
+    fit: FittedLatencyModel | None = None  # the engine's latest fit of its own steps
 
 
 @dataclass(slots=True)
@@ -137,6 +139,12 @@ def latency_model_of(snapshot: EngineStatsFile) -> LatencyModelReport:
         if allowance is not None:
             allowances_s[region] = allowance
     diagnosis = raw.get("diagnosis")
+    fit: FittedLatencyModel | None = None
+    if isinstance(raw.get("fit"), dict):
+        try:
+            fit = FittedLatencyModel.from_dict(raw["fit"])
+        except (ConfigError, TypeError, ValueError):
+            fit = None  # garbage: keep following the model the sidecar has
     return LatencyModelReport(
         slowdown=_number(raw.get("slowdown")),
         in_use_ratio_p99=_number(raw.get("in_use_ratio_p99")),
@@ -144,6 +152,7 @@ def latency_model_of(snapshot: EngineStatsFile) -> LatencyModelReport:
         diagnosis=str(diagnosis) if diagnosis in DIAGNOSES else None,
         ratios=ratios,
         allowances_s=allowances_s,
+        fit=fit,
     )
 
 

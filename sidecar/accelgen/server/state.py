@@ -68,6 +68,16 @@ class Sidecar:
             unstarted=lambda: (e.ticket for e in self.in_engine.values() if e.first_token_s is None),
         )
 
+    def engine_updated(self) -> None:
+        """After each engine poll: follow the engine's latest fit of its own steps (what
+        admission and ``/pool/state`` predict with: the engine's speed, not the model the
+        sidecar started with), then release what now has room."""
+        fit = self.engine.state.latency_model.fit
+        speed = self.admission.speed
+        if fit is not None and fit != speed.model:
+            self.admission.follow(Speed(fit, context_tokens=speed.context_tokens))
+        self.admission.pump()
+
     def set_tiers(self, tiers: TierSet) -> None:
         """Swap the tier configuration; in-flight and queued requests keep theirs."""
         self.tiers = tiers

@@ -177,6 +177,11 @@ class AdmissionQueue(Generic[T]):
         self.rate.finished(self.clock())
         self.pump()
 
+    def follow(self, speed: Speed) -> None:
+        """Predict with ``speed`` from now on (the engine refitted its latency model)."""
+        self.speed = speed
+        self.rate.speed = speed
+
     def pump(self) -> None:
         """Shed what is already lost, then release least-slack-first while there is room."""
         now_s = self.clock()
