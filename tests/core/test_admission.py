@@ -8,7 +8,6 @@ the looser queued work ahead of it is shed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,18 +15,10 @@ import pytest
 from accelgen.core.admission import AdmissionConfig, AdmissionQueue, Refusal, Speed, Ticket
 from accelgen.core.routing.estimate import prefill_rate_tokens_per_s
 from accelgen.sim.profiles import DEFAULT_SIM_MODEL
+from accelgen.sim.system import EngineSnapshot
 from tests.support.sidecar import TIERS
 
 INTERACTIVE, STANDARD, BATCH = (TIERS.get(n) for n in ("interactive", "standard", "batch"))
-
-
-@dataclass(slots=True)
-class Engine:
-    kv_usage: float = 0.0
-    preempting: bool = False
-    waiting: int = 0
-    waiting_before: int = 0
-    updated_s: float = 0.0
 
 
 class Queue(AdmissionQueue[Ticket]):
@@ -40,7 +31,7 @@ class Queue(AdmissionQueue[Ticket]):
         super().__init__(
             AdmissionConfig(**config),
             Speed(DEFAULT_SIM_MODEL),
-            Engine(),
+            EngineSnapshot(),  # an idle engine's view: nothing holds releases
             on_shed=self.shed.append,
             clock=lambda: self.now_s,
             unstarted=lambda: self.unstarted_tickets,
