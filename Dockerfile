@@ -34,6 +34,9 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 # ----------------------------------------------------------------- python runtime
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# UID 65532 (the pods' runAsUser) gets a name: getpass.getuser() (kopf's peering
+# identity) and anything else that asks getpwuid() fails for a UID /etc/passwd lacks.
+RUN useradd --uid 65532 --user-group --no-create-home --no-log-init --home-dir / --shell /usr/sbin/nologin accelgen
 
 # ------------------------------------------------------------------------- operator
 FROM runtime AS operator

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.deploy import ROOT
-from tests.support.images import BuildResult, build_images, clean_tree
+from tests.support.images import BuildResult, build_images, clean_tree, in_root
 
 SCRIPT = ROOT / "scripts" / "build-images.sh"
 
@@ -59,6 +59,24 @@ def test_bad_usage(args: list[str], message: str) -> None:
     out = _run(*args)
     assert out.returncode == 2
     assert _error_line(out) == f"build-images: usage error: {message}"
+
+
+def test_mount_points_resolve_symlinks_inside_the_container_root(tmp_path: Path) -> None:
+    """A Debian image's /var/run is a link to /run: the pod's /var/run/accelgen mount must
+    land in the image's /run, never the host's (as the engine image's test once did)."""
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "var" / "run").symlink_to("/run")
+    (root / "opt").mkdir()
+    (root / "opt" / "up").symlink_to("../run")
+    assert in_root(root, "/var/run/accelgen") == root / "run" / "accelgen"
+    assert in_root(root, "/opt/up/x") == root / "run" / "x"
+    assert in_root(root, "/etc/accelgen") == root / "etc" / "accelgen"
+    assert in_root(root, "/../../var/run") == root / "run"  # never above the root
+    (root / "loop").symlink_to("/loop")
+    with pytest.raises(OSError, match="too many symlinks"):
+        in_root(root, "/loop/x")
 
 
 @pytest.mark.images

@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from accelgen.process import ChildProcess
 from tests.support.deploy import ROOT
@@ -136,7 +136,7 @@ class Container:
         lines = ["set -e", f"mount --bind {root} {root}", f"mount -t proc proc {root}/proc"]
         lines += [f"mount --rbind /dev {root}/dev", f"mount --rbind -o ro /sys {root}/sys"]
         for m in mounts:
-            target = shlex.quote(f"{self.root}{m.target}")
+            target = shlex.quote(str(in_root(self.root, m.target)))
             # The mount point is made in this container's own copy, as a runtime does.
             lines.append(f"mkdir -p {target}")
             if m.source is None:
@@ -175,6 +175,32 @@ def scratch_dir(parent: Path, name: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
     os.chown(path, 65532, 65532)
     return path
+
+
+def in_root(root: Path, path: str) -> Path:
+    """Where ``path`` of the container is on the host: its symlinks resolved inside the
+    container's root, as a runtime resolves a mount point (runc's securejoin). Joined
+    naively, ``/var/run/x`` in a Debian image follows ``var/run -> /run`` to the host's
+    ``/run/x``."""
+    parts = list(PurePosixPath(path).parts[1:])
+    inside = PurePosixPath("/")
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            inside = inside.parent
+            continue
+        here = root / (inside / part).relative_to("/")
+        if here.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise OSError(f"{path}: too many symlinks inside {root}")
+            link = PurePosixPath(os.readlink(here))
+            parts = list((link if link.is_absolute() else inside / link).parts[1:]) + parts
+            inside = PurePosixPath("/")
+            continue
+        inside = inside / part
+    return root / inside.relative_to("/")
 
 
 def pod_mounts(container: Mapping[str, object], sources: Mapping[str, Path | None]) -> list[Mount]:
