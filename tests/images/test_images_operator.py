@@ -67,7 +67,12 @@ async def test_operator_image_reconciles_a_pool(container: Callable[[str], Conta
         await proc.wait_ready_async(f"http://127.0.0.1:{liveness_port}/healthz", timeout_s=120)
         spec = pool_spec()
         del spec["engine"]["image"], spec["sidecar"]["image"]  # type: ignore[attr-defined]  # the chart's defaults
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferencePool", "metadata": {"name": "p", "namespace": NAMESPACE}, "spec": spec}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "InferencePool",
+            "metadata": {"name": "p", "namespace": NAMESPACE},
+            "spec": spec,
+        }
         async with aiohttp.ClientSession() as http:
             resp = await http.post(f"{url}/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}", json=body)
             assert resp.status in (200, 201), await resp.text()
