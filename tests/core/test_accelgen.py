@@ -13,6 +13,7 @@ import pytest
 from accelgen.core.config import PolicyConfig
 from accelgen.core.latency import BatchShape, FittedLatencyModel
 from accelgen.core.plan import IterationPlan
+from accelgen.core.policy import Policy
 from tests.support.factories import make_limits, make_planner, make_request, make_tiers, place_running
 
 
@@ -221,3 +222,29 @@ def test_a_chunk_whose_context_alone_costs_the_tbt_waits_for_the_tight_decodes()
     planner.finish(chat, now=0.01)
     alone = planner.plan(now=0.01)
     assert [c.request.request_id for c in alone.chunks] == ["doc"] and alone.chunks[0].num_tokens > 0
+
+
+def test_decodes_with_slack_to_spare_give_way_to_a_prompt_with_less() -> None:
+    """250 offline decodes (a 60 s deadline) and one tight decode leave 9.9 ms of the 45 ms
+    for prefill: 99 tokens of a tight prompt whose TTFT slack is 0.45 s. The offline
+    decodes' slack is ~60 s, so they give way: the whole 300-token prompt runs beside the
+    tight decode (40.1 ms), and the 4.9 ms left runs 49 of the offline decodes. With no
+    prompt waiting, all 251 decodes run."""
+    tiers = make_tiers()
+
+    def planner_with_decodes() -> Policy:
+        planner = make_planner()
+        place_running(planner, make_request("tight", tier=tiers.get("tight"), prompt=50), outputs=3, last_token_s=0.0)
+        for i in range(250):
+            batch = make_request(f"b{i}", tier=tiers.get("batch"), prompt=10, max_tokens=4)  # KV for all
+            place_running(planner, batch, outputs=1, last_token_s=0.0)
+        return planner
+
+    assert len(planner_with_decodes().plan(now=0.0).chunks) == 251
+    planner = planner_with_decodes()
+    planner.add_request(make_request("chat", tier=tiers.get("tight"), prompt=300))
+    plan = planner.plan(now=0.0)
+    tokens = {c.request.request_id: c.num_tokens for c in plan.chunks}
+    assert tokens["chat"] == 300 and tokens["tight"] == 1
+    assert sum(1 for r in tokens if r.startswith("b")) == 49
+    assert plan.predicted_s <= 0.045 + 1e-12

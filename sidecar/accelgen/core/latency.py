@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -92,6 +92,10 @@ class BatchShape:
             prefill_kv_tokens=self.prefill_kv_tokens,
             num_prefills=self.num_prefills,
         )
+
+    def plus_decodes(self, count: int, kv_tokens: int) -> BatchShape:
+        """This shape with ``count`` more decodes reading ``kv_tokens`` of context between them."""
+        return replace(self, num_decodes=self.num_decodes + count, decode_kv_tokens=self.decode_kv_tokens + kv_tokens)
 
     def to_list(self) -> list[float]:
         """The fields in order (the step log's ``shape``); :meth:`from_list` reads it back."""

@@ -179,6 +179,10 @@ class AccelGenPolicy(Policy):
     def _schedule(self, now: float) -> tuple[list[ScheduledChunk], int, list[Request]]:
         decodes, prefilling, limit_s = self._scan_running(now)
         cap = self.limits.max_num_batched_tokens
+        admitting = bool(self._waiting) and (self.drop_lost or len(self.running) < self.limits.max_num_seqs)
+        deferred = self._deferrable(decodes, prefilling, now, limit_s, admitting=admitting)
+        if deferred:
+            decodes = decodes[: len(decodes) - len(deferred)]
         chunks, shape = self._schedule_decodes(decodes, now, limit_s, cap)
         if self._preempted_now:  # the decodes preempted some running requests
             gone = set(self._preempted_now)
@@ -190,28 +194,68 @@ class AccelGenPolicy(Policy):
         dropped: list[Request] = []
         # Only prompts in progress and admissions use the rest; with neither possible
         # (the common decode-only step) there is nothing to pack.
-        admitting = bool(self._waiting) and (self.drop_lost or len(self.running) < self.limits.max_num_seqs)
         if left > 0 and (prefilling or admitting):
             candidates = self._candidates(prefilling, now, dropped, admitting=admitting)
             self._schedule_prefills(candidates, chunks, shape, budget, limit_s, now)
+        if deferred:
+            # What time the prefills left goes to the decodes that could wait.
+            more, _ = self._schedule_decodes(deferred, now, limit_s, cap, base=shape_of(chunks))
+            chunks.extend(more)
+            budget = max(budget, shape_of(chunks).num_tokens)
         return chunks, budget, dropped
 
+    def _deferrable(
+        self, decodes: list[Request], prefilling: list[Request], now: float, limit_s: float, *, admitting: bool
+    ) -> list[Request]:
+        """The decodes that yield this iteration's time to prompts with less slack: a suffix of ``decodes``.
+
+        [ours] The paper's slack order across the whole batch: when the time limit
+        leaves too little for the prompts ahead of them, the batched requests with the
+        largest slack give way. A decode may wait when its slack exceeds both the head
+        prompt's (a prompt in progress, or the head of the queue) and two reference
+        iterations: this one and the next, which the time limit then holds to its
+        deadline, so it still gets its token in time. Offline decodes (a job deadline,
+        no TBT) and looser TBT tiers are the ones that qualify; the tightest tier's
+        decodes never do. They run after the prompts, in what time is left, so a step
+        with time to spare runs them all as before.
+        """
+        if limit_s == math.inf or not decodes or not (prefilling or admitting):
+            return []
+        head_s = min((self._latest_start(r) for r in prefilling), default=math.inf)
+        if admitting:
+            head_s = min(head_s, self._waiting[0][0][0])
+        if head_s >= _LOST_S:
+            return []  # only requests that lost their TTFT wait: nothing to yield to
+        wait_s = max(head_s, now + 2 * self.ref_iteration_s)
+        n = len(decodes)
+        while n > 0 and self._running_slack(decodes[n - 1], now) + now > wait_s:
+            n -= 1
+        return decodes[n:]
+
     def _schedule_decodes(
-        self, decodes: list[Request], now: float, limit_s: float, cap: int
+        self, decodes: list[Request], now: float, limit_s: float, cap: int, *, base: BatchShape | None = None
     ) -> tuple[list[ScheduledChunk], BatchShape]:
-        """The largest prefix of the slack order whose iteration fits the limit (at least one)."""
-        n = min(len(decodes), cap)
+        """The largest prefix of the slack order whose iteration fits the limit.
+
+        Alone (no ``base``), at least one decode runs. Beside a ``base`` of work
+        already planned (decodes that waited for the prompts), none may run when
+        none fits: the planned work is the step's.
+        """
         model = self.model
-        if limit_s < math.inf and n > 1:
+        room = cap if base is None else cap - base.num_tokens
+        n = max(min(len(decodes), room), 0)
+        least = 1 if base is None else 0
+        if limit_s < math.inf and n > least:
             kv_prefix = [0]
             for r in decodes:
                 kv_prefix.append(kv_prefix[-1] + r.num_computed_tokens)
+            start = BatchShape() if base is None else base
 
             def fits(k: int) -> bool:
-                return model.predict_s(BatchShape(num_decodes=k, decode_kv_tokens=kv_prefix[k])) <= limit_s
+                return model.predict_s(start.plus_decodes(k, kv_prefix[k])) <= limit_s
 
             if not fits(n):
-                lo, hi = 1, n
+                lo, hi = least, n
                 while hi - lo > 1:
                     mid = (lo + hi) // 2
                     lo, hi = (mid, hi) if fits(mid) else (lo, mid)
@@ -224,19 +268,24 @@ class AccelGenPolicy(Policy):
                 continue  # preempted to make room for a tighter decode
             # A decode needs a new block exactly when its computed tokens fill its blocks.
             if computed % block_size == 0:
-                if self.free_blocks == 0 and not self._make_room(
-                    r,
-                    chunks,
-                    now,
-                    self._running_slack(r, now),
-                    fits=functools.partial(self._fits_decode, r),
+                # Beside planned work, a decode that waited preempts nobody (the
+                # victims' chunks may be in that work): with no block free it waits on.
+                if self.free_blocks == 0 and (
+                    base is not None
+                    or not self._make_room(
+                        r,
+                        chunks,
+                        now,
+                        self._running_slack(r, now),
+                        fits=functools.partial(self._fits_decode, r),
+                    )
                 ):
                     continue
                 r.num_blocks += 1
                 self.free_blocks -= 1
             chunks.append(ScheduledChunk(r, 1, computed))
         # NOTE: summed at the end: _make_room removes its victims' chunks from ``chunks``.
-        return chunks, BatchShape(num_decodes=len(chunks), decode_kv_tokens=sum(c[2] for c in chunks))
+        return chunks, (base or BatchShape()).plus_decodes(len(chunks), sum(c[2] for c in chunks))
 
     def _candidates(
         self, prefilling: list[Request], now: float, dropped: list[Request], *, admitting: bool
