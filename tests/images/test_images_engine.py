@@ -26,6 +26,7 @@ CPU_ARGS = [
     "--max-num-batched-tokens", "2048",
     "--kv-cache-memory-bytes", str(256 << 20),
     "--enforce-eager",
+    "--dtype", "float32",  # see accelgen.launch.VllmServerConfig.dtype
 ]  # fmt: skip
 
 

@@ -96,6 +96,7 @@ def engine(vllm_available: None, tiny_model: Path, workdir: Path) -> Iterator[En
         kv_cache_memory_bytes=KV_MEMORY_BYTES,
         enable_prefix_caching=False,  # exact KV accounting: no shared blocks
         enforce_eager=True,
+        dtype="float32",  # see accelgen.launch.VllmServerConfig.dtype
         seed=0,
         scheduler_cls=SCHEDULER_CLS,
     )

@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
         llm = LLM(
             model=sys.argv[1], load_format="dummy", max_model_len=2048,
             max_num_batched_tokens=512, num_gpu_blocks_override=32,
-            kv_cache_memory_bytes=64 << 20, enforce_eager=True,
+            kv_cache_memory_bytes=64 << 20, enforce_eager=True, dtype="float32",
             enable_prefix_caching=False,
             scheduler_cls="accelgen.vllm.AccelGenAsyncScheduler",
         )

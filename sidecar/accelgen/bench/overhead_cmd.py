@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
             kv_cache_memory_bytes=max(64 << 20, args.kv_blocks << 20),
             enable_prefix_caching=False,
             enforce_eager=True,
+            dtype="float32",  # see accelgen.launch.VllmServerConfig.dtype
             seed=0,
             scheduler_cls=SCHEDULER_CLS,
         )
